@@ -1,0 +1,5 @@
+import sys
+
+from kvmvm.cli import main
+
+sys.exit(main())

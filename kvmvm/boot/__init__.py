@@ -1,0 +1,1 @@
+"""Guest boot: memory layout, kernel loaders (one module per format) and boot data."""

@@ -1,0 +1,152 @@
+"""ELF kernels: parse and check an x86-64 ELF (with or without a PVH entry note), load it.
+
+Header and table bounds are checked by hand first, so each malformed image gets one exact
+error; pyelftools then reads the segments and notes.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+from dataclasses import dataclass
+
+from kvmvm.boot.layout import HIMEM, RamLayout
+from kvmvm.errors import ImageError
+
+ELF_MAGIC = b"\x7fELF"
+EM_X86_64 = 62
+ET_EXEC = 2
+PT_LOAD = 1
+PT_NOTE = 4
+XEN_ELFNOTE_PHYS32_ENTRY = 18
+
+
+@dataclass
+class Segment:
+    index: int
+    paddr: int
+    data: bytes
+    memsz: int
+
+
+@dataclass
+class ElfKernel:
+    path: str
+    entry: int                 # e_entry: the 64-bit entry point (physical for kvmvm and Linux)
+    pvh_entry: int | None      # XEN_ELFNOTE_PHYS32_ENTRY, if present
+    segments: list[Segment]
+
+    @property
+    def start(self) -> int:
+        return min(s.paddr for s in self.segments)
+
+    @property
+    def end(self) -> int:
+        return max(s.paddr + s.memsz for s in self.segments)
+
+    def covers(self, addr: int) -> bool:
+        return any(s.paddr <= addr < s.paddr + s.memsz for s in self.segments)
+
+
+def is_elf(data: bytes) -> bool:
+    return data[:4] == ELF_MAGIC
+
+
+def parse(data: bytes, path: str = "kernel") -> ElfKernel:
+    """Parse and check an ELF kernel image; raise ImageError naming the first problem."""
+    def bad(msg: str) -> ImageError:
+        return ImageError(f"{path}: {msg}")
+
+    if len(data) < 64 or not is_elf(data):
+        raise bad("not an ELF image")
+    if data[4] != 2:
+        raise bad(f"ELF class {data[4]} is not supported (need ELFCLASS64)")
+    if data[5] != 1:
+        raise bad(f"ELF data encoding {data[5]} is not supported (need little-endian)")
+    e_type, e_machine = struct.unpack_from("<HH", data, 16)
+    if e_machine != EM_X86_64:
+        raise bad(f"ELF machine {e_machine} is not x86-64")
+    if e_type != ET_EXEC:
+        raise bad(f"ELF type {e_type} is not supported (need a static executable, ET_EXEC)")
+    e_entry, e_phoff = struct.unpack_from("<QQ", data, 24)
+    e_phentsize, e_phnum = struct.unpack_from("<HH", data, 54)
+    if e_phnum == 0:
+        raise bad("ELF has no program headers")
+    if e_phentsize != 56:
+        raise bad(f"ELF program header size {e_phentsize} is not 56")
+    if e_phoff + e_phnum * e_phentsize > len(data):
+        raise bad("program headers lie past the end of the file (truncated image?)")
+
+    loads: list[Segment] = []
+    notes: list[tuple[int, int]] = []
+    for i in range(e_phnum):
+        p_type, _flags, p_offset, _vaddr, p_paddr, p_filesz, p_memsz, _align = struct.unpack_from(
+            "<IIQQQQQQ", data, e_phoff + i * e_phentsize)
+        if p_type not in (PT_LOAD, PT_NOTE):
+            continue
+        if p_offset + p_filesz > len(data):
+            raise bad(f"segment {i}: its data lies past the end of the file (truncated image?)")
+        if p_type == PT_NOTE:
+            notes.append((p_offset, p_filesz))
+            continue
+        if p_filesz > p_memsz:
+            raise bad(f"segment {i}: file size {p_filesz:#x} exceeds memory size {p_memsz:#x}")
+        if p_paddr + p_memsz > 1 << 52:
+            raise bad(f"segment {i}: address {p_paddr:#x}+{p_memsz:#x} is out of range")
+        if p_memsz:
+            loads.append(Segment(i, p_paddr, data[p_offset:p_offset + p_filesz], p_memsz))
+    if not loads:
+        raise bad("ELF has no loadable segments")
+
+    pvh = _pvh_entry(data, notes, bad)
+    return ElfKernel(path, e_entry, pvh, loads)
+
+
+def _pvh_entry(data: bytes, notes, bad) -> int | None:
+    """Find XEN_ELFNOTE_PHYS32_ENTRY with pyelftools (its note parser), if any note exists."""
+    if not notes:
+        return None
+    from elftools.common.exceptions import ELFError
+    from elftools.elf.elffile import ELFFile
+
+    try:
+        elf = ELFFile(io.BytesIO(data))
+        for seg in elf.iter_segments():
+            if seg["p_type"] != "PT_NOTE":
+                continue
+            for note in seg.iter_notes():
+                if note["n_name"] == "Xen" and note["n_type"] == XEN_ELFNOTE_PHYS32_ENTRY:
+                    desc = note["n_desc"]
+                    raw = desc if isinstance(desc, bytes) else desc.encode("latin-1")
+                    if len(raw) not in (4, 8):
+                        raise bad(f"PVH entry note has {len(raw)} bytes (need 4 or 8)")
+                    return int.from_bytes(raw, "little") & 0xFFFFFFFF
+    except ImageError:
+        raise
+    except (ELFError, struct.error, ValueError, KeyError, EOFError) as e:
+        raise bad(f"malformed ELF note: {e}") from None
+    except Exception as e:  # pyelftools' construct errors on truncated notes
+        raise bad(f"malformed ELF note: {type(e).__name__}") from None
+    return None
+
+
+def check_fits(k: ElfKernel, ram: RamLayout) -> None:
+    """Every segment inside guest RAM and above the boot area; entry points inside the image."""
+    for s in k.segments:
+        if s.paddr < HIMEM:
+            raise ImageError(f"{k.path}: segment {s.index} at {s.paddr:#x} lies below 1 MiB "
+                             "(kvmvm keeps that area for boot data)")
+        if not ram.contains(s.paddr, s.memsz):
+            raise ImageError(f"{k.path}: segment {s.index} ({s.paddr:#x}-{s.paddr + s.memsz:#x}) "
+                             f"does not fit in guest memory ({ram.size >> 20} MiB)")
+    if k.pvh_entry is not None and not k.covers(k.pvh_entry):
+        raise ImageError(f"{k.path}: PVH entry point {k.pvh_entry:#x} lies outside the loaded image")
+    if k.pvh_entry is None and not k.covers(k.entry):
+        raise ImageError(f"{k.path}: entry point {k.entry:#x} lies outside the loaded image")
+
+
+def load(k: ElfKernel, write) -> None:
+    """Copy the segments into guest memory with write(gpa, bytes) (RAM starts zeroed)."""
+    for s in k.segments:
+        if s.data:
+            write(s.paddr, s.data)

@@ -1,0 +1,251 @@
+"""Machine: a configuration turned into a running microVM, and the outcome of running it.
+
+This is the Python API programs use; the CLI (`kvmvm boot`) is a thin layer over it.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass, field
+
+from kvmvm.boot import layout
+from kvmvm.errors import ConfigError, ImageError
+
+MIN_MEMORY_MIB = 16
+MAX_MEMORY_MIB = 1 << 20
+DEBUG_EXIT_PORT = 0xF4
+
+
+@dataclass
+class MachineConfig:
+    """What to boot and how big: the same fields as `kvmvm boot`'s flags."""
+
+    kernel: str
+    cmdline: str = ""
+    initrd: str | None = None
+    memory_mib: int = 128
+    cpus: int = 1
+    timeout: float | None = None
+    serial_out_fd: int = 1        # where the guest's console goes
+    serial_in_fd: int = -1        # where its input comes from (-1: none)
+    kvm_path: str = "/dev/kvm"
+
+    def validate(self) -> None:
+        if not isinstance(self.memory_mib, int) or self.memory_mib < MIN_MEMORY_MIB:
+            raise ConfigError(f"--memory must be at least {MIN_MEMORY_MIB} MiB (got {self.memory_mib})")
+        if self.memory_mib > MAX_MEMORY_MIB:
+            raise ConfigError(f"--memory must be at most {MAX_MEMORY_MIB} MiB (got {self.memory_mib})")
+        if not isinstance(self.cpus, int) or not 1 <= self.cpus <= 64:
+            raise ConfigError(f"--cpus must be between 1 and 64 (got {self.cpus})")
+        if self.timeout is not None and self.timeout <= 0:
+            raise ConfigError(f"--timeout must be positive (got {self.timeout})")
+        if len(self.cmdline.encode()) + 1 > layout.CMDLINE_MAX:
+            raise ConfigError(f"kernel command line is longer than {layout.CMDLINE_MAX - 1} bytes")
+
+
+@dataclass
+class Result:
+    """How a VM ended: `status` is what `kvmvm boot` exits with."""
+
+    outcome: str                  # "ok" | "failed" | "timeout" | "stopped"
+    reason: str                   # bindings.STOP_REASONS name
+    status: int
+    message: str
+    code: int = 0
+    rip: int = 0
+    stats: dict = field(default_factory=dict)
+    timings_ms: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def read_image(path: str, what: str = "kernel image") -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        raise ConfigError(f"{what} not found: {path}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{what} is a directory: {path}") from None
+    except PermissionError:
+        raise ConfigError(f"{what} is not readable: {path}") from None
+    except OSError as e:
+        raise ConfigError(f"{what} cannot be read: {path}: {e.strerror}") from None
+
+
+def outcome_of(stop, timeout: float | None) -> tuple[str, int, str]:
+    """(outcome, exit status, one-line message) for a StopInfo."""
+    r = stop.reason
+    if r == "debug-exit":
+        st = ((stop.code << 1) | 1) & 0xFF
+        return "ok", st, f"guest wrote {stop.code:#x} to the debug-exit port (status {st})"
+    if r in ("reset", "halt", "poweroff"):
+        return "ok", 0, {"reset": "guest reset the machine", "halt": "guest halted",
+                         "poweroff": "guest powered off"}[r]
+    if r == "triple-fault":
+        return "failed", 1, f"guest triple-faulted (KVM_EXIT_SHUTDOWN) near rip {stop.rip:#x}"
+    if r == "internal-error":
+        what = {1: "emulation failure", 2: "simultaneous exceptions", 3: "delivery event"}.get(
+            stop.code, "internal error")
+        return "failed", 1, (f"KVM internal error: suberror {stop.code} ({what}) at guest rip "
+                             f"{stop.rip:#x}")
+    if r == "fail-entry":
+        return "failed", 1, f"VM entry failed: hardware entry failure reason {stop.code:#x}"
+    if r == "timeout":
+        return "timeout", 124, f"timed out after {timeout:g} s; VM stopped"
+    if r == "stopped":
+        return "stopped", 130, "VM stopped on request"
+    if r == "host-error":
+        return "failed", 1, f"host error while running the VM: {os.strerror(stop.code)}"
+    if r == "unknown-exit":
+        return "failed", 1, f"unhandled KVM exit reason {stop.code} at guest rip {stop.rip:#x}"
+    return "failed", 1, f"VM stopped: {r} (code {stop.code:#x})"
+
+
+class Machine:
+    """One microVM: build it with `Machine(cfg)`, run it with `run()`."""
+
+    def __init__(self, cfg: MachineConfig, t0_ns: int | None = None):
+        cfg.validate()
+        self.cfg = cfg
+        self.t0_ns = t0_ns or time.monotonic_ns()
+        self.vm = None
+        self.ram = layout.RamLayout(cfg.memory_mib * layout.MiB)
+        self.kernel_data = read_image(cfg.kernel)
+        self.initrd_data = read_image(cfg.initrd, "initrd") if cfg.initrd else None
+        self.kernel = self._parse_kernel()
+
+    def _parse_kernel(self):
+        from kvmvm.boot import elf
+
+        data = self.kernel_data
+        if elf.is_elf(data):
+            k = elf.parse(data, self.cfg.kernel)
+            elf.check_fits(k, self.ram)
+            return k
+        raise ImageError(f"{self.cfg.kernel}: not an ELF kernel image")
+
+    # --- building the VM ---
+    def build(self) -> None:
+        from kvmvm.vm import Vm
+
+        cfg = self.cfg
+        vm = self.vm = Vm(cfg.kvm_path)
+        self.t_vm_created_ns = time.monotonic_ns()
+        for gpa, size in self.ram.regions:
+            vm.add_ram(gpa, size)
+        self._load_kernel()
+        vm.create_vcpus(cfg.cpus)
+        self._set_boot_regs()
+        vm.add_serial(0x3F8, 4, cfg.serial_out_fd, cfg.serial_in_fd)
+        vm.add_debug_exit(DEBUG_EXIT_PORT, 4)
+        vm.add_i8042()
+        vm.add_boot_timer(layout.BOOT_TIMER_GPA)
+
+    def _load_kernel(self) -> None:
+        from kvmvm.boot import bootparams, elf, pvh
+
+        vm, k = self.vm, self.kernel
+        elf.load(k, vm.write)
+        cmd = self.cfg.cmdline.encode() + b"\0"
+        vm.write(layout.CMDLINE, cmd)
+        initrd = None
+        if self.initrd_data is not None:
+            initrd = self._place_initrd(k.end)
+        e820 = self.ram.e820()
+        vm.write(layout.PVH_START_INFO, pvh.start_info(layout.CMDLINE, e820, 0, initrd))
+        vm.write(layout.ZERO_PAGE, bootparams.build(layout.CMDLINE, len(cmd) - 1, e820, None, initrd))
+
+    def _place_initrd(self, kernel_end: int) -> tuple[int, int]:
+        size = len(self.initrd_data)
+        top = min(self.ram.low_end, 1 << 32)
+        gpa = (top - size) & ~0xFFF
+        if gpa < kernel_end or size == 0:
+            raise ConfigError(f"initrd ({size >> 20} MiB) does not fit in guest memory "
+                              f"({self.cfg.memory_mib} MiB) after the kernel")
+        self.vm.write(gpa, self.initrd_data)
+        return gpa, size
+
+    def _set_boot_regs(self) -> None:
+        from kvmvm.vm import MODE_LONG64, MODE_PROTECTED32
+
+        k = self.kernel
+        if k.pvh_entry is not None:
+            self.vm.set_boot_regs(0, MODE_PROTECTED32, k.pvh_entry, rbx=layout.PVH_START_INFO,
+                                  gdt_gpa=layout.GDT_GPA)
+        else:
+            self.vm.set_boot_regs(0, MODE_LONG64, k.entry, rsp=layout.BOOT_STACK,
+                                  rsi=layout.ZERO_PAGE, gdt_gpa=layout.GDT_GPA, pml4_gpa=layout.PML4)
+
+    # --- running ---
+    def run(self) -> Result:
+        """Build (if needed), start, wait for the end (or the timeout) and tear down."""
+        from kvmvm.bindings import lib
+
+        if self.vm is None:
+            self.build()
+        vm, cfg = self.vm, self.cfg
+        deadline = None if cfg.timeout is None else time.monotonic() + cfg.timeout
+        try:
+            vm.start()
+            stop = None
+            while stop is None:
+                slice_s = 0.25 if deadline is None else max(0.0, min(0.25, deadline - time.monotonic()))
+                stop = vm.wait(slice_s)
+                if stop is None and deadline is not None and time.monotonic() >= deadline:
+                    vm.stop(lib.KVMVM_STOP_TIMEOUT)
+                    stop = vm.wait(None)
+        except KeyboardInterrupt:
+            vm.stop(lib.KVMVM_STOP_REQUESTED)
+            stop = vm.wait(None)
+        outcome, status, msg = outcome_of(stop, cfg.timeout)
+        stats = vm.stats()
+        res = Result(outcome, stop.reason, status, msg, stop.code, stop.rip,
+                     {k: v for k, v in stats.items() if not k.startswith("t_")},
+                     self._timings(stats))
+        self.close()
+        return res
+
+    def _timings(self, st: dict) -> dict:
+        def rel(ns):
+            return round((ns - self.t0_ns) / 1e6, 3) if ns else None
+
+        return {
+            "process_start": rel(_process_start_ns()),
+            "vm_created": rel(getattr(self, "t_vm_created_ns", 0)),
+            "first_kvm_run": rel(st["t_first_run_ns"]),
+            "boot_signal": rel(st["t_boot_signal_ns"]),
+            "end": rel(st["t_end_ns"]),
+            "now": rel(time.monotonic_ns()),
+        }
+
+    def close(self) -> None:
+        if self.vm is not None:
+            self.vm.close()
+            self.vm = None
+
+
+def _process_start_ns() -> int:
+    """This process's start on CLOCK_MONOTONIC (from /proc: clock-tick resolution)."""
+    try:
+        with open("/proc/self/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        ticks = int(fields[19])
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+        # monotonic and boot time agree on machines that never suspended
+        start_s = ticks / os.sysconf("SC_CLK_TCK")
+        return time.monotonic_ns() - int((uptime - start_s) * 1e9)
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def boot(cfg: MachineConfig) -> Result:
+    """Boot `cfg` to the end and return how it ended (the Python API's one-call form)."""
+    m = Machine(cfg)
+    try:
+        return m.run()
+    finally:
+        m.close()

@@ -1,0 +1,131 @@
+/* kvmvm C core: internal types shared by the C files (not seen by cffi). */
+#ifndef KVMVM_INTERNAL_H
+#define KVMVM_INTERNAL_H
+
+#include <stdint.h>
+#include <stddef.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <linux/kvm.h>
+
+#include "api.h"
+
+/* --- guest memory: all host access to guest RAM goes through these (addr + len checked) --- */
+struct gmem_region {
+    uint64_t gpa;
+    uint64_t size;
+    uint8_t *hva;       /* start of the usable mapping (guard pages on either side) */
+    uint8_t *map;       /* whole mapping including guards */
+    uint64_t map_len;
+};
+
+#define GMEM_MAX_REGIONS 8
+
+struct kvmvm_gmem {
+    int nr;
+    struct gmem_region r[GMEM_MAX_REGIONS];
+};
+
+/* Host pointer for [gpa, gpa+len) if it lies wholly inside one region, else NULL. */
+void *gmem_ptr(struct kvmvm_gmem *gm, uint64_t gpa, uint64_t len);
+
+/* --- devices and buses --- */
+struct kvmvm_device;
+
+struct device_ops {
+    /* offset is relative to the device's base; data holds len bytes (1, 2, 4 or 8 usually) */
+    void (*read)(struct kvmvm_device *dev, uint64_t offset, uint8_t *data, uint32_t len);
+    void (*write)(struct kvmvm_device *dev, uint64_t offset, const uint8_t *data, uint32_t len);
+    void (*destroy)(struct kvmvm_device *dev);
+};
+
+struct kvmvm_device {
+    const char *name;
+    const struct device_ops *ops;
+    struct kvmvm_vm *vm;    /* may be NULL for devices on a stand-alone bus (tests) */
+    void *priv;
+};
+
+struct bus_range {
+    uint64_t base;
+    uint64_t len;
+    struct kvmvm_device *dev;
+};
+
+struct kvmvm_bus {
+    pthread_rwlock_t lock;  /* readers: vCPUs dispatching; writer: insert/remove */
+    int nr, cap;
+    struct bus_range *ranges;   /* sorted by base, never overlapping */
+};
+
+int bus_insert(struct kvmvm_bus *bus, uint64_t base, uint64_t len, struct kvmvm_device *dev);
+/* 1 when a device took the access, 0 when nothing is mapped there */
+int bus_dispatch(struct kvmvm_bus *bus, uint64_t addr, int is_write, uint8_t *data, uint32_t len);
+void bus_destroy_devices(struct kvmvm_bus *bus);
+void bus_init_embedded(struct kvmvm_bus *bus);
+
+struct kvmvm_device *pydev_new(uint64_t handle);
+
+/* --- the VM and its vCPUs --- */
+struct vcpu {
+    int id;
+    int fd;
+    struct kvm_run *run;
+    size_t run_size;
+    pthread_t thread;
+    int thread_started;
+    struct kvmvm_vm *vm;
+};
+
+struct kvmvm_vm {
+    int kvm_fd;
+    int vm_fd;
+    struct kvmvm_caps caps;
+    struct kvmvm_gmem mem;
+    struct kvmvm_bus pio;
+    struct kvmvm_bus mmio;
+    int nr_vcpus;
+    int nr_vcpus_planned;
+    struct vcpu vcpus[KVMVM_MAX_VCPUS];
+    int started;
+
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    atomic_int stopping;             /* set once by the first stop request */
+    struct kvmvm_stop_info stop;     /* valid once stopping is set (under lock) */
+    int joined;
+
+    /* statistics: updated by vCPU threads with relaxed atomics */
+    atomic_ullong exits, exits_io, exits_mmio, exits_intr, exits_other;
+    atomic_ullong io_unhandled, mmio_unhandled, py_calls;
+    atomic_llong t_first_run_ns, t_boot_signal_ns;
+    int64_t t_created_ns, t_end_ns;
+
+    struct kvmvm_device *serial;     /* for its input thread */
+};
+
+/* Record why the VM stops (first caller wins) and kick every vCPU out of KVM_RUN. */
+void vm_request_stop(struct kvmvm_vm *vm, const struct kvmvm_stop_info *info);
+void vm_stop_simple(struct kvmvm_vm *vm, int reason, uint64_t code, int vcpu);
+
+/* the single exit-dispatch function: returns 0 to keep running, 1 when the vCPU must stop */
+int vcpu_handle_exit(struct vcpu *v);
+
+int vcpu_setup_cpuid(struct kvmvm_vm *vm, struct vcpu *v);
+int vcpu_setup_boot(struct kvmvm_vm *vm, struct vcpu *v, const struct kvmvm_boot_regs *r);
+int vcpu_setup_common(struct kvmvm_vm *vm, struct vcpu *v);
+
+/* device constructors */
+struct kvmvm_device *serial_new(struct kvmvm_vm *vm, int irq, int out_fd, int in_fd);
+int serial_start_input(struct kvmvm_device *dev);
+void serial_stop_input(struct kvmvm_device *dev);
+struct kvmvm_device *debug_exit_new(struct kvmvm_vm *vm);
+struct kvmvm_device *i8042_new(struct kvmvm_vm *vm);
+struct kvmvm_device *boot_timer_new(struct kvmvm_vm *vm);
+
+int64_t kvmvm_now_ns(void);
+
+/* the Python slow path (defined by cffi: extern "Python+C") */
+int kvmvm_py_io(uint64_t handle, int is_write, uint64_t offset, uint8_t *data, uint32_t len);
+
+#endif

@@ -1,0 +1,89 @@
+/*
+ * The small legacy devices that end or time a VM: QEMU-compatible debug-exit,
+ * the i8042 reset line, and the boot-timer register a guest's init writes.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+
+static void zero_read(struct kvmvm_device *dev, uint64_t off, uint8_t *data, uint32_t len)
+{
+    (void)dev; (void)off;
+    memset(data, 0, len);
+}
+
+static void plain_destroy(struct kvmvm_device *dev) { free(dev); }
+
+static struct kvmvm_device *plain_new(struct kvmvm_vm *vm, const char *name,
+                                      const struct device_ops *ops)
+{
+    struct kvmvm_device *dev = calloc(1, sizeof(*dev));
+    if (dev) {
+        dev->name = name;
+        dev->ops = ops;
+        dev->vm = vm;
+    }
+    return dev;
+}
+
+static uint64_t le_value(const uint8_t *data, uint32_t len)
+{
+    uint64_t v = 0;
+    for (uint32_t i = 0; i < len && i < 8; i++)
+        v |= (uint64_t)data[i] << (8 * i);
+    return v;
+}
+
+/* debug-exit: a write of v ends the VM; the host turns v into status (v << 1) | 1 */
+static void debug_exit_write(struct kvmvm_device *dev, uint64_t off, const uint8_t *data, uint32_t len)
+{
+    (void)off;
+    vm_stop_simple(dev->vm, KVMVM_STOP_DEBUG_EXIT, le_value(data, len), -1);
+}
+
+static const struct device_ops debug_exit_ops = {
+    .read = zero_read, .write = debug_exit_write, .destroy = plain_destroy,
+};
+
+struct kvmvm_device *debug_exit_new(struct kvmvm_vm *vm)
+{
+    return plain_new(vm, "debug-exit", &debug_exit_ops);
+}
+
+/* i8042: only what a guest needs to reset the machine (0xfe to port 0x64) */
+static void i8042_write(struct kvmvm_device *dev, uint64_t off, const uint8_t *data, uint32_t len)
+{
+    (void)len;
+    if (off == 4 && data[0] == 0xfe)
+        vm_stop_simple(dev->vm, KVMVM_STOP_RESET, 0, -1);
+}
+
+static const struct device_ops i8042_ops = {
+    .read = zero_read, .write = i8042_write, .destroy = plain_destroy,
+};
+
+struct kvmvm_device *i8042_new(struct kvmvm_vm *vm)
+{
+    return plain_new(vm, "i8042", &i8042_ops);
+}
+
+/* boot timer: the first write of 123 at offset 0 stamps "guest init reached" (Firecracker's
+   convention, so the same guest init works under both) */
+static void boot_timer_write(struct kvmvm_device *dev, uint64_t off, const uint8_t *data, uint32_t len)
+{
+    (void)len;
+    if (off == 0 && data[0] == 123) {
+        long long zero = 0;
+        atomic_compare_exchange_strong(&dev->vm->t_boot_signal_ns, &zero, kvmvm_now_ns());
+    }
+}
+
+static const struct device_ops boot_timer_ops = {
+    .read = zero_read, .write = boot_timer_write, .destroy = plain_destroy,
+};
+
+struct kvmvm_device *boot_timer_new(struct kvmvm_vm *vm)
+{
+    return plain_new(vm, "boot-timer", &boot_timer_ops);
+}

@@ -1,0 +1,289 @@
+/*
+ * 8250/16550A UART (COM1): output goes straight to a host fd from the vCPU thread,
+ * input comes from a host fd through a small reader thread. Enough of the register
+ * set (FIFO, loopback, scratch, THRE/RDI interrupts) for Linux's 8250 driver.
+ */
+#include <errno.h>
+#include <poll.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+#define RX_CAP 4096
+
+#define IER_RDI   0x01
+#define IER_THRI  0x02
+#define IIR_NONE  0x01
+#define IIR_THRI  0x02
+#define IIR_RDI   0x04
+#define IIR_FIFO  0xc0
+#define LCR_DLAB  0x80
+#define MCR_LOOP  0x10
+#define LSR_DR    0x01
+#define LSR_THRE  0x20
+#define LSR_TEMT  0x40
+
+struct serial {
+    pthread_mutex_t lock;
+    pthread_cond_t space;
+    uint8_t ier, lcr, mcr, scr, dll, dlm, fcr;
+    int thr_ipending;
+    uint8_t rx[RX_CAP];
+    int rx_head, rx_count;
+    int irq, level;
+    int out_fd, in_fd;
+    int stop_pipe[2];
+    int in_started, in_stopping;
+    pthread_t in_thread;
+};
+
+static void write_all(int fd, const uint8_t *p, size_t n)
+{
+    while (n > 0 && fd >= 0) {
+        ssize_t w = write(fd, p, n);
+        if (w < 0) {
+            if (errno == EINTR)
+                continue;
+            if (errno == EAGAIN) {
+                struct pollfd pf = { .fd = fd, .events = POLLOUT };
+                poll(&pf, 1, 100);
+                continue;
+            }
+            return;     /* EPIPE etc.: the reader went away; the guest does not care */
+        }
+        p += w;
+        n -= w;
+    }
+}
+
+/* caller holds s->lock */
+static void update_irq(struct kvmvm_device *dev, struct serial *s)
+{
+    int level = ((s->ier & IER_RDI) && s->rx_count) || ((s->ier & IER_THRI) && s->thr_ipending);
+    if (level != s->level) {
+        s->level = level;
+        if (dev->vm)
+            kvmvm_vm_irq_line(dev->vm, s->irq, level);
+    }
+}
+
+static void rx_push(struct serial *s, uint8_t b)
+{
+    if (s->rx_count == RX_CAP)
+        return;
+    s->rx[(s->rx_head + s->rx_count) % RX_CAP] = b;
+    s->rx_count++;
+}
+
+static void serial_read(struct kvmvm_device *dev, uint64_t off, uint8_t *data, uint32_t len)
+{
+    struct serial *s = dev->priv;
+    uint8_t v = 0;
+    pthread_mutex_lock(&s->lock);
+    switch (off) {
+    case 0:
+        if (s->lcr & LCR_DLAB) {
+            v = s->dll;
+        } else if (s->rx_count) {
+            v = s->rx[s->rx_head];
+            s->rx_head = (s->rx_head + 1) % RX_CAP;
+            s->rx_count--;
+            pthread_cond_signal(&s->space);
+        }
+        break;
+    case 1:
+        v = (s->lcr & LCR_DLAB) ? s->dlm : s->ier;
+        break;
+    case 2:
+        if ((s->ier & IER_RDI) && s->rx_count) {
+            v = IIR_RDI;
+        } else if ((s->ier & IER_THRI) && s->thr_ipending) {
+            v = IIR_THRI;
+            s->thr_ipending = 0;    /* reading IIR acknowledges THRE */
+        } else {
+            v = IIR_NONE;
+        }
+        if (s->fcr & 1)
+            v |= IIR_FIFO;
+        break;
+    case 3: v = s->lcr; break;
+    case 4: v = s->mcr; break;
+    case 5: v = (s->rx_count ? LSR_DR : 0) | LSR_THRE | LSR_TEMT; break;
+    case 6:
+        if (s->mcr & MCR_LOOP)  /* loopback: CTS=RTS, DSR=DTR, RI=OUT1, DCD=OUT2 */
+            v = ((s->mcr & 0x02) << 3) | ((s->mcr & 0x01) << 5) |
+                ((s->mcr & 0x04) << 4) | ((s->mcr & 0x08) << 4);
+        else
+            v = 0xb0;           /* DCD, DSR, CTS */
+        break;
+    case 7: v = s->scr; break;
+    }
+    update_irq(dev, s);
+    pthread_mutex_unlock(&s->lock);
+    memset(data, 0, len);
+    data[0] = v;
+}
+
+static void serial_write(struct kvmvm_device *dev, uint64_t off, const uint8_t *data, uint32_t len)
+{
+    struct serial *s = dev->priv;
+    uint8_t v = data[0];
+    int out = -1;
+    (void)len;
+    pthread_mutex_lock(&s->lock);
+    switch (off) {
+    case 0:
+        if (s->lcr & LCR_DLAB) {
+            s->dll = v;
+        } else {
+            if (s->mcr & MCR_LOOP)
+                rx_push(s, v);
+            else
+                out = v;
+            s->thr_ipending = 1;
+        }
+        break;
+    case 1:
+        if (s->lcr & LCR_DLAB) {
+            s->dlm = v;
+        } else {
+            if (!(s->ier & IER_THRI) && (v & IER_THRI))
+                s->thr_ipending = 1;    /* enabling THRI with an empty THR interrupts */
+            s->ier = v & 0x0f;
+        }
+        break;
+    case 2:
+        s->fcr = v;
+        if (v & 0x02) {
+            s->rx_count = 0;
+            pthread_cond_signal(&s->space);
+        }
+        break;
+    case 3: s->lcr = v; break;
+    case 4: s->mcr = v & 0x1f; break;
+    case 7: s->scr = v; break;
+    }
+    update_irq(dev, s);
+    pthread_mutex_unlock(&s->lock);
+    if (out >= 0) {
+        uint8_t b = (uint8_t)out;
+        write_all(s->out_fd, &b, 1);
+    }
+}
+
+static void *input_thread(void *arg)
+{
+    struct kvmvm_device *dev = arg;
+    struct serial *s = dev->priv;
+    uint8_t buf[256];
+    int eof_sent = 0;
+    int is_tty = isatty(s->in_fd);
+
+    for (;;) {
+        /* after end of input only the stop pipe is watched */
+        struct pollfd pf[2] = { { .fd = s->stop_pipe[0], .events = POLLIN },
+                                { .fd = s->in_fd, .events = POLLIN } };
+        if (poll(pf, eof_sent ? 1 : 2, -1) < 0) {
+            if (errno == EINTR)
+                continue;
+            break;
+        }
+        if (pf[0].revents)
+            break;
+        if (eof_sent || !pf[1].revents)
+            continue;
+        ssize_t n = read(s->in_fd, buf, sizeof(buf));
+        if (n < 0 && (errno == EINTR || errno == EAGAIN))
+            continue;
+        pthread_mutex_lock(&s->lock);
+        if (n <= 0) {
+            /* end of piped input: Ctrl-D, so a shell on the guest console sees EOF */
+            if (!is_tty)
+                rx_push(s, 0x04);
+            eof_sent = 1;
+        }
+        for (ssize_t i = 0; i < n; i++) {
+            while (s->rx_count == RX_CAP && !s->in_stopping)
+                pthread_cond_wait(&s->space, &s->lock);
+            if (s->in_stopping)
+                break;
+            rx_push(s, buf[i]);
+        }
+        update_irq(dev, s);
+        int stopping = s->in_stopping;
+        pthread_mutex_unlock(&s->lock);
+        if (stopping)
+            break;
+    }
+    return NULL;
+}
+
+int serial_start_input(struct kvmvm_device *dev)
+{
+    struct serial *s = dev->priv;
+    if (s->in_fd < 0 || s->in_started)
+        return 0;
+    if (pipe(s->stop_pipe) < 0)
+        return -errno;
+    int rc = pthread_create(&s->in_thread, NULL, input_thread, dev);
+    if (rc)
+        return -rc;
+    s->in_started = 1;
+    return 0;
+}
+
+void serial_stop_input(struct kvmvm_device *dev)
+{
+    struct serial *s = dev->priv;
+    if (!s->in_started)
+        return;
+    pthread_mutex_lock(&s->lock);
+    s->in_stopping = 1;
+    pthread_cond_broadcast(&s->space);
+    pthread_mutex_unlock(&s->lock);
+    (void)!write(s->stop_pipe[1], "x", 1);
+    pthread_join(s->in_thread, NULL);
+    close(s->stop_pipe[0]);
+    close(s->stop_pipe[1]);
+    s->in_started = 0;
+}
+
+static void serial_destroy(struct kvmvm_device *dev)
+{
+    struct serial *s = dev->priv;
+    serial_stop_input(dev);
+    pthread_mutex_destroy(&s->lock);
+    pthread_cond_destroy(&s->space);
+    free(s);
+    free(dev);
+}
+
+static const struct device_ops serial_ops = {
+    .read = serial_read,
+    .write = serial_write,
+    .destroy = serial_destroy,
+};
+
+struct kvmvm_device *serial_new(struct kvmvm_vm *vm, int irq, int out_fd, int in_fd)
+{
+    struct kvmvm_device *dev = calloc(1, sizeof(*dev));
+    struct serial *s = calloc(1, sizeof(*s));
+    if (!dev || !s) {
+        free(dev);
+        free(s);
+        return NULL;
+    }
+    pthread_mutex_init(&s->lock, NULL);
+    pthread_cond_init(&s->space, NULL);
+    s->irq = irq;
+    s->out_fd = out_fd;
+    s->in_fd = in_fd;
+    s->mcr = 0x08;      /* OUT2 */
+    dev->name = "serial";
+    dev->ops = &serial_ops;
+    dev->vm = vm;
+    dev->priv = s;
+    return dev;
+}

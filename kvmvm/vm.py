@@ -1,0 +1,168 @@
+"""The object API over one KVM virtual machine (the top cffi layer).
+
+A `Vm` owns the VM fd, guest RAM, vCPUs and the C devices; `Machine` (kvmvm.machine)
+builds one from a configuration and boots a guest in it.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from dataclasses import dataclass, field
+
+from kvmvm.bindings import STOP_REASONS, check, ffi, lib, register_py_device, unregister_py_device
+from kvmvm.errors import GuestMemoryError, KvmError
+
+BUS_PIO = lib.KVMVM_BUS_PIO
+BUS_MMIO = lib.KVMVM_BUS_MMIO
+MODE_PROTECTED32 = lib.KVMVM_MODE_PROTECTED32
+MODE_LONG64 = lib.KVMVM_MODE_LONG64
+
+
+@dataclass
+class StopInfo:
+    """Why a VM stopped: `reason` is a name from bindings.STOP_REASONS."""
+
+    reason: str
+    code: int = 0
+    vcpu: int = -1
+    rip: int = 0
+    data: list = field(default_factory=list)
+
+
+@dataclass
+class Caps:
+    api_version: int
+    irqchip: bool
+    pit2: bool
+    irqfd: bool
+    ioeventfd: bool
+    immediate_exit: bool
+    max_vcpus: int
+    nr_memslots: int
+
+
+def open_error(path: str, err: int) -> KvmError:
+    if err == errno.ENOENT:
+        return KvmError(err, f"{path} does not exist: this host has no KVM (load kvm_intel/kvm_amd, or enable nested virtualisation)")
+    if err in (errno.EACCES, errno.EPERM):
+        return KvmError(err, f"{path}: permission denied (run as root or join the kvm group)")
+    if err == errno.ENOTSUP:
+        return KvmError(err, f"{path}: unsupported KVM API version (need 12)")
+    return KvmError(err, f"{path}: cannot create a VM: {os.strerror(err)}")
+
+
+class Vm:
+    def __init__(self, dev_path: str = "/dev/kvm"):
+        err = ffi.new("int *")
+        vm = lib.kvmvm_vm_new(dev_path.encode(), err)
+        if vm == ffi.NULL:
+            raise open_error(dev_path, -err[0])
+        self._vm = vm
+        self._py_handles: list[int] = []
+        c = ffi.new("struct kvmvm_caps *")
+        lib.kvmvm_vm_caps(vm, c)
+        self.caps = Caps(c.api_version, bool(c.irqchip), bool(c.pit2), bool(c.irqfd),
+                         bool(c.ioeventfd), bool(c.immediate_exit), c.max_vcpus, c.nr_memslots)
+
+    # --- memory ---
+    def add_ram(self, gpa: int, size: int) -> None:
+        check(lib.kvmvm_vm_add_ram(self._vm, gpa, size), f"guest RAM {size >> 20} MiB at {gpa:#x}")
+
+    def write(self, gpa: int, data: bytes) -> None:
+        if lib.kvmvm_vm_mem_write(self._vm, gpa, data, len(data)) < 0:
+            raise GuestMemoryError(f"write of {len(data):#x} bytes at {gpa:#x} is outside guest memory")
+
+    def read(self, gpa: int, size: int) -> bytes:
+        buf = ffi.new("uint8_t[]", size)
+        if lib.kvmvm_vm_mem_read(self._vm, gpa, buf, size) < 0:
+            raise GuestMemoryError(f"read of {size:#x} bytes at {gpa:#x} is outside guest memory")
+        return bytes(ffi.buffer(buf, size))
+
+    # --- vCPUs ---
+    def create_vcpus(self, n: int) -> None:
+        check(lib.kvmvm_vm_create_vcpus(self._vm, n), f"create {n} vCPU(s)")
+
+    def set_boot_regs(self, vcpu: int, mode: int, rip: int, *, rsp: int = 0, rsi: int = 0,
+                      rbx: int = 0, gdt_gpa: int, pml4_gpa: int = 0) -> None:
+        r = ffi.new("struct kvmvm_boot_regs *")
+        r.mode, r.rip, r.rsp, r.rsi, r.rbx = mode, rip, rsp, rsi, rbx
+        r.gdt_gpa, r.pml4_gpa = gdt_gpa, pml4_gpa
+        check(lib.kvmvm_vm_boot_regs(self._vm, vcpu, r), f"vCPU {vcpu} boot registers")
+
+    # --- devices ---
+    def add_serial(self, port: int = 0x3F8, irq: int = 4, out_fd: int = 1, in_fd: int = -1) -> None:
+        check(lib.kvmvm_vm_add_serial(self._vm, port, irq, out_fd, in_fd), "serial port")
+
+    def add_debug_exit(self, port: int = 0xF4, size: int = 4) -> None:
+        check(lib.kvmvm_vm_add_debug_exit(self._vm, port, size), "debug-exit port")
+
+    def add_i8042(self) -> None:
+        check(lib.kvmvm_vm_add_i8042(self._vm), "i8042")
+
+    def add_boot_timer(self, gpa: int) -> None:
+        check(lib.kvmvm_vm_add_boot_timer(self._vm, gpa), "boot timer")
+
+    def add_py_device(self, bus: int, base: int, length: int, dev) -> None:
+        h = register_py_device(dev)
+        rc = lib.kvmvm_vm_add_py_device(self._vm, bus, base, length, h)
+        if rc < 0:
+            unregister_py_device(h)
+            check(rc, f"device at {base:#x}")
+        self._py_handles.append(h)
+
+    def irq_line(self, irq: int, level: int) -> None:
+        check(lib.kvmvm_vm_irq_line(self._vm, irq, level), f"irq {irq}")
+
+    # --- running ---
+    def start(self) -> None:
+        check(lib.kvmvm_vm_start(self._vm), "start vCPUs")
+
+    def wait(self, timeout: float | None = None) -> StopInfo | None:
+        """Block until the VM stops (None: for ever); None when the timeout ran out first."""
+        out = ffi.new("struct kvmvm_stop_info *")
+        ms = -1 if timeout is None else max(0, int(timeout * 1000))
+        if lib.kvmvm_vm_wait(self._vm, ms, out) == 1:
+            return None
+        return StopInfo(STOP_REASONS.get(out.reason, f"reason-{out.reason}"), out.code, out.vcpu,
+                        out.rip, [out.data[i] for i in range(out.ndata)])
+
+    def stop(self, reason: int = lib.KVMVM_STOP_REQUESTED, code: int = 0) -> None:
+        lib.kvmvm_vm_stop(self._vm, reason, code)
+
+    def stats(self) -> dict:
+        s = ffi.new("struct kvmvm_stats *")
+        lib.kvmvm_vm_stats(self._vm, s)
+        return {
+            "exits": s.exits, "exits_io": s.exits_io, "exits_mmio": s.exits_mmio,
+            "exits_intr": s.exits_intr, "exits_other": s.exits_other,
+            "io_unhandled": s.io_unhandled, "mmio_unhandled": s.mmio_unhandled,
+            "py_calls": s.py_calls,
+            "t_created_ns": s.t_created_ns, "t_first_run_ns": s.t_first_run_ns,
+            "t_boot_signal_ns": s.t_boot_signal_ns, "t_end_ns": s.t_end_ns,
+        }
+
+    def supported_cpuid(self) -> list[tuple]:
+        arr = ffi.new("struct kvmvm_cpuid_entry[]", 256)
+        n = check(lib.kvmvm_vm_supported_cpuid(self._vm, arr, 256), "KVM_GET_SUPPORTED_CPUID")
+        return [(a.function, a.index, a.flags, a.eax, a.ebx, a.ecx, a.edx) for a in arr[0:n]]
+
+    def close(self) -> None:
+        if self._vm is not None:
+            lib.kvmvm_vm_free(self._vm)
+            self._vm = None
+            for h in self._py_handles:
+                unregister_py_device(h)
+            self._py_handles.clear()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Idempotent set-up on a Debian 12 machine: Debian packages, the project venv (.venv) with
+# kvmvm installed editable (compiles the C core), and the tiny guests. Quiet when all is there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+
+need=()
+while read -r p; do
+  p=${p%%#*}; p=${p//[[:space:]]/}
+  [ -n "$p" ] || continue
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || need+=("$p")
+done < scripts/apt-packages.txt
+if [ ${#need[@]} -gt 0 ]; then
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+  echo "setup: installing Debian packages: ${need[*]}" >&2
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  echo "setup: creating .venv" >&2
+  "$PY" -m venv .venv
+fi
+stamp=.venv/.kvmvm-installed
+src_hash=$(cat pyproject.toml kvmvm/native/*.c kvmvm/native/*.h kvmvm/native/*.py 2>/dev/null | sha256sum | cut -c1-16)
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$src_hash" ]; then
+  echo "setup: installing kvmvm into .venv (compiles the C core)" >&2
+  .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[test,bench]" >&2
+  echo "$src_hash" > "$stamp"
+fi
+make -s -C guest-images/tiny >&2

@@ -1,0 +1,119 @@
+#!/usr/bin/env bash
+# kvmvm's test tiers, after scripts/setup.sh made .venv:
+#   host   tiny guests, on the local /dev/kvm whatever it is (PVM included)
+#   linux  Linux guests, on a standard KVM: the local /dev/kvm when it can run Linux guests,
+#          else inside the kvmhost L1 (QEMU TCG emulating AMD SVM; see tests/kvmhost/)
+# Usage: scripts/test.sh [pytest args]   (given paths replace the default ones; both tiers get the args)
+# Environment: KVMVM_TIERS=host,linux (which tiers), KVMVM_LINUX_TIER_TIMEOUT=seconds (L1, default 1800),
+#              CI=true: nothing is skipped for lack of KVM.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+PY=.venv/bin/python
+REPORTS=build/test-reports
+TIERS=${KVMVM_TIERS:-host,linux}
+LINUX_TIMEOUT=${KVMVM_LINUX_TIER_TIMEOUT:-1800}
+
+[ -x "$PY" ] || { echo "test.sh: $PY missing: run scripts/setup.sh first" >&2; exit 2; }
+if [ "${CI:-}" = true ] && [ ! -e /dev/kvm ]; then
+  echo "test.sh: CI=true and there is no /dev/kvm: refusing to skip the KVM tests" >&2
+  exit 1
+fi
+# A linux-tier test that cannot run errors rather than skips (tests/conftest.py).
+export KVMVM_REQUIRE_LINUX_KVM=1
+[ "${CI:-}" = true ] && export KVMVM_REQUIRE_KVM=1
+
+mkdir -p "$REPORTS"
+rm -f "$REPORTS"/host.xml "$REPORTS"/linux.xml "$REPORTS"/kvmhost.json
+
+# Paths among the arguments replace the default test paths; they also decide which tiers apply.
+paths=() ; opts=()
+for a in "$@"; do
+  if [[ $a != -* ]] && [ -e "${a%%::*}" ]; then paths+=("$a"); else opts+=("$a"); fi
+done
+host_paths=(tests) ; linux_paths=(tests/linux)
+if [ ${#paths[@]} -gt 0 ]; then
+  host_paths=() ; linux_paths=()
+  for p in "${paths[@]}"; do
+    r=$(realpath -m "${p%%::*}") ; l=$(realpath -m tests/linux)
+    case "$r/" in "$l"/*) linux_paths+=("$p") ;; *) host_paths+=("$p") ;; esac
+    case "$l/" in "$r"/*) linux_paths+=("$p") ;; esac   # a parent of tests/linux: both tiers
+  done
+fi
+
+now() { date +%s.%N; }
+since() { awk -v a="$1" -v b="$(now)" "BEGIN { print b - a }"; }
+t_start=$(now)
+failed=()
+
+# pytest exit 5 (nothing collected) fails a tier unless the caller's arguments narrowed it.
+check() {  # tier rc
+  local tier=$1 rc=$2
+  if [ "$rc" = 5 ]; then
+    if [ $# -gt 2 ] && [ "$3" = narrowed ]; then echo "test.sh: $tier tier: no test selected by the given arguments" >&2; return; fi
+    echo "test.sh: $tier tier collected no tests" >&2
+  fi
+  [ "$rc" = 0 ] || failed+=("$tier (exit $rc)")
+}
+narrowed=full; [ $# -gt 0 ] && narrowed=narrowed
+
+host_s=- ; linux_s=- ; linux_where=-
+if [[ ,$TIERS, == *,host,* ]] && [ ${#host_paths[@]} -gt 0 ]; then
+  echo "== test.sh: host tier" >&2
+  t=$(now)
+  "$PY" -m pytest -m host --junitxml="$REPORTS/host.xml" "${opts[@]}" "${host_paths[@]}"
+  check host $? $narrowed
+  host_s=$(since $t)
+fi
+
+if [[ ,$TIERS, == *,linux,* ]] && [ ${#linux_paths[@]} -gt 0 ]; then
+  t=$(now)
+  if [ -e /dev/kvm ] && [ ! -e /sys/module/kvm_pvm ]; then
+    linux_where="local /dev/kvm"
+    echo "== test.sh: linux tier on the local /dev/kvm" >&2
+    "$PY" -m pytest -m linux --junitxml="$REPORTS/linux.xml" "${opts[@]}" "${linux_paths[@]}"
+    check linux $? $narrowed
+  else
+    linux_where="kvmhost L1"
+    echo "== test.sh: linux tier inside the kvmhost L1 (local /dev/kvm cannot run Linux guests)" >&2
+    "$PY" -m tests.kvmhost run --timeout "$LINUX_TIMEOUT" --report "$REPORTS/kvmhost.json" -- \
+      "$PY" -m pytest -m linux --junitxml="$REPORTS/linux.xml" "${opts[@]}" "${linux_paths[@]}"
+    check linux $? $narrowed
+  fi
+  linux_s=$(since $t)
+fi
+
+# Per-tier times, then one closing line of counts over both tiers (from the JUnit reports).
+"$PY" - "$REPORTS" "$host_s" "$linux_s" "$linux_where" "$(since $t_start)" "${#failed[@]}" <<'EOF'
+import json, sys, xml.etree.ElementTree as ET
+from pathlib import Path
+reports, host_s, linux_s, where, total_s, tier_failures = sys.argv[1:]
+fmt = lambda s: "-" if s == "-" else f"{float(s):.1f} s"
+l1 = "-"
+kj = Path(reports, "kvmhost.json")
+if kj.is_file():
+    r = json.loads(kj.read_text())
+    l1 = f"{r['ready_s']:.1f} s" if r.get("ready_s") else "-"
+print(f"test.sh: times: host tier {fmt(host_s)} | L1 start {l1} | linux tier {fmt(linux_s)} ({where}) | total {fmt(total_s)}")
+passed = failed = skipped = 0
+for tier, ran in (("host", host_s), ("linux", linux_s)):
+    x = Path(reports, f"{tier}.xml")
+    if ran == "-":
+        continue
+    if not x.is_file():
+        print(f"test.sh: {tier} tier left no report (it did not run to the end)")
+        failed += 1
+        continue
+    for s in ET.parse(x).getroot().iter("testsuite"):
+        n, f, e, k = (int(s.get(a, 0)) for a in ("tests", "failures", "errors", "skipped"))
+        passed += n - f - e - k
+        failed += f + e
+        skipped += k
+if int(tier_failures) and not failed:
+    failed = int(tier_failures)
+print(f"summary: {passed} passed, {failed} failed, {skipped} skipped")
+EOF
+
+if [ ${#failed[@]} -gt 0 ]; then
+  echo "test.sh: FAILED: ${failed[*]}" >&2
+  exit 1
+fi

@@ -1,0 +1,145 @@
+"""The standard-KVM test host (tests/kvmhost) itself, on the host: each test boots a real L1.
+
+Boots cost ~8-15 s each under TCG, so one boot checks many things at once.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.kvmhost import run as kvmhost_run
+from tests.kvmhost.cpio import Cpio
+from tests.kvmhost.runner import RUN_PREFIX
+
+ROOT = Path(__file__).resolve().parents[2]
+needs_qemu = pytest.mark.skipif(not shutil.which("qemu-system-x86_64") and not os.environ.get("CI"),
+                                reason="qemu-system-x86_64 not installed")
+
+
+def kvmhost(*args: str, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "tests.kvmhost", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout, env=env)
+
+
+def assert_torn_down(pid: int) -> None:
+    """No QEMU of that kvmhost process and no run directory of it remain."""
+    tag = f"{RUN_PREFIX}{pid}-".encode()
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                cmdline = (proc / "cmdline").read_bytes()
+            except OSError:
+                continue
+            assert tag not in cmdline, f"left-over process {proc.name}: {cmdline[:200]!r}"
+    assert not list(Path(tempfile.gettempdir()).glob(f"{RUN_PREFIX}{pid}-*")), "left-over run directory"
+
+
+SCRIPT = r"""
+echo out
+echo err >&2
+test -c /dev/kvm && echo "kvm: standard"
+test -e /sys/module/kvm_pvm && echo "kvm: PVM"
+test -d /sys/module/kvm_amd && echo "kvm_amd: loaded"
+test -c /dev/net/tun && echo "tun: yes"
+echo "cwd: $(pwd)"
+echo "kvmvm_home: $KVMVM_HOME"
+echo written > build/kvmhost-test/from-l1
+touch /usr/kvmhost-ro-probe 2>/dev/null || echo "root: read-only"
+exit 3
+"""
+
+
+@pytest.fixture(scope="module")
+def failing_run():
+    shared = ROOT / "build" / "kvmhost-test"
+    shutil.rmtree(shared, ignore_errors=True)
+    shared.mkdir(parents=True)
+    res = kvmhost_run(["sh", "-c", SCRIPT], timeout=240, cwd=ROOT)  # the Python API
+    yield res, shared
+    shutil.rmtree(shared, ignore_errors=True)
+
+
+@needs_qemu
+def test_status_and_output_come_back(failing_run):
+    res, _ = failing_run
+    assert (res.status, res.timed_out) == (3, False), res.output
+    lines = res.output.splitlines()
+    assert "out" in lines and "err" in lines
+    assert "Linux version" not in res.output and "@@kvmhost" not in res.output  # no kernel or init noise
+    assert res.ready_s is not None and 0 < res.ready_s < res.total_s
+
+
+@needs_qemu
+def test_l1_has_standard_kvm_and_the_shares(failing_run):
+    res, shared = failing_run
+    out = res.output
+    lines = out.splitlines()
+    assert "kvm: standard" in lines and "kvm_amd: loaded" in lines and "kvm: PVM" not in lines, out
+    assert "tun: yes" in lines
+    assert f"cwd: {ROOT}" in lines
+    assert "root: read-only" in lines
+    assert any(line.startswith("kvmvm_home: /") for line in lines)
+    assert (shared / "from-l1").read_text() == "written\n"  # the checkout is shared read-write
+    assert_torn_down(os.getpid())
+
+
+@needs_qemu
+def test_timeout_kills_the_command_and_l1():
+    t0 = time.monotonic()
+    proc = subprocess.Popen([sys.executable, "-m", "tests.kvmhost", "run", "--timeout", "30", "--",
+                             "sh", "-c", "echo started; sleep 600"], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out, err = proc.communicate(timeout=120)
+    took = time.monotonic() - t0
+    assert proc.returncode == 124, err
+    assert "kvmhost: timeout after 30 s" in err
+    assert "started" in out  # the command was running when it was killed
+    assert took < 45
+    assert "kvmhost: L1 ready in " in err  # the command ran, so L1 became ready
+    assert_torn_down(proc.pid)
+
+
+@needs_qemu
+def test_sigterm_tears_l1_down():
+    proc = subprocess.Popen([sys.executable, "-m", "tests.kvmhost", "run", "--timeout", "240", "--",
+                             "sleep", "600"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(3)  # QEMU is up, L1 still booting
+        assert proc.poll() is None
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM
+    assert "interrupted by SIGTERM" in err and "Traceback" not in err
+    assert_torn_down(proc.pid)
+
+
+def test_missing_qemu_is_one_clear_line(tmp_path):
+    env = dict(os.environ, PATH=str(tmp_path))
+    res = kvmhost("run", "--", "true", env=env, timeout=60)
+    assert res.returncode == 125
+    assert res.stderr.strip() == "kvmhost: qemu-system-x86_64 not found (apt-get install qemu-system-x86)"
+
+
+def test_cpio_archive_is_readable_by_cpio(tmp_path):
+    c = Cpio()
+    c.dir("bin")
+    c.file("bin/hello", b"hi\n", 0o755)
+    c.symlink("bin/sh", "hello")
+    c.chardev("console", 5, 1)
+    c.write(tmp_path / "a.gz")
+    if not shutil.which("cpio"):
+        pytest.skip("cpio not installed")
+    listing = subprocess.run(f"gzip -dc {tmp_path}/a.gz | cpio -tv", shell=True, capture_output=True, text=True)
+    assert listing.returncode == 0, listing.stderr
+    names = [line.split()[-1] if "->" not in line else line.split()[-3] for line in listing.stdout.splitlines()]
+    assert names == ["bin", "bin/hello", "bin/sh", "console"]

@@ -1,0 +1,49 @@
+#!/bin/busybox sh
+# kvmhost L1 /init: load KVM (kvm_amd, nested) and 9p, mount the host root read-only at
+# /host with the shares the host asked for (ctl/shares.sh) at their own paths, run the
+# command (ctl/cmd.sh) chrooted into /host, write its exit status, power off.
+# Lines starting with "@@kvmhost " on the console are read by the host (runner.py).
+/bin/busybox --install -s /bin
+export PATH=/bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+
+say() { echo "@@kvmhost $*" > /dev/console; }
+fail() { say "error $*"; sync; poweroff -f; sleep 10; exit 1; }
+load() {
+  m=$1; shift
+  insmod "/lib/modules/$m.ko" "$@" 2>/tmp/insmod.err || fail "insmod $m failed: $(cat /tmp/insmod.err) $(dmesg | grep -i "$m" | tail -n 2 | tr '\n' ' ')"
+}
+
+@MODULES@
+
+[ -c /dev/kvm ] || fail "/dev/kvm did not appear in L1 (kvm_amd: $(dmesg | grep -i -e kvm -e svm | tail -n 3 | tr '\n' ' '))"
+
+O=trans=virtio,version=9p2000.L,msize=512000
+mount -t 9p -o $O kvmhostctl /ctl || fail "cannot mount the control share"
+mount -t 9p -o $O,cache=loose,ro hostroot /host || fail "cannot mount the host root over 9p"
+mount -t proc proc /host/proc
+mount -t sysfs sysfs /host/sys
+mount -t devtmpfs devtmpfs /host/dev
+mkdir -p /host/dev/pts /host/dev/shm
+mount -t devpts devpts /host/dev/pts
+mount -t tmpfs -o mode=1777 tmpfs /host/dev/shm
+mount -t tmpfs -o mode=1777 tmpfs /host/tmp
+mount -t tmpfs -o mode=755 tmpfs /host/run
+# share TAG PATH: a read-write host directory at the same path inside L1
+share() {
+  mkdir -p "/host$2" 2>/dev/null
+  mount -t 9p -o $O,cache=loose "$1" "/host$2" || fail "cannot mount share $1 at $2"
+}
+. /ctl/shares.sh
+ip link set lo up 2>/dev/null
+
+say "ready $(cut -d' ' -f1 /proc/uptime)"
+chroot /host /bin/sh /proc/self/fd/3 3</ctl/cmd.sh </dev/null >/ctl/out 2>&1
+st=$?
+sync
+echo "$st" > /ctl/status
+say "status $st"
+poweroff -f
+sleep 10
