@@ -24,6 +24,9 @@ class KvmError(builtins.OSError, KvmvmError):
 
     exit_code = 1
 
+    def __str__(self) -> str:  # one clear line, without OSError's "[Errno N]" prefix
+        return self.strerror or super().__str__()
+
 
 class GuestMemoryError(builtins.ValueError, KvmvmError):
     """An access to guest memory outside its regions (addr + len checked)."""

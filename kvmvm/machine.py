@@ -30,6 +30,11 @@ class MachineConfig:
     serial_out_fd: int = 1        # where the guest's console goes
     serial_in_fd: int = -1        # where its input comes from (-1: none)
     kvm_path: str = "/dev/kvm"
+    drives: list = field(default_factory=list)   # "PATH[,ro]" specs; the first is /dev/vda
+    nets: list = field(default_factory=list)     # "tap=NAME[,mac=..]" specs
+    vsock: str | None = None                     # "cid=N,uds=PATH"
+    rng: bool = True
+    virtio_cmdline: bool = True                  # also list virtio devices on the command line
 
     def validate(self) -> None:
         if not isinstance(self.memory_mib, int) or self.memory_mib < MIN_MEMORY_MIB:
@@ -136,20 +141,32 @@ class Machine:
         self.t_vm_created_ns = time.monotonic_ns()
         for gpa, size in self.ram.regions:
             vm.add_ram(gpa, size)
-        self._load_kernel()
-        vm.create_vcpus(cfg.cpus)
-        self._set_boot_regs()
         vm.add_serial(0x3F8, 4, cfg.serial_out_fd, cfg.serial_in_fd)
         vm.add_debug_exit(DEBUG_EXIT_PORT, 4)
         vm.add_i8042()
         vm.add_boot_timer(layout.BOOT_TIMER_GPA)
+        from kvmvm.devices import attach_all
+
+        self.virtio = attach_all(vm, cfg)
+        self._load_kernel()
+        vm.create_vcpus(cfg.cpus)
+        self._set_boot_regs()
+
+    def full_cmdline(self) -> str:
+        """The user's command line plus one virtio_mmio.device= per virtio device."""
+        parts = [self.cfg.cmdline] if self.cfg.cmdline else []
+        if self.cfg.virtio_cmdline:
+            parts += [s.cmdline() for s in getattr(self, "virtio", [])]
+        return " ".join(parts)
 
     def _load_kernel(self) -> None:
         from kvmvm.boot import bootparams, elf, pvh
 
         vm, k = self.vm, self.kernel
         elf.load(k, vm.write)
-        cmd = self.cfg.cmdline.encode() + b"\0"
+        cmd = self.full_cmdline().encode() + b"\0"
+        if len(cmd) > layout.CMDLINE_MAX:
+            raise ConfigError(f"kernel command line is longer than {layout.CMDLINE_MAX - 1} bytes")
         vm.write(layout.CMDLINE, cmd)
         initrd = None
         if self.initrd_data is not None:

@@ -27,7 +27,8 @@ stamp=.venv/.kvmvm-installed
 src_hash=$(cat pyproject.toml kvmvm/native/*.c kvmvm/native/*.h kvmvm/native/*.py 2>/dev/null | sha256sum | cut -c1-16)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$src_hash" ]; then
   echo "setup: installing kvmvm into .venv (compiles the C core)" >&2
-  .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[test,bench]" >&2
+  # compat mode: a plain path entry, not an import hook that slows every start
+  .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[test,bench]" --config-settings editable_mode=compat >&2
   echo "$src_hash" > "$stamp"
 fi
 make -s -C guest-images/tiny >&2

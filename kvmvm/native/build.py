@@ -12,8 +12,10 @@ from cffi import FFI
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 ffibuilder = FFI()
-with open(os.path.join(HERE, "api.h")) as f:
-    ffibuilder.cdef(f.read())
+# api.h, then one api_<area>.h per further area (e.g. api_virtio.h), all cffi-parseable
+for _h in ["api.h"] + sorted(os.path.basename(p) for p in glob.glob(os.path.join(HERE, "api_*.h"))):
+    with open(os.path.join(HERE, _h)) as f:
+        ffibuilder.cdef(f.read())
 # the slow path: C device code calls into Python (cffi takes the GIL)
 ffibuilder.cdef(
     'extern "Python+C" int kvmvm_py_io(uint64_t handle, int is_write, uint64_t offset,'

@@ -49,17 +49,6 @@ class Result:
 
 
 @pytest.fixture(scope="session")
-def tiny_images() -> Path:
-    """Build every tiny guest once per session; a build failure fails loudly."""
-    assert shutil.which("make"), "make not found"
-    proc = subprocess.run(["make", "-C", str(TINY)], capture_output=True, text=True)
-    assert proc.returncode == 0, f"make -C {TINY} failed:\n{proc.stdout}\n{proc.stderr}"
-    for name in PROGRAMS:
-        assert (OUT / f"{name}.elf").is_file(), f"make did not produce out/{name}.elf"
-    return OUT
-
-
-@pytest.fixture(scope="session")
 def qemu() -> str:
     path = shutil.which(QEMU)
     assert path, f"{QEMU} not found: install qemu-system-x86 (scripts/apt-packages.txt)"
@@ -191,11 +180,6 @@ def test_halt_stays_up(qemu: str, tiny_images: Path) -> None:
 
 
 # ---- 64-bit entry (reference raw-KVM runner) -----------------------------------------
-
-@pytest.fixture(scope="session")
-def kvm_ok() -> None:
-    assert os.access("/dev/kvm", os.R_OK | os.W_OK), "/dev/kvm is missing or not accessible"
-
 
 @pytest.mark.parametrize("name,cmdline,status,out", [
     ("hello", "", 0, HELLO),

@@ -161,10 +161,11 @@ def prepare(log=None) -> Image:
         subprocess.run(["apt-get", "update", "-qq"], capture_output=True)
         found = _apt_kernel()
     if found is None:
-        cached = _newest_cached()
-        if cached:
+        cached = None if os.environ.get("KVMHOST_KERNEL_PACKAGE") else _newest_cached()
+        if cached:  # offline, or apt's lists gone: the image built last time will do
             return cached
-        raise KvmhostError(f"no Debian kernel package found (apt-cache depends {KERNEL_META_PACKAGE})")
+        wanted = os.environ.get("KVMHOST_KERNEL_PACKAGE") or KERNEL_META_PACKAGE
+        raise KvmhostError(f"Debian kernel package {wanted} not found by apt-cache (try apt-get update)")
     pkg, ver = found
     key = _key(pkg, ver, _busybox_version())
     root = cache_root()

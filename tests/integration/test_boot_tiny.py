@@ -1,0 +1,205 @@
+"""kvmvm boots every tiny guest on the local /dev/kvm: output, exit status, exit reasons."""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from .conftest import kvmvm
+
+pytestmark = pytest.mark.host
+
+HELLO = "Hello from kvmvm tiny guest\n"
+
+
+@pytest.mark.parametrize("name,cmdline,status,out", [
+    ("hello", "", 0, HELLO),
+    ("exitcode", "3", 7, "exitcode 3\n"),
+    ("exitcode", "0", 1, "exitcode 0\n"),
+    ("exitcode", "0x10", 33, "exitcode 16\n"),
+    ("pio-loop", "1000", 0, "pio-loop 1000 done\n"),
+    ("mmio-loop", "100", 0, None),
+    ("libtest", "", 0, None),
+])
+def test_tiny_guest_status_and_output(kvm_ok, tiny_images: Path, name, cmdline, status, out):
+    args = ["boot", "--kernel", str(tiny_images / f"{name}.elf")]
+    if cmdline:
+        args += ["--cmdline", cmdline]
+    r = kvmvm(*args)
+    assert r.status == status, r.err
+    if out is not None:
+        assert r.out == out
+    assert r.err == ""
+
+
+def test_triplefault_is_a_failure_with_one_line(kvm_ok, tiny_images):
+    r = kvmvm("boot", "--kernel", str(tiny_images / "triplefault.elf"))
+    assert r.status == 1
+    assert r.out == "triplefault: now\n"
+    lines = r.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("kvmvm: guest triple-faulted (KVM_EXIT_SHUTDOWN)")
+
+
+def test_json_reports_outcome_counts_and_timings(kvm_ok, tiny_images):
+    r = kvmvm("boot", "--kernel", str(tiny_images / "pio-loop.elf"), "--cmdline", "500", "--json")
+    assert r.status == 0
+    out_lines = r.out.strip().splitlines()
+    assert out_lines[0] == "pio-loop 500 done"
+    res = json.loads(out_lines[-1])
+    assert res["outcome"] == "ok" and res["reason"] == "reset" and res["status"] == 0
+    st = res["stats"]
+    assert st["exits_io"] >= 500 and st["io_unhandled"] >= 500   # port 0x80 has no device
+    assert st["exits"] >= st["exits_io"]
+    t = res["timings_ms"]
+    assert t["process_start"] <= 0 <= t["vm_created"] <= t["first_kvm_run"] <= t["end"]
+
+
+def test_probe_memory_cmdline_unmapped_mmio(kvm_ok, tiny_images):
+    r = kvmvm("boot", "--kernel", str(tiny_images / "probe.elf"), "--memory", "64",
+              "--cmdline", "hello world")
+    assert r.status == 0, r.err
+    lines = r.out.splitlines()
+    # 639 KiB below the EBDA + 63 MiB above 1 MiB
+    assert lines[0] == f"mem: {639 + 63 * 1024}"
+    assert "entry: pvh" in lines
+    assert "cmdline: hello world" in lines[2]
+    assert "mmio-unmapped: 0x0" in lines
+
+
+def test_timeout_stops_a_running_guest(kvm_ok, tiny_images):
+    r = kvmvm("boot", "--kernel", str(tiny_images / "halt.elf"), "--timeout", "0.5")
+    assert r.status == 124
+    assert r.out == "halt: now\n"
+    assert r.err.strip() == "kvmvm: timed out after 0.5 s; VM stopped"
+
+
+def test_two_vcpus_boot(kvm_ok, tiny_images):
+    r = kvmvm("boot", "--kernel", str(tiny_images / "hello.elf"), "--cpus", "2")
+    assert (r.status, r.out) == (0, HELLO)
+
+
+def without_pvh_note(src: Path, dst: Path) -> Path:
+    """Copy an ELF with its PT_NOTE turned into PT_NULL: kvmvm must use the 64-bit entry."""
+    data = bytearray(src.read_bytes())
+    phoff, = struct.unpack_from("<Q", data, 32)
+    phnum, = struct.unpack_from("<H", data, 56)
+    for i in range(phnum):
+        off = phoff + i * 56
+        if struct.unpack_from("<I", data, off)[0] == 4:
+            struct.pack_into("<I", data, off, 0)
+    dst.write_bytes(data)
+    return dst
+
+
+def test_64bit_entry_without_pvh_note(kvm_ok, tiny_images, tmp_path):
+    img = without_pvh_note(tiny_images / "probe.elf", tmp_path / "probe64.elf")
+    r = kvmvm("boot", "--kernel", str(img), "--cmdline", "x=1 arg")
+    assert r.status == 0, r.err
+    assert "entry: 64" in r.out.splitlines()
+    assert "cmdline: x=1 arg" in r.out
+    img = without_pvh_note(tiny_images / "exitcode.elf", tmp_path / "exitcode64.elf")
+    assert kvmvm("boot", "--kernel", str(img), "--cmdline", "3").status == 7
+
+
+def test_python_slow_path_device(kvm_ok, tiny_images):
+    """A device written in Python on the PIO bus sees the guest's writes and answers reads."""
+    from kvmvm.machine import Machine, MachineConfig
+    from kvmvm.vm import BUS_PIO
+
+    class Port:
+        def __init__(self):
+            self.got = bytearray()
+
+        def read(self, offset, size):
+            return b"\x5a" * size
+
+        def write(self, offset, data):
+            self.got += data
+
+    r_fd, w_fd = os.pipe()
+    port = Port()
+    m = Machine(MachineConfig(kernel=str(tiny_images / "probe.elf"), cmdline="pyport=0x2f0",
+                              serial_out_fd=w_fd))
+    m.build()
+    m.vm.add_py_device(BUS_PIO, 0x2F0, 1, port)
+    res = m.run()
+    os.close(w_fd)
+    out = os.read(r_fd, 65536).decode()
+    os.close(r_fd)
+    assert res.status == 0
+    assert port.got == b"kvm"
+    assert "pyport-read: 0x5a" in out
+    assert res.stats["py_calls"] == 4
+
+
+BAD_INPUTS = [
+    (["--kernel", "/nonexistent/vmlinux"], "kvmvm: kernel image not found: /nonexistent/vmlinux"),
+    (["--kernel", "/etc/hostname"], "kvmvm: /etc/hostname: not an ELF kernel image"),
+    (["--kernel", "/"], "kvmvm: kernel image is a directory: /"),
+    (["--kernel", "{hello}", "--memory", "0"], "kvmvm: --memory must be at least 16 MiB (got 0)"),
+    (["--kernel", "{hello}", "--cpus", "0"], "kvmvm: --cpus must be between 1 and 64 (got 0)"),
+    (["--kernel", "{hello}", "--cpus", "x"], None),
+    (["--kernel", "{hello}", "--timeout", "-1"], "kvmvm: --timeout must be positive (got -1.0)"),
+]
+
+
+@pytest.mark.parametrize("args,line", BAD_INPUTS)
+def test_bad_input_one_line_status_2(kvm_ok, tiny_images, args, line):
+    args = [a.replace("{hello}", str(tiny_images / "hello.elf")) for a in args]
+    r = kvmvm("boot", *args)
+    assert r.status == 2
+    assert r.out == ""
+    lines = r.err.strip().splitlines()
+    assert len(lines) == 1, r.err
+    assert "Traceback" not in r.err
+    if line:
+        assert lines[0] == line
+
+
+def test_truncated_elf(kvm_ok, tiny_images, tmp_path):
+    img = tmp_path / "trunc.elf"
+    img.write_bytes((tiny_images / "hello.elf").read_bytes()[:300])
+    r = kvmvm("boot", "--kernel", str(img))
+    assert r.status == 2
+    assert r.err.strip().startswith(f"kvmvm: {img}: segment ")
+    assert "past the end of the file (truncated image?)" in r.err
+
+
+def test_pvh_note_outside_memory(kvm_ok, tiny_images, tmp_path):
+    from tests.unit.elfgen import make_elf
+
+    img = tmp_path / "farnote.elf"
+    img.write_bytes(make_elf(pvh=0x40000000))
+    r = kvmvm("boot", "--kernel", str(img), "--memory", "64")
+    assert r.status == 2
+    assert r.err.strip() == f"kvmvm: {img}: PVH entry point 0x40000000 lies outside the loaded image"
+
+
+def test_image_bigger_than_memory(kvm_ok, tmp_path):
+    from tests.unit.elfgen import make_elf
+
+    img = tmp_path / "big.elf"
+    img.write_bytes(make_elf(memsz=64 << 20))
+    r = kvmvm("boot", "--kernel", str(img), "--memory", "32")
+    assert r.status == 2
+    assert "does not fit in guest memory (32 MiB)" in r.err
+
+
+def test_traceback_only_with_debug(kvm_ok, tmp_path):
+    env = dict(os.environ, KVMVM_DEBUG="1")
+    r = kvmvm("boot", "--kernel", "/nonexistent", env=env)
+    assert r.status != 0 and "Traceback" in r.err
+
+
+def test_missing_kvm_device_is_one_line(tiny_images, monkeypatch):
+    from kvmvm.errors import KvmError
+    from kvmvm.machine import Machine, MachineConfig
+
+    with pytest.raises(KvmError, match=r"^/nonexistent/kvm does not exist") as e:
+        Machine(MachineConfig(kernel=str(tiny_images / "hello.elf"), kvm_path="/nonexistent/kvm")).run()
+    assert "\n" not in str(e.value)
