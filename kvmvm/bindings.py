@@ -33,6 +33,7 @@ STOP_REASONS = {
     lib.KVMVM_STOP_POWEROFF: "poweroff",
     lib.KVMVM_STOP_SYSTEM_EVENT: "system-event",
     lib.KVMVM_STOP_UNKNOWN_EXIT: "unknown-exit",
+    lib.KVMVM_STOP_PANIC: "panic",
 }
 
 

@@ -35,6 +35,8 @@ class MachineConfig:
     vsock: str | None = None                     # "cid=N,uds=PATH"
     rng: bool = True
     virtio_cmdline: bool = True                  # also list virtio devices on the command line
+    entry: str = "auto"                          # ELF kernels: "pvh", "64" (boot_params) or auto
+    acpi: bool = True                            # ACPI tables (RSDP/XSDT/FADT/MADT/DSDT)
 
     def validate(self) -> None:
         if not isinstance(self.memory_mib, int) or self.memory_mib < MIN_MEMORY_MIB:
@@ -45,6 +47,8 @@ class MachineConfig:
             raise ConfigError(f"--cpus must be between 1 and 64 (got {self.cpus})")
         if self.timeout is not None and self.timeout <= 0:
             raise ConfigError(f"--timeout must be positive (got {self.timeout})")
+        if self.entry not in ("auto", "pvh", "64"):
+            raise ConfigError(f"--entry must be auto, pvh or 64 (got {self.entry!r})")
         if len(self.cmdline.encode()) + 1 > layout.CMDLINE_MAX:
             raise ConfigError(f"kernel command line is longer than {layout.CMDLINE_MAX - 1} bytes")
 
@@ -89,6 +93,8 @@ def outcome_of(stop, timeout: float | None) -> tuple[str, int, str]:
     if r in ("reset", "halt", "poweroff"):
         return "ok", 0, {"reset": "guest reset the machine", "halt": "guest halted",
                          "poweroff": "guest powered off"}[r]
+    if r == "panic":
+        return "failed", 3, "guest kernel panicked (pvpanic); see its console output above"
     if r == "triple-fault":
         return "failed", 1, f"guest triple-faulted (KVM_EXIT_SHUTDOWN) near rip {stop.rip:#x}"
     if r == "internal-error":
@@ -121,16 +127,40 @@ class Machine:
         self.kernel_data = read_image(cfg.kernel)
         self.initrd_data = read_image(cfg.initrd, "initrd") if cfg.initrd else None
         self.kernel = self._parse_kernel()
+        if self.is_linux:
+            from kvmvm.host import linux_guest_problem
+
+            problem = linux_guest_problem(cfg.kvm_path)
+            if problem:
+                from kvmvm.errors import HostUnsupported
+
+                raise HostUnsupported(problem)
 
     def _parse_kernel(self):
-        from kvmvm.boot import elf
+        from kvmvm.boot import bzimage, elf
 
-        data = self.kernel_data
+        data, path = self.kernel_data, self.cfg.kernel
         if elf.is_elf(data):
-            k = elf.parse(data, self.cfg.kernel)
+            k = elf.parse(data, path)
+            if self.cfg.entry == "pvh" and k.pvh_entry is None:
+                raise ImageError(f"{path}: --entry pvh, but the image has no PVH entry note")
+            if self.cfg.entry == "64":
+                k.pvh_entry = None
             elf.check_fits(k, self.ram)
+            self.is_linux = k.is_linux
             return k
-        raise ImageError(f"{self.cfg.kernel}: not an ELF kernel image")
+        if bzimage.is_bzimage(data):
+            k = bzimage.parse(data, path)
+            bzimage.check_fits(k, self.ram)
+            if self.cfg.entry == "pvh":
+                raise ImageError(f"{path}: --entry pvh needs an ELF vmlinux; a bzImage boots at its 64-bit entry")
+            self.is_linux = True
+            return k
+        raise ImageError(f"{path}: not an ELF or bzImage kernel image")
+
+    @property
+    def kernel_end(self) -> int:
+        return self.kernel.end
 
     # --- building the VM ---
     def build(self) -> None:
@@ -145,6 +175,8 @@ class Machine:
         vm.add_debug_exit(DEBUG_EXIT_PORT, 4)
         vm.add_i8042()
         vm.add_boot_timer(layout.BOOT_TIMER_GPA)
+        vm.add_acpi_pm(layout.ACPI_PM_PORT)
+        vm.add_pvpanic(layout.PVPANIC_PORT)
         from kvmvm.devices import attach_all
 
         self.virtio = attach_all(vm, cfg)
@@ -160,24 +192,33 @@ class Machine:
         return " ".join(parts)
 
     def _load_kernel(self) -> None:
-        from kvmvm.boot import bootparams, elf, pvh
+        from kvmvm.boot import acpi, bootparams, bzimage, elf, pvh
 
-        vm, k = self.vm, self.kernel
-        elf.load(k, vm.write)
+        vm, k, cfg = self.vm, self.kernel, self.cfg
+        is_bz = isinstance(k, bzimage.BzImage)
+        if is_bz:
+            vm.write(k.load_addr, k.kernel)
+        else:
+            elf.load(k, vm.write)
         cmd = self.full_cmdline().encode() + b"\0"
-        if len(cmd) > layout.CMDLINE_MAX:
-            raise ConfigError(f"kernel command line is longer than {layout.CMDLINE_MAX - 1} bytes")
+        limit = min(layout.CMDLINE_MAX, k.cmdline_size + 1) if is_bz else layout.CMDLINE_MAX
+        if len(cmd) > limit:
+            raise ConfigError(f"kernel command line is longer than {limit - 1} bytes")
         vm.write(layout.CMDLINE, cmd)
-        initrd = None
-        if self.initrd_data is not None:
-            initrd = self._place_initrd(k.end)
+        initrd = self._place_initrd(k.end) if self.initrd_data is not None else None
+        rsdp = 0
+        if cfg.acpi:
+            devs = [acpi.AcpiDevice(v.base, v.size, v.irq) for v in self.virtio]
+            rsdp, blob = acpi.build(cfg.cpus, devs)
+            vm.write(rsdp, blob)
         e820 = self.ram.e820()
-        vm.write(layout.PVH_START_INFO, pvh.start_info(layout.CMDLINE, e820, 0, initrd))
-        vm.write(layout.ZERO_PAGE, bootparams.build(layout.CMDLINE, len(cmd) - 1, e820, None, initrd))
+        vm.write(layout.PVH_START_INFO, pvh.start_info(layout.CMDLINE, e820, rsdp, initrd))
+        vm.write(layout.ZERO_PAGE, bootparams.build(layout.CMDLINE, len(cmd) - 1, e820,
+                                                    k.setup_header if is_bz else None, initrd, rsdp))
 
     def _place_initrd(self, kernel_end: int) -> tuple[int, int]:
         size = len(self.initrd_data)
-        top = min(self.ram.low_end, 1 << 32)
+        top = min(self.ram.low_end, getattr(self.kernel, "initrd_max", 1 << 32))
         gpa = (top - size) & ~0xFFF
         if gpa < kernel_end or size == 0:
             raise ConfigError(f"initrd ({size >> 20} MiB) does not fit in guest memory "
@@ -189,11 +230,13 @@ class Machine:
         from kvmvm.vm import MODE_LONG64, MODE_PROTECTED32
 
         k = self.kernel
-        if k.pvh_entry is not None:
-            self.vm.set_boot_regs(0, MODE_PROTECTED32, k.pvh_entry, rbx=layout.PVH_START_INFO,
+        pvh_entry = getattr(k, "pvh_entry", None)
+        if pvh_entry is not None:
+            self.vm.set_boot_regs(0, MODE_PROTECTED32, pvh_entry, rbx=layout.PVH_START_INFO,
                                   gdt_gpa=layout.GDT_GPA)
         else:
-            self.vm.set_boot_regs(0, MODE_LONG64, k.entry, rsp=layout.BOOT_STACK,
+            entry = getattr(k, "entry64", None) or k.entry
+            self.vm.set_boot_regs(0, MODE_LONG64, entry, rsp=layout.BOOT_STACK,
                                   rsi=layout.ZERO_PAGE, gdt_gpa=layout.GDT_GPA, pml4_gpa=layout.PML4)
 
     # --- running ---

@@ -103,6 +103,12 @@ class Vm:
     def add_boot_timer(self, gpa: int) -> None:
         check(lib.kvmvm_vm_add_boot_timer(self._vm, gpa), "boot timer")
 
+    def add_acpi_pm(self, port: int) -> None:
+        check(lib.kvmvm_vm_add_acpi_pm(self._vm, port), "ACPI PM registers")
+
+    def add_pvpanic(self, port: int = 0x505) -> None:
+        check(lib.kvmvm_vm_add_pvpanic(self._vm, port), "pvpanic")
+
     def add_py_device(self, bus: int, base: int, length: int, dev) -> None:
         h = register_py_device(dev)
         rc = lib.kvmvm_vm_add_py_device(self._vm, bus, base, length, h)

@@ -35,6 +35,11 @@ class ElfKernel:
     entry: int                 # e_entry: the 64-bit entry point (physical for kvmvm and Linux)
     pvh_entry: int | None      # XEN_ELFNOTE_PHYS32_ENTRY, if present
     segments: list[Segment]
+    note_names: frozenset = frozenset()   # owners of its ELF notes ("Linux" marks a Linux kernel)
+
+    @property
+    def is_linux(self) -> bool:
+        return "Linux" in self.note_names
 
     @property
     def start(self) -> int:
@@ -98,14 +103,16 @@ def parse(data: bytes, path: str = "kernel") -> ElfKernel:
     if not loads:
         raise bad("ELF has no loadable segments")
 
-    pvh = _pvh_entry(data, notes, bad)
-    return ElfKernel(path, e_entry, pvh, loads)
+    pvh, names = _read_notes(data, notes, bad)
+    return ElfKernel(path, e_entry, pvh, loads, frozenset(names))
 
 
-def _pvh_entry(data: bytes, notes, bad) -> int | None:
-    """Find XEN_ELFNOTE_PHYS32_ENTRY with pyelftools (its note parser), if any note exists."""
+def _read_notes(data: bytes, notes, bad) -> tuple[int | None, set]:
+    """XEN_ELFNOTE_PHYS32_ENTRY (if any) and the note owners, read with pyelftools."""
+    names: set = set()
     if not notes:
-        return None
+        return None, names
+    pvh = None
     from elftools.common.exceptions import ELFError
     from elftools.elf.elffile import ELFFile
 
@@ -115,19 +122,20 @@ def _pvh_entry(data: bytes, notes, bad) -> int | None:
             if seg["p_type"] != "PT_NOTE":
                 continue
             for note in seg.iter_notes():
+                names.add(note["n_name"])
                 if note["n_name"] == "Xen" and note["n_type"] == XEN_ELFNOTE_PHYS32_ENTRY:
                     desc = note["n_desc"]
                     raw = desc if isinstance(desc, bytes) else desc.encode("latin-1")
                     if len(raw) not in (4, 8):
                         raise bad(f"PVH entry note has {len(raw)} bytes (need 4 or 8)")
-                    return int.from_bytes(raw, "little") & 0xFFFFFFFF
+                    pvh = int.from_bytes(raw, "little") & 0xFFFFFFFF
     except ImageError:
         raise
     except (ELFError, struct.error, ValueError, KeyError, EOFError) as e:
         raise bad(f"malformed ELF note: {e}") from None
     except Exception as e:  # pyelftools' construct errors on truncated notes
         raise bad(f"malformed ELF note: {type(e).__name__}") from None
-    return None
+    return pvh, names
 
 
 def check_fits(k: ElfKernel, ram: RamLayout) -> None:

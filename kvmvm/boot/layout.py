@@ -27,6 +27,8 @@ MMIO_GAP_END = 4 * GiB
 BOOT_TIMER_GPA = 0xD0000000          # Firecracker's boot-timer address and value (123)
 VIRTIO_MMIO_BASE = 0xD0001000
 VIRTIO_MMIO_SIZE = 0x1000
+ACPI_PM_PORT = 0x3C0       # hardware-reduced ACPI sleep control/status + reset register
+PVPANIC_PORT = 0x505
 IOAPIC_GPA = 0xFEC00000
 LAPIC_GPA = 0xFEE00000
 

@@ -2,12 +2,19 @@
 
 `attach_all(vm, cfg)` creates the devices `cfg` asks for on `vm` and returns one
 VirtioSlot per device, which the Machine puts on the kernel command line
-(`virtio_mmio.device=`) and in the ACPI DSDT.
+(`virtio_mmio.device=`) and in the ACPI DSDT. Order: drives (the first is /dev/vda),
+nets, vsock, rng; slot i is at VIRTIO_MMIO_BASE + i * 4 KiB with GSI 5 + i.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from kvmvm.boot import layout
+from kvmvm.errors import ConfigError
+
+FIRST_IRQ = 5      # 4 is the serial port
+LAST_IRQ = 23      # the IOAPIC has 24 pins
 
 
 @dataclass(frozen=True)
@@ -21,6 +28,38 @@ class VirtioSlot:
         return f"virtio_mmio.device={self.size >> 10}K@{self.base:#x}:{self.irq}"
 
 
+def plan(cfg) -> list[tuple[str, object]]:
+    """Parse every device spec in cfg (all errors before anything is created)."""
+    from kvmvm.devices.virtio import blk, net, vsock
+
+    out: list[tuple[str, object]] = [("blk", blk.parse(s)) for s in cfg.drives]
+    out += [("net", net.parse(s, i)) for i, s in enumerate(cfg.nets)]
+    if cfg.vsock:
+        out.append(("vsock", vsock.parse(cfg.vsock)))
+    if cfg.rng:
+        out.append(("rng", None))
+    taps = [s.tap for k, s in out if k == "net"]
+    if len(set(taps)) != len(taps):
+        raise ConfigError("--net: the same TAP is given twice")
+    if len(out) > LAST_IRQ - FIRST_IRQ + 1:
+        raise ConfigError(f"too many virtio devices ({len(out)}; at most {LAST_IRQ - FIRST_IRQ + 1})")
+    return out
+
+
 def attach_all(vm, cfg) -> list[VirtioSlot]:
-    """Create the virtio devices that cfg asks for (none yet: see the virtio issue)."""
-    return []
+    """Create the virtio devices that cfg asks for; one VirtioSlot each, in slot order."""
+    from kvmvm.devices.virtio import blk, flags_from_env, net, rng, vsock
+
+    flags = getattr(cfg, "virtio_flags", None)
+    flags = flags_from_env() if flags is None else flags
+    attach = {"blk": blk.attach, "net": net.attach, "vsock": vsock.attach}
+    slots = []
+    for i, (kind, spec) in enumerate(plan(cfg)):
+        base = layout.VIRTIO_MMIO_BASE + i * layout.VIRTIO_MMIO_SIZE
+        irq = FIRST_IRQ + i
+        if kind == "rng":
+            rng.attach(vm, base, irq, flags)
+        else:
+            attach[kind](vm, spec, base, irq, flags)
+        slots.append(VirtioSlot(kind, base, layout.VIRTIO_MMIO_SIZE, irq))
+    return slots

@@ -18,6 +18,7 @@
 #define KVMVM_STOP_POWEROFF        10  /* ACPI S5 sleep request */
 #define KVMVM_STOP_SYSTEM_EVENT    11  /* KVM_EXIT_SYSTEM_EVENT: code = type */
 #define KVMVM_STOP_UNKNOWN_EXIT    12  /* an exit reason kvmvm does not handle: code = reason */
+#define KVMVM_STOP_PANIC           13  /* guest kernel panicked (pvpanic): code = event bits */
 
 #define KVMVM_BUS_PIO   0
 #define KVMVM_BUS_MMIO  1
@@ -118,6 +119,8 @@ int kvmvm_vm_add_serial(kvmvm_vm *vm, uint16_t port, int irq, int out_fd, int in
 int kvmvm_vm_add_debug_exit(kvmvm_vm *vm, uint16_t port, uint16_t size);
 int kvmvm_vm_add_i8042(kvmvm_vm *vm);
 int kvmvm_vm_add_boot_timer(kvmvm_vm *vm, uint64_t gpa);
+int kvmvm_vm_add_acpi_pm(kvmvm_vm *vm, uint16_t port);
+int kvmvm_vm_add_pvpanic(kvmvm_vm *vm, uint16_t port);
 int kvmvm_vm_irq_line(kvmvm_vm *vm, int irq, int level);
 int kvmvm_vm_start(kvmvm_vm *vm);
 int kvmvm_vm_wait(kvmvm_vm *vm, int64_t timeout_ms, struct kvmvm_stop_info *out);

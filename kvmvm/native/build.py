@@ -13,7 +13,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 ffibuilder = FFI()
 # api.h, then one api_<area>.h per further area (e.g. api_virtio.h), all cffi-parseable
-for _h in ["api.h"] + sorted(os.path.basename(p) for p in glob.glob(os.path.join(HERE, "api_*.h"))):
+_HEADERS = ["api.h"] + sorted(os.path.basename(p) for p in glob.glob(os.path.join(HERE, "api_*.h")))
+for _h in _HEADERS:
     with open(os.path.join(HERE, _h)) as f:
         ffibuilder.cdef(f.read())
 # the slow path: C device code calls into Python (cffi takes the GIL)
@@ -30,7 +31,7 @@ def _set_source(absolute: bool) -> None:
         srcs = [os.path.relpath(s) for s in srcs]
     ffibuilder.set_source(
         "kvmvm._native",
-        '#include "internal.h"\n',
+        '#include "internal.h"\n' + "".join(f'#include "{h}"\n' for h in _HEADERS[1:]),
         sources=srcs,
         include_dirs=[HERE],
         extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter", "-pthread",

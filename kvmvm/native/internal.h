@@ -122,6 +122,8 @@ void serial_stop_input(struct kvmvm_device *dev);
 struct kvmvm_device *debug_exit_new(struct kvmvm_vm *vm);
 struct kvmvm_device *i8042_new(struct kvmvm_vm *vm);
 struct kvmvm_device *boot_timer_new(struct kvmvm_vm *vm);
+struct kvmvm_device *acpi_pm_new(struct kvmvm_vm *vm);
+struct kvmvm_device *pvpanic_new(struct kvmvm_vm *vm);
 
 int64_t kvmvm_now_ns(void);
 

@@ -87,3 +87,53 @@ struct kvmvm_device *boot_timer_new(struct kvmvm_vm *vm)
 {
     return plain_new(vm, "boot-timer", &boot_timer_ops);
 }
+
+/* ACPI hardware-reduced sleep control (offset 0) and status (offset 1) registers; the FADT
+   also names offset 0 as the reset register with value 1. S5 (SLP_TYP 5, SLP_EN) = poweroff. */
+#define ACPI_RESET_VALUE 0x01
+#define ACPI_SLP_EN      0x20
+
+static void acpi_pm_write(struct kvmvm_device *dev, uint64_t off, const uint8_t *data, uint32_t len)
+{
+    (void)len;
+    if (off != 0)
+        return;
+    if (data[0] == ACPI_RESET_VALUE)
+        vm_stop_simple(dev->vm, KVMVM_STOP_RESET, 0, -1);
+    else if ((data[0] & ACPI_SLP_EN) && ((data[0] >> 2) & 7) == 5)
+        vm_stop_simple(dev->vm, KVMVM_STOP_POWEROFF, 0, -1);
+}
+
+static const struct device_ops acpi_pm_ops = {
+    .read = zero_read, .write = acpi_pm_write, .destroy = plain_destroy,
+};
+
+struct kvmvm_device *acpi_pm_new(struct kvmvm_vm *vm)
+{
+    return plain_new(vm, "acpi-pm", &acpi_pm_ops);
+}
+
+/* pvpanic (QEMU's ISA device): reads report "panic events supported", a write of the
+   PANICKED bit ends the VM */
+static void pvpanic_read(struct kvmvm_device *dev, uint64_t off, uint8_t *data, uint32_t len)
+{
+    (void)dev; (void)off;
+    memset(data, 0, len);
+    data[0] = 0x01;     /* PVPANIC_PANICKED */
+}
+
+static void pvpanic_write(struct kvmvm_device *dev, uint64_t off, const uint8_t *data, uint32_t len)
+{
+    (void)off; (void)len;
+    if (data[0] & 0x01)
+        vm_stop_simple(dev->vm, KVMVM_STOP_PANIC, data[0], -1);
+}
+
+static const struct device_ops pvpanic_ops = {
+    .read = pvpanic_read, .write = pvpanic_write, .destroy = plain_destroy,
+};
+
+struct kvmvm_device *pvpanic_new(struct kvmvm_vm *vm)
+{
+    return plain_new(vm, "pvpanic", &pvpanic_ops);
+}

@@ -228,6 +228,16 @@ int kvmvm_vm_add_boot_timer(kvmvm_vm *vm, uint64_t gpa)
     return add_device(&vm->mmio, gpa, 0x1000, boot_timer_new(vm));
 }
 
+int kvmvm_vm_add_acpi_pm(kvmvm_vm *vm, uint16_t port)
+{
+    return add_device(&vm->pio, port, 2, acpi_pm_new(vm));
+}
+
+int kvmvm_vm_add_pvpanic(kvmvm_vm *vm, uint16_t port)
+{
+    return add_device(&vm->pio, port, 1, pvpanic_new(vm));
+}
+
 int kvmvm_vm_irq_line(kvmvm_vm *vm, int irq, int level)
 {
     if (!vm->caps.irqchip)

@@ -139,7 +139,7 @@ def test_python_slow_path_device(kvm_ok, tiny_images):
 
 BAD_INPUTS = [
     (["--kernel", "/nonexistent/vmlinux"], "kvmvm: kernel image not found: /nonexistent/vmlinux"),
-    (["--kernel", "/etc/hostname"], "kvmvm: /etc/hostname: not an ELF kernel image"),
+    (["--kernel", "/etc/hostname"], "kvmvm: /etc/hostname: not an ELF or bzImage kernel image"),
     (["--kernel", "/"], "kvmvm: kernel image is a directory: /"),
     (["--kernel", "{hello}", "--memory", "0"], "kvmvm: --memory must be at least 16 MiB (got 0)"),
     (["--kernel", "{hello}", "--cpus", "0"], "kvmvm: --cpus must be between 1 and 64 (got 0)"),
