@@ -9,15 +9,12 @@ from __future__ import annotations
 
 import errno as _errno
 import itertools
-import logging
 import os
 import threading
 from typing import Protocol
 
 from kvmvm._native import ffi, lib
 from kvmvm.errors import BusError, GuestMemoryError, KvmError
-
-log = logging.getLogger("kvmvm")
 
 STOP_REASONS = {
     lib.KVMVM_STOP_NONE: "running",
@@ -84,7 +81,9 @@ def kvmvm_py_io(handle, is_write, offset, data, length):
             if n:
                 ffi.memmove(data, out[:n], n)
     except Exception:  # a Python device must never take the vCPU thread down
-        log.exception("python device %r failed at offset %#x", dev, offset)
+        import logging
+
+        logging.getLogger("kvmvm").exception("python device %r failed at offset %#x", dev, offset)
         broken = getattr(dev, "mark_broken", None)
         if broken:
             broken()

@@ -109,3 +109,49 @@ def test_truncated_note():
 def test_image_errors_are_config_errors():
     # the CLI maps ConfigError to exit status 2
     assert issubclass(ImageError, ConfigError) and issubclass(ImageError, ValueError)
+
+
+def pyelftools_view(data: bytes):
+    """What pyelftools reads from an image: PVH entry and note owners."""
+    import io
+
+    from elftools.elf.elffile import ELFFile
+
+    pvh, names = None, set()
+    for seg in ELFFile(io.BytesIO(data)).iter_segments():
+        if seg["p_type"] != "PT_NOTE":
+            continue
+        for n in seg.iter_notes():
+            names.add(n["n_name"])
+            if n["n_name"] == "Xen" and n["n_type"] == 18:
+                desc = n["n_desc"]
+                raw = desc if isinstance(desc, bytes) else desc.encode("latin-1")
+                pvh = int.from_bytes(raw, "little") & 0xFFFFFFFF
+    return pvh, names
+
+
+@pytest.mark.parametrize("img", [make_elf(pvh=0x100004), make_elf(pvh=0x100008, pvh_desc_len=4),
+                                 make_elf(pvh=None)])
+def test_note_reader_agrees_with_pyelftools(img):
+    k = elf.parse(img, "img")
+    assert (k.pvh_entry, set(k.note_names)) == pyelftools_view(img)
+
+
+def test_note_reader_agrees_with_pyelftools_on_real_images():
+    """The tiny guests and (when built) kvmvm's Linux vmlinux."""
+    import glob
+    import os
+
+    root = os.path.join(os.path.dirname(__file__), "..", "..")
+    paths = glob.glob(os.path.join(root, "guest-images", "tiny", "out", "*.elf"))
+    try:
+        from kvmvm.image import cached_default
+
+        if cached_default().vmlinux:
+            paths.append(str(cached_default().vmlinux))
+    except Exception:
+        pass
+    for p in paths:
+        data = open(p, "rb").read()
+        k = elf.parse(data, p)
+        assert (k.pvh_entry, set(k.note_names)) == pyelftools_view(data), p
