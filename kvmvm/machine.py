@@ -192,7 +192,7 @@ class Machine:
         return " ".join(parts)
 
     def _load_kernel(self) -> None:
-        from kvmvm.boot import acpi, bootparams, bzimage, elf, pvh
+        from kvmvm.boot import acpi, bootparams, bzimage, elf, mptable, pvh
 
         vm, k, cfg = self.vm, self.kernel, self.cfg
         is_bz = isinstance(k, bzimage.BzImage)
@@ -206,6 +206,7 @@ class Machine:
             raise ConfigError(f"kernel command line is longer than {limit - 1} bytes")
         vm.write(layout.CMDLINE, cmd)
         initrd = self._place_initrd(k.end) if self.initrd_data is not None else None
+        vm.write(mptable.MPTABLE_GPA, mptable.build(cfg.cpus))
         rsdp = 0
         if cfg.acpi:
             devs = [acpi.AcpiDevice(v.base, v.size, v.irq) for v in self.virtio]

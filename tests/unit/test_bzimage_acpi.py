@@ -132,3 +132,23 @@ def test_aml_names_and_integers():
 
 def test_many_devices_still_fit():
     acpi.build(64, [acpi.AcpiDevice(0xD0001000 + i * 0x1000, 0x1000, 5 + i % 18) for i in range(32)])
+
+
+def test_mptable_checksums_and_entries():
+    from kvmvm.boot import mptable
+
+    blob = mptable.build(3, base=0xF0000)
+    fp = blob[:16]
+    assert fp[:4] == b"_MP_" and sum8(fp) == 0
+    assert struct.unpack_from("<I", fp, 4)[0] == 0xF0010
+    table = blob[16:]
+    length, = struct.unpack_from("<H", table, 4)
+    assert table[:4] == b"PCMP" and length == len(table) and sum8(table) == 0
+    count, = struct.unpack_from("<H", table, 34)
+    types, off = [], 44
+    for _ in range(count):
+        types.append(table[off])
+        off += 20 if table[off] == 0 else 8
+    assert off == length
+    assert types.count(0) == 3 and types.count(2) == 1 and types.count(3) == 16
+    assert table[44 + 3] == 3       # the first processor is enabled and the BSP
