@@ -10,6 +10,13 @@ compiled extension work unchanged in L1.
 
 or from Python: ``status, output = tests.kvmhost.run(["sh", "-c", "..."], timeout=60)[:2]``
 (``run`` returns a :class:`RunResult`).
+
+The image (Debian kernel + busybox initramfs, ~75 MB) is built once into
+``${KVMVM_HOME:-~/.cache/kvmvm}/kvmhost/<key>/``; ``python -m tests.kvmhost prepare`` builds it
+ahead. Inside L1 the command gets KVMHOST_INSIDE=1 and KVMHOST_L1_DIR (that image: its
+kernel serves as an L2 guest kernel too). Debugging: KVMHOST_DEBUG=1 copies L1's console
+(kernel and init messages, host-timestamped) to stderr; KVMHOST_APPEND adds kernel arguments;
+KVMHOST_QEMU_ARGS adds QEMU arguments; KVMHOST_KERNEL_PACKAGE picks another kernel package.
 """
 from .image import Image, KvmhostError, prepare
 from .runner import DEFAULT_CPUS, DEFAULT_MEM, TIMEOUT_STATUS, RunResult, run

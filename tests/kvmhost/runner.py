@@ -96,6 +96,8 @@ def _shares(paths: Sequence[Path]) -> list[Path]:
     """Distinct directories to share read-write, parents first, none inside another."""
     out: list[Path] = []
     for p in sorted({Path(os.path.realpath(p)) for p in paths}, key=lambda p: len(p.parts)):
+        if not p.is_dir():
+            raise KvmhostError(f"cannot share {p}: not a directory")
         if p == Path("/"):
             raise KvmhostError("refusing to share / read-write (run from the checkout, not /)")
         if not any(p == q or q in p.parents for q in out):
@@ -149,14 +151,19 @@ def run(cmd: Sequence[str], *, timeout: float | None = None, mem: int = DEFAULT_
                                     start_new_session=True, preexec_fn=_pdeathsig)
         return _supervise(proc, start, rundir, timeout, stream, say)
     finally:
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        shutil.rmtree(rundir, ignore_errors=True)
+        # A second Ctrl-C / SIGTERM must not cut the teardown short.
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+        try:
+            if proc is not None and proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(5)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+            shutil.rmtree(rundir, ignore_errors=True)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 
 
 def _qemu_args(qemu: str, image: Image, mem: int, cpus: int, console: Path, ctl: Path,
@@ -208,12 +215,16 @@ def _supervise(proc: subprocess.Popen, start: float, rundir: Path, timeout: floa
     timed_out = False
 
     def pump() -> None:
+        nonlocal stream
         data = out.read()
         if data:
             chunks.append(data)
             if stream is not None:
-                stream.write(data)
-                stream.flush()
+                try:
+                    stream.write(data)
+                    stream.flush()
+                except (BrokenPipeError, ValueError):  # reader went away: keep collecting
+                    stream = None
 
     while True:
         pending += console.read()
