@@ -31,4 +31,7 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$src_hash" ]; then
   .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[test,bench]" --config-settings editable_mode=compat >&2
   echo "$src_hash" > "$stamp"
 fi
+# bytecode up front (quick when current): start-up time matters, and PYTHONDONTWRITEBYTECODE
+# may be set in the caller's environment
+.venv/bin/python -m compileall -q kvmvm .venv/lib/python3*/site-packages >/dev/null 2>&1 || true
 make -s -C guest-images/tiny >&2
