@@ -289,17 +289,29 @@ class Machine:
 
 
 def _process_start_ns() -> int:
-    """This process's start on CLOCK_MONOTONIC (from /proc: clock-tick resolution)."""
+    """This process's start on CLOCK_MONOTONIC, to /proc's clock-tick resolution (10 ms).
+
+    /proc start times are compared with a thread started now, in the same units: /proc's
+    ticks can be offset from CLOCK_BOOTTIME on some hosts, and the offset cancels out.
+    """
+    import threading
+
+    def ticks(path: str) -> int:
+        with open(path) as f:
+            return int(f.read().rsplit(")", 1)[1].split()[19])
+
+    box = {}
+
+    def probe():
+        box["t"] = ticks(f"/proc/self/task/{threading.get_native_id()}/stat")
+
     try:
-        with open("/proc/self/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        ticks = int(fields[19])
-        with open("/proc/uptime") as f:
-            uptime = float(f.read().split()[0])
-        # monotonic and boot time agree on machines that never suspended
-        start_s = ticks / os.sysconf("SC_CLK_TCK")
-        return time.monotonic_ns() - int((uptime - start_s) * 1e9)
-    except (OSError, ValueError, IndexError):
+        th = threading.Thread(target=probe)
+        th.start()
+        th.join()
+        age = box["t"] - ticks("/proc/self/stat")
+        return time.monotonic_ns() - age * 1_000_000_000 // os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, KeyError):
         return 0
 
 
