@@ -30,7 +30,15 @@ DEFAULT_LINUX_CMDLINE = ("console=ttyS0 8250.nr_uarts=1 reboot=acpi panic=-1 pci
 @click.option("--bzimage", "use_bzimage", is_flag=True, help="Default kernel: boot the bzImage, not vmlinux.")
 @click.option("--no-acpi", is_flag=True, help="Give the guest no ACPI tables.")
 @click.option("--json", "as_json", is_flag=True, help="Print a final JSON object with the outcome.")
-def cli(kernel, initrd, cmdline, memory, cpus, timeout, entry, use_bzimage, no_acpi, as_json):
+@click.option("--drive", "drives", multiple=True, metavar="PATH[,ro]",
+              help="virtio-blk raw image (repeatable; the first is /dev/vda).")
+@click.option("--net", "nets", multiple=True, metavar="tap=NAME[,mac=MAC]", help="virtio-net over a TAP (repeatable).")
+@click.option("--vsock", default=None, metavar="cid=N,uds=PATH", help="virtio-vsock, Firecracker-style host UDS.")
+@click.option("--no-rng", is_flag=True, help="No virtio-rng device.")
+@click.option("--no-virtio-cmdline", is_flag=True,
+              help="List virtio devices only in the ACPI DSDT, not as virtio_mmio.device= on the command line.")
+def cli(kernel, initrd, cmdline, memory, cpus, timeout, entry, use_bzimage, no_acpi, as_json,
+        drives, nets, vsock, no_rng, no_virtio_cmdline):
     """Boot a microVM.
 
     Exit status: the guest's debug-exit status (v<<1)|1 when it used one; 0 for reset,
@@ -46,7 +54,9 @@ def cli(kernel, initrd, cmdline, memory, cpus, timeout, entry, use_bzimage, no_a
         if cmdline is None:
             cmdline = DEFAULT_LINUX_CMDLINE
     cfg = MachineConfig(kernel=kernel, cmdline=cmdline or "", initrd=initrd, memory_mib=memory,
-                        cpus=cpus, timeout=timeout, entry=entry, acpi=not no_acpi)
+                        cpus=cpus, timeout=timeout, entry=entry, acpi=not no_acpi,
+                        drives=list(drives), nets=list(nets), vsock=vsock, rng=not no_rng,
+                        virtio_cmdline=not no_virtio_cmdline)
     m = Machine(cfg, t0_ns=T0)
     try:
         with attached_console(cfg):
