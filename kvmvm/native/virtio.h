@@ -102,6 +102,8 @@ struct virtio_dev_ops {
     int (*activate)(struct virtio_dev *d);
     void (*queue_notify)(struct virtio_dev *d, int q);
     void (*fd_event)(struct virtio_dev *d, uint64_t tag, uint32_t events);
+    /* after each batch of events (free what the batch's events might still name) */
+    void (*idle)(struct virtio_dev *d);
     /* after the worker stopped (reset or end): drop per-session state */
     void (*deactivate)(struct virtio_dev *d);
     void (*destroy)(struct virtio_dev *d);

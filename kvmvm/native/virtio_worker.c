@@ -58,6 +58,8 @@ static void *worker_main(void *arg)
                 d->ops->fd_event(d, tag, ev[i].events);
             }
         }
+        if (d->ops->idle)
+            d->ops->idle(d);
     }
 }
 

@@ -1,0 +1,230 @@
+"""Shared helpers for kvmvm's benchmark scripts (plain Python, no dependencies).
+
+Every script in benchmarks/ can be run on its own with the project's venv
+(`.venv/bin/python benchmarks/<name>.py [--json]`); `kvmvm bench` runs them and
+merges their JSON. The helpers here are what tests/unit/test_bench.py checks:
+statistics, ratios, "missing: reason" entries, and the text report.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+TINY = REPO / "guest-images" / "tiny" / "out"
+
+
+def kvmvm_bin() -> str:
+    """The kvmvm CLI: $KVMVM_BIN, else the project's venv, else the one on PATH."""
+    if os.environ.get("KVMVM_BIN"):
+        return os.environ["KVMVM_BIN"]
+    venv = REPO / ".venv" / "bin" / "kvmvm"
+    if venv.exists():
+        return str(venv)
+    return shutil.which("kvmvm") or str(venv)
+
+
+def use_kvmvm_tree() -> None:
+    """For the in-process benchmarks: import kvmvm from $KVMVM_PYTHONPATH when set
+    (e.g. a snapshot of a commit with its own built _native), else from the repo."""
+    p = os.environ.get("KVMVM_PYTHONPATH") or str(REPO)
+    if p not in sys.path:
+        sys.path.insert(0, p)
+
+
+def guest(name: str) -> str:
+    return str(TINY / f"{name}.elf")
+
+
+# QEMU's fastest fair configuration for the tiny guests on this host: microvm without
+# option ROMs, ACPI, PIT, PIC or RTC; an ISA serial port on stdio and the isa-debug-exit
+# device (kvmvm provides the same two devices). Measured faster than the default microvm
+# (acpi/pit/pic on) by the tiny-guest work; tiny_boot.py --qemu-variants re-checks it.
+QEMU_MACHINE = "microvm,x-option-roms=off,isa-serial=on,rtc=off,acpi=off,pit=off,pic=off"
+QEMU_MACHINE_DEFAULTISH = "microvm,x-option-roms=off,isa-serial=on,rtc=off"
+
+
+def qemu_bin() -> str | None:
+    return shutil.which("qemu-system-x86_64")
+
+
+def qemu_cmd(kernel: str, append: str = "", memory_mib: int = 128, machine: str = QEMU_MACHINE,
+             serial: str = "stdio") -> list[str]:
+    cmd = [qemu_bin() or "qemu-system-x86_64", "-M", machine, "-enable-kvm",
+           "-cpu", "host,-arch-capabilities", "-m", str(memory_mib), "-nographic", "-no-reboot",
+           "-nodefaults", "-serial", serial, "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04",
+           "-kernel", kernel]
+    if append:
+        cmd += ["-append", append]
+    return cmd
+
+
+def kvmvm_cmd(kernel: str, cmdline: str = "", memory_mib: int = 128, as_json: bool = False) -> list[str]:
+    cmd = [kvmvm_bin(), "boot", "--kernel", kernel, "--memory", str(memory_mib)]
+    if cmdline:
+        cmd += ["--cmdline", cmdline]
+    if as_json:
+        cmd.append("--json")
+    return cmd
+
+
+# ---------------------------------------------------------------- statistics
+
+def summarize(samples_ms: list[float]) -> dict:
+    """min/median/max/mean (ms, 3 decimals) and n of a list of samples."""
+    if not samples_ms:
+        raise ValueError("no samples")
+    s = sorted(float(x) for x in samples_ms)
+    r = lambda v: round(v, 3)  # noqa: E731
+    return {"n": len(s), "min": r(s[0]), "median": r(statistics.median(s)), "max": r(s[-1]),
+            "mean": r(statistics.fmean(s))}
+
+
+def ratio(a: dict | float | None, b: dict | float | None, key: str = "median") -> float | None:
+    """a/b of two summaries (by `key`) or two numbers; None when either is missing or b is 0."""
+    def val(x):
+        if isinstance(x, dict):
+            if is_missing(x):
+                return None
+            x = x.get(key)
+        return x
+    va, vb = val(a), val(b)
+    if va is None or vb is None or vb == 0:
+        return None
+    return round(va / vb, 3)
+
+
+def missing(reason: str) -> dict:
+    """The entry for a runtime that is absent or failed: a reason, never a number."""
+    reason = " ".join(str(reason).split())[:300] or "unknown reason"
+    return {"missing": reason}
+
+
+def is_missing(entry) -> bool:
+    return isinstance(entry, dict) and "missing" in entry
+
+
+def fmt_entry(entry, unit: str = "ms") -> str:
+    """One table cell: 'missing: reason' or 'median (min-max) unit'."""
+    if entry is None:
+        return "-"
+    if is_missing(entry):
+        return f"missing: {entry['missing']}"
+    if isinstance(entry, dict) and "median" in entry:
+        return f"{entry['median']:.1f} {unit} (min {entry['min']:.1f}, max {entry['max']:.1f}, n={entry['n']})"
+    if isinstance(entry, float):
+        return f"{entry:.3g} {unit}".strip()
+    return f"{entry} {unit}".strip()
+
+
+def report_lines(title: str, rows: dict, unit: str = "ms", baseline: str | None = None) -> list[str]:
+    """A plain-text report: one line per row; with `baseline`, the median ratio to it."""
+    width = max([len(k) for k in rows] + [8])
+    out = [title]
+    for name, entry in rows.items():
+        line = f"  {name:<{width}}  {fmt_entry(entry, unit)}"
+        if baseline and name != baseline and not is_missing(entry):
+            r = ratio(entry, rows.get(baseline))
+            if r is not None:
+                line += f"   x{r:.2f} of {baseline}"
+        out.append(line)
+    return out
+
+
+# ---------------------------------------------------------------- running things
+
+def run_timed(cmd: list[str], timeout: float = 30.0, stdin=subprocess.DEVNULL, env=None,
+              ok_codes=(0,)) -> tuple[float, subprocess.CompletedProcess]:
+    """Spawn `cmd`, wait for its exit; wall ms from just before the spawn to the exit.
+
+    Raises RuntimeError (with the tail of stderr) when the exit status is not in ok_codes.
+    """
+    t0 = time.perf_counter_ns()
+    p = subprocess.run(cmd, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                       timeout=timeout, env=env)
+    dt = (time.perf_counter_ns() - t0) / 1e6
+    if ok_codes is not None and p.returncode not in ok_codes:
+        tail = (p.stderr or b"").decode(errors="replace").strip().splitlines()[-3:]
+        raise RuntimeError(f"{os.path.basename(cmd[0])} exited {p.returncode}: {' | '.join(tail)}")
+    return dt, p
+
+
+def alternate(runners: dict, runs: int, warmup: int = 1) -> dict:
+    """Run each callable (returning wall ms) in turn, `runs` rounds, alternating.
+
+    A runner that fails (raises) once is dropped and reported as missing with the reason.
+    Returns name -> summary or missing entry (plus the raw samples under "samples").
+    """
+    samples = {n: [] for n in runners}
+    failed: dict[str, str] = {}
+    for _ in range(warmup):
+        for n, f in runners.items():
+            if n in failed:
+                continue
+            try:
+                f()
+            except Exception as e:  # noqa: BLE001 - reported, not hidden
+                failed[n] = f"{type(e).__name__}: {e}"
+    for _ in range(runs):
+        for n, f in runners.items():
+            if n in failed:
+                continue
+            try:
+                samples[n].append(f())
+            except Exception as e:  # noqa: BLE001
+                failed[n] = f"{type(e).__name__}: {e}"
+    out = {}
+    for n in runners:
+        if n in failed:
+            out[n] = missing(failed[n])
+        else:
+            out[n] = dict(summarize(samples[n]), samples=[round(x, 3) for x in samples[n]])
+    return out
+
+
+def host_info() -> dict:
+    """What the numbers were measured on."""
+    info = {"kernel": platform.release(), "machine": platform.machine(), "cpus": os.cpu_count(),
+            "python": platform.python_version()}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    info["cpu"] = line.split(":", 1)[1].strip()
+                    break
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemTotal"):
+                    info["mem_total_mib"] = int(line.split()[1]) // 1024
+                    break
+        with open("/proc/loadavg") as f:
+            info["loadavg"] = f.read().split()[:3]
+    except OSError:
+        pass
+    info["kvm"] = "pvm" if os.path.exists("/sys/module/kvm_pvm") else (
+        "kvm_intel" if os.path.exists("/sys/module/kvm_intel") else
+        "kvm_amd" if os.path.exists("/sys/module/kvm_amd") else "unknown")
+    try:
+        with open("/etc/os-release") as f:
+            for line in f:
+                if line.startswith("PRETTY_NAME="):
+                    info["os"] = line.split("=", 1)[1].strip().strip('"')
+    except OSError:
+        pass
+    return info
+
+
+def emit(result: dict, as_json: bool, lines: list[str]) -> None:
+    if as_json:
+        json.dump(result, sys.stdout, indent=1)
+        sys.stdout.write("\n")
+    else:
+        print("\n".join(lines))

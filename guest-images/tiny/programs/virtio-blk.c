@@ -1,0 +1,72 @@
+/*
+ * virtio-blk: for every drive on the command line, print capacity and id; on a
+ * read-write drive write sector 1 (direct, several segments), flush, read it back
+ * (indirect) and check; on a read-only drive expect the write to fail with IOERR.
+ *   blk<i>: capacity <sectors> id '<id>' ro=<0|1>
+ *   blk<i>: sector0 '<first 16 bytes>'
+ *   blk<i>: write+flush+read ok | blk<i>: write rejected (status 1)
+ *   virtio-blk: ok            (exit 0; any failure: "FAIL ..." and status 3)
+ * Arguments: word=<text> (what goes into sector 1, default "kvmvm")
+ */
+#include "tiny.h"
+#include "tiny/vblk.h"
+
+static int fail(const char *what, int i, int st)
+{
+	printf("FAIL blk%d: %s (status %d, device status 0x%x)\n", i, what, st, 0);
+	return 1;
+}
+
+int main(const struct tiny_boot_info *bi)
+{
+	static struct vblk b;
+	char word[64] = "kvmvm";
+	char id[21];
+	uint8_t *buf = tiny_alloc(4096, 4096), *back = tiny_alloc(4096, 4096);
+	int i, st;
+
+	cmdline_get(bi->cmdline, "word", word, sizeof(word));
+	for (i = 0; vblk_open(&b, bi->cmdline, i) == 0; i++) {
+		memset(id, 0, sizeof(id));
+		st = vblk_req(&b, VBLK_T_GET_ID, 0, id, 20, 1, 0);
+		if (st)
+			return fail("get-id", i, st) ? 1 : 1;
+		printf("blk%d: capacity %lu id '%s' ro=%d\n", i, (unsigned long)b.capacity, id, b.ro);
+		st = vblk_req(&b, VBLK_T_IN, 0, buf, 512, 1, 0);
+		if (st)
+			return fail("read sector 0", i, st);
+		buf[16] = 0;
+		for (int k = 0; k < 16; k++)
+			if (buf[k] < 32 || buf[k] > 126)
+				buf[k] = '.';
+		printf("blk%d: sector0 '%s'\n", i, (char *)buf);
+		for (int k = 0; k < 1024; k++)
+			buf[k] = (uint8_t)word[k % strlen(word)];
+		st = vblk_req(&b, VBLK_T_OUT, 1, buf, 1024, 3, 0);
+		if (b.ro) {
+			if (st != 1)
+				return fail("write to a read-only drive did not fail", i, st);
+			printf("blk%d: write rejected (status %d)\n", i, st);
+			continue;
+		}
+		if (st)
+			return fail("write", i, st);
+		st = vblk_req(&b, VBLK_T_FLUSH, 0, 0, 0, 1, 0);
+		if (st)
+			return fail("flush", i, st);
+		memset(back, 0, 1024);
+		st = vblk_req(&b, VBLK_T_IN, 1, back, 1024, 4, 1);
+		if (st || memcmp(buf, back, 1024))
+			return fail("read back", i, st);
+		st = vblk_req(&b, VBLK_T_IN, b.capacity, back, 512, 1, 0);
+		if (st != 1)
+			return fail("read past the end did not fail", i, st);
+		printf("blk%d: write+flush+read ok\n", i);
+	}
+	if (i == 0) {
+		printf("FAIL no virtio-blk device\n");
+		return 1;
+	}
+	printf("virtio-blk: ok\n");
+	return 0;
+}

@@ -1,0 +1,156 @@
+"""Fast tests of the benchmark helpers: statistics, ratios, missing entries, reports, charts.
+
+No VM, QEMU or container is started here.
+"""
+
+import json
+import os
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+
+import benchlib as bl  # noqa: E402
+import containers  # noqa: E402
+
+
+def test_summarize_odd_and_even():
+    s = bl.summarize([3.0, 1.0, 2.0])
+    assert s == {"n": 3, "min": 1.0, "median": 2.0, "max": 3.0, "mean": 2.0}
+    s = bl.summarize([4, 1, 3, 2])
+    assert s["median"] == 2.5 and s["min"] == 1 and s["max"] == 4 and s["n"] == 4
+
+
+def test_summarize_empty_is_an_error():
+    with pytest.raises(ValueError):
+        bl.summarize([])
+
+
+def test_ratio_of_summaries_numbers_and_missing():
+    a, b = bl.summarize([10, 20, 30]), bl.summarize([5, 10, 15])
+    assert bl.ratio(a, b) == 2.0
+    assert bl.ratio(a, b, key="min") == 2.0
+    assert bl.ratio(3.0, 4.0) == 0.75
+    assert bl.ratio(a, bl.missing("absent")) is None
+    assert bl.ratio(bl.missing("absent"), b) is None
+    assert bl.ratio(a, None) is None
+    assert bl.ratio(1.0, 0) is None
+
+
+def test_missing_entry_is_a_reason_not_a_number():
+    m = bl.missing("crun not installed\n(apt-get install crun)")
+    assert bl.is_missing(m)
+    assert m == {"missing": "crun not installed (apt-get install crun)"}
+    assert not any(isinstance(v, (int, float)) for v in m.values())
+    assert bl.fmt_entry(m) == "missing: crun not installed (apt-get install crun)"
+    assert bl.missing("")["missing"]          # never an empty reason
+
+
+def test_alternate_interleaves_and_turns_failures_into_missing():
+    order = []
+
+    def ok(name, val):
+        def f():
+            order.append(name)
+            return val
+        return f
+
+    def boom():
+        order.append("bad")
+        raise RuntimeError("runc exited 1: no such file")
+
+    res = bl.alternate({"a": ok("a", 1.0), "bad": boom, "b": ok("b", 2.0)}, runs=3, warmup=1)
+    assert res["a"]["n"] == 3 and res["a"]["median"] == 1.0
+    assert res["b"]["median"] == 2.0
+    assert res["bad"] == {"missing": "RuntimeError: runc exited 1: no such file"}
+    # alternating: a, b, a, b ... (the failed runner dropped after its first failure)
+    assert order == ["a", "bad", "b"] + ["a", "b"] * 3
+
+
+def test_report_lines_ratio_and_missing():
+    rows = {"kvmvm": bl.summarize([100, 110, 120]), "qemu": bl.summarize([200, 220, 240]),
+            "podman": bl.missing("podman not installed")}
+    text = "\n".join(bl.report_lines("t", rows, baseline="kvmvm"))
+    assert "x2.00 of kvmvm" in text
+    assert "podman" in text and "missing: podman not installed" in text
+    assert "x" not in text.split("podman", 1)[1]  # no ratio for a missing row
+
+
+def test_run_timed_measures_and_reports_failure():
+    dt, p = bl.run_timed([sys.executable, "-c", "pass"])
+    assert dt > 0 and p.returncode == 0
+    with pytest.raises(RuntimeError, match="exited 3"):
+        bl.run_timed([sys.executable, "-c", "import sys; sys.stderr.write('nope'); sys.exit(3)"])
+
+
+def test_absent_runtime_becomes_missing(tmp_path, monkeypatch):
+    monkeypatch.setattr(containers.shutil, "which", lambda name: None)
+    rts = containers.runtimes(str(tmp_path), ["crun", "bwrap"])
+    for name in ("crun", "bwrap"):
+        assert bl.is_missing(rts[name])
+        assert "not installed" in rts[name]["missing"]
+        assert "apt-get install" in rts[name]["missing"]
+
+
+def test_startup_reports_missing_runtime_without_number(tmp_path, monkeypatch):
+    import startup
+
+    monkeypatch.setattr(containers.shutil, "which", lambda name: None)
+    monkeypatch.setattr(bl, "qemu_bin", lambda: None)
+    r = startup.measure(1, only=["qemu", "runc"], work=str(tmp_path))
+    assert r["results"]["qemu"]["missing"].startswith("qemu-system-x86_64 not installed")
+    assert r["results"]["runc"]["missing"].startswith("runc not installed")
+    assert r["ratio_kvmvm_qemu_median"] is None
+    json.dumps(r)  # serializable
+
+
+def test_guest_ram_mapping_rss(tmp_path, monkeypatch):
+    import memory
+
+    smaps = (
+        "7f0000000000-7f0008000000 rw-p 00000000 00:00 0 \n"
+        "Size:             131072 kB\nRss:                  52 kB\n"
+        "7f1000000000-7f1000400000 rw-p 00000000 00:00 0 \n"
+        "Size:               4096 kB\nRss:                4000 kB\n"
+        "7f2000000000-7f2008000000 r--p 00000000 08:01 123 /usr/lib/big.so\n"
+        "Size:             131072 kB\nRss:                 900 kB\n")
+    f = tmp_path / "smaps"
+    f.write_text(smaps)
+    real_open = open
+    monkeypatch.setattr("builtins.open", lambda p, *a, **k: real_open(f if str(p).endswith("/smaps") else p, *a, **k))
+    assert memory.guest_ram_rss_kib(1, 128) == 52
+
+
+def test_charts_and_summary_with_missing(tmp_path):
+    pytest.importorskip("matplotlib")
+    from kvmvm.cli import bench
+
+    st = {"kvmvm": bl.summarize([300, 310, 320]), "qemu": bl.summarize([100, 110, 120]),
+          "crun": bl.missing("crun not installed (apt-get install crun)")}
+    results = {"benchmarks": {
+        "startup": {"results": st, "ratio_kvmvm_qemu_median": bl.ratio(st["kvmvm"], st["qemu"])},
+        "memory": {"results": {"kvmvm": {"rss_mib": 20, "pss_mib": 14, "guest_touched_mib": 0.05,
+                                         "overhead_rss_mib": 19.9, "overhead_pss_mib": 14},
+                               "runc": {"rss_mib": 11, "pss_mib": 10, "processes": ["runc:1"]}}},
+        "density": {"cap": 50, "results": {"kvmvm-api": {"vms": 50, "vms_per_s": 40.0, "stopped_by": "cap"},
+                                           "qemu": bl.missing("qemu-system-x86_64 not installed")}},
+        "exits": bl.missing("benchmark exits.py timed out after 90 s"),
+    }}
+    files, why = bench.draw_charts(results, tmp_path)
+    assert why is None
+    names = sorted(os.path.basename(f) for f in files)
+    assert names == ["density.png", "density_rate.png", "memory.png", "startup.png"]
+    for f in files:
+        assert open(f, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    text = "\n".join(bench.summary_lines(results))
+    assert "crun            missing: crun not installed" in text
+    assert "missing: benchmark exits.py timed out" in text
+    assert "qemu        missing: qemu-system-x86_64 not installed" in text
+
+
+def test_bench_command_rejects_unknown_benchmark(tmp_path):
+    from kvmvm.cli import main
+
+    assert main(["bench", "--only", "nosuch", "--out", str(tmp_path)]) == 2
