@@ -11,7 +11,6 @@ import errno as _errno
 import itertools
 import os
 import threading
-from typing import Protocol
 
 from kvmvm._native import ffi, lib
 from kvmvm.errors import BusError, GuestMemoryError, KvmError
@@ -42,8 +41,9 @@ def check(rc: int, what: str, exc=KvmError) -> int:
     return rc
 
 
-class PyDevice(Protocol):
-    """A device written in Python: offsets are relative to its base."""
+class PyDevice:
+    """The interface (duck-typed) of a device written in Python: offsets are relative to its
+    base; `mark_broken()`, when present, is called if a handler raises."""
 
     def read(self, offset: int, size: int) -> bytes: ...
 

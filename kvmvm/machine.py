@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from kvmvm.record import Factory, record
 
 from kvmvm.boot import layout
 from kvmvm.errors import ConfigError, ImageError
@@ -17,7 +17,7 @@ MAX_MEMORY_MIB = 1 << 20
 DEBUG_EXIT_PORT = 0xF4
 
 
-@dataclass
+@record
 class MachineConfig:
     """What to boot and how big: the same fields as `kvmvm boot`'s flags."""
 
@@ -30,8 +30,8 @@ class MachineConfig:
     serial_out_fd: int = 1        # where the guest's console goes
     serial_in_fd: int = -1        # where its input comes from (-1: none)
     kvm_path: str = "/dev/kvm"
-    drives: list = field(default_factory=list)   # "PATH[,ro]" specs; the first is /dev/vda
-    nets: list = field(default_factory=list)     # "tap=NAME[,mac=..]" specs
+    drives: list = Factory(list)   # "PATH[,ro]" specs; the first is /dev/vda
+    nets: list = Factory(list)     # "tap=NAME[,mac=..]" specs
     vsock: str | None = None                     # "cid=N,uds=PATH"
     rng: bool = True
     virtio_cmdline: bool = True                  # also list virtio devices on the command line
@@ -53,7 +53,7 @@ class MachineConfig:
             raise ConfigError(f"kernel command line is longer than {layout.CMDLINE_MAX - 1} bytes")
 
 
-@dataclass
+@record
 class Result:
     """How a VM ended: `status` is what `kvmvm boot` exits with."""
 
@@ -63,11 +63,11 @@ class Result:
     message: str
     code: int = 0
     rip: int = 0
-    stats: dict = field(default_factory=dict)
-    timings_ms: dict = field(default_factory=dict)
+    stats: dict = Factory(dict)
+    timings_ms: dict = Factory(dict)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return self.asdict()
 
 
 def read_image(path: str, what: str = "kernel image") -> bytes:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import errno
 import os
-from dataclasses import dataclass, field
+from kvmvm.record import Factory, record
 
 from kvmvm.bindings import STOP_REASONS, check, ffi, lib, register_py_device, unregister_py_device
 from kvmvm.errors import GuestMemoryError, KvmError
@@ -19,7 +19,7 @@ MODE_PROTECTED32 = lib.KVMVM_MODE_PROTECTED32
 MODE_LONG64 = lib.KVMVM_MODE_LONG64
 
 
-@dataclass
+@record
 class StopInfo:
     """Why a VM stopped: `reason` is a name from bindings.STOP_REASONS."""
 
@@ -27,10 +27,10 @@ class StopInfo:
     code: int = 0
     vcpu: int = -1
     rip: int = 0
-    data: list = field(default_factory=list)
+    data: list = Factory(list)
 
 
-@dataclass
+@record
 class Caps:
     api_version: int
     irqchip: bool

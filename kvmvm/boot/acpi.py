@@ -9,7 +9,7 @@ FADT's sleep-control and reset registers.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+from kvmvm.record import record
 
 from kvmvm.boot import aml
 from kvmvm.boot.layout import ACPI_END, ACPI_PM_PORT, ACPI_START, IOAPIC_GPA, LAPIC_GPA, PVPANIC_PORT
@@ -21,7 +21,7 @@ ACPI_RESET_VALUE = 0x01     # written to ACPI_PM_PORT; S5 is SLP_TYP 5 | SLP_EN 
 S5_SLP_TYP = 5
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class AcpiDevice:
     """A virtio-mmio window for the DSDT."""
 

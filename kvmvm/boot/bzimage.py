@@ -8,7 +8,7 @@ mode with boot_params (a copy of the setup header) in rsi.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+from kvmvm.record import record
 
 from kvmvm.boot.layout import HIMEM, RamLayout
 from kvmvm.errors import ImageError
@@ -19,7 +19,7 @@ XLF_KERNEL_64 = 1 << 0
 LOADED_HIGH = 1 << 0
 
 
-@dataclass
+@record
 class BzImage:
     path: str
     protocol: int

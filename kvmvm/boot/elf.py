@@ -7,7 +7,7 @@ error (the unit tests cross-check the result against pyelftools).
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+from kvmvm.record import record
 
 from kvmvm.boot.layout import HIMEM, RamLayout
 from kvmvm.errors import ImageError
@@ -20,7 +20,7 @@ PT_NOTE = 4
 XEN_ELFNOTE_PHYS32_ENTRY = 18
 
 
-@dataclass
+@record
 class Segment:
     index: int
     paddr: int
@@ -28,7 +28,7 @@ class Segment:
     memsz: int
 
 
-@dataclass
+@record
 class ElfKernel:
     path: str
     entry: int                 # e_entry: the 64-bit entry point (physical for kvmvm and Linux)

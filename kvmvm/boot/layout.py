@@ -6,7 +6,7 @@ to 4 GiB so the 3-4 GiB hole can hold MMIO devices, the LAPIC and the IOAPIC.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from kvmvm.record import record
 
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
 
@@ -36,7 +36,7 @@ E820_RAM = 1
 E820_RESERVED = 2
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class RamLayout:
     """Guest RAM as KVM memory regions: [(gpa, size)]."""
 

@@ -2,16 +2,17 @@
 
 Errors raised on purpose (KvmvmError) become one line on stderr and an exit status
 (2 for bad input, 1 for failures); a traceback only when KVMVM_DEBUG=1.
-Commands are imported lazily so `kvmvm boot` pays only for what it uses.
+`kvmvm boot` with ordinary arguments skips click altogether (kvmvm.cli.options): start-up
+time is part of a microVM's boot time. Anything unusual (--help, a bad value) goes to click.
 """
 
 from __future__ import annotations
 
-import importlib
 import os
 import sys
+import time
 
-import click
+T0 = time.monotonic_ns()     # the CLI's "time zero" for --json timings
 
 # command name -> module under kvmvm.cli (each defines `cli`, a click.Command)
 COMMANDS = {
@@ -22,52 +23,71 @@ COMMANDS = {
 }
 
 
-class LazyGroup(click.Group):
-    def list_commands(self, ctx):
-        return sorted(n for n in COMMANDS if _has_module(n))
-
-    def get_command(self, ctx, name):
-        if name not in COMMANDS or not _has_module(name):
-            return None
-        mod = importlib.import_module(f"kvmvm.cli.{COMMANDS[name]}")
-        return mod.cli
-
-
 def _has_module(name: str) -> bool:
     here = os.path.dirname(__file__)
     return os.path.exists(os.path.join(here, COMMANDS[name] + ".py"))
 
 
-def abort(msg: str, code: int = 1) -> "NoReturn":  # noqa: F821
-    """Print one clear line and exit with `code`."""
-    click.echo(f"kvmvm: {msg}", err=True)
-    sys.exit(code)
+def _fast(argv: list[str]):
+    """kvmvm boot without click, when the arguments are plain; None otherwise."""
+    if argv[:1] != ["boot"]:
+        return None
+    from kvmvm.cli.options import BOOT, parse
+
+    kw = parse(BOOT, argv[1:])
+    if kw is None:
+        return None
+    from kvmvm.cli.booting import run
+
+    return run(**kw)
 
 
-@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="kvmvm", message="kvmvm %(version)s")
-def root():
-    """kvmvm: hardware-isolated microVMs on Linux KVM."""
+def _click_main(argv: list[str]) -> int:
+    import click
 
+    class LazyGroup(click.Group):
+        def list_commands(self, ctx):
+            return sorted(n for n in COMMANDS if _has_module(n))
 
-def main(argv=None):
-    """Entry point: run the click group, turning kvmvm errors into one line + exit code."""
-    from kvmvm.errors import KvmvmError
+        def get_command(self, ctx, name):
+            if name not in COMMANDS or not _has_module(name):
+                return None
+            import importlib
 
-    debug = os.environ.get("KVMVM_DEBUG") == "1"
+            return importlib.import_module(f"kvmvm.cli.{COMMANDS[name]}").cli
+
+    @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+    @click.version_option(package_name="kvmvm", message="kvmvm %(version)s")
+    def root():
+        """kvmvm: hardware-isolated microVMs on Linux KVM."""
+
     try:
         rv = root.main(args=argv, prog_name="kvmvm", standalone_mode=False)
     except click.exceptions.Abort:
-        click.echo("kvmvm: aborted", err=True)
+        sys.stderr.write("kvmvm: aborted\n")
         return 130
     except click.ClickException as e:
         # usage errors: one line (click's own), exit 2
-        click.echo(f"kvmvm: {e.format_message()}", err=True)
+        sys.stderr.write(f"kvmvm: {e.format_message()}\n")
         return e.exit_code
+    return rv if isinstance(rv, int) else 0
+
+
+def main(argv=None):
+    """Entry point: run a command, turning kvmvm errors into one line + exit code."""
+    from kvmvm.errors import KvmvmError
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = os.environ.get("KVMVM_DEBUG") == "1"
+    try:
+        rv = _fast(argv)
+        if rv is None:
+            rv = _click_main(argv)
+        return rv
     except KvmvmError as e:
         if debug:
             raise
-        click.echo(f"kvmvm: {e}", err=True)
+        sys.stderr.write(f"kvmvm: {e}\n")
         return e.exit_code
     except KeyboardInterrupt:
         return 130
@@ -76,9 +96,8 @@ def main(argv=None):
     except Exception as e:  # a bug in kvmvm: still one line unless debugging
         if debug:
             raise
-        click.echo(f"kvmvm: internal error: {type(e).__name__}: {e} (KVMVM_DEBUG=1 for a traceback)", err=True)
+        sys.stderr.write(f"kvmvm: internal error: {type(e).__name__}: {e} (KVMVM_DEBUG=1 for a traceback)\n")
         return 1
-    return rv if isinstance(rv, int) else 0
 
 
 if __name__ == "__main__":

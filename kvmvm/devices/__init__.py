@@ -8,7 +8,7 @@ nets, vsock, rng; slot i is at VIRTIO_MMIO_BASE + i * 4 KiB with GSI 5 + i.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from kvmvm.record import record
 
 from kvmvm.boot import layout
 from kvmvm.errors import ConfigError
@@ -17,7 +17,7 @@ FIRST_IRQ = 5      # 4 is the serial port
 LAST_IRQ = 23      # the IOAPIC has 24 pins
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class VirtioSlot:
     name: str       # "blk", "net", "vsock", "rng"
     base: int       # guest-physical base of its 4 KiB virtio-mmio window

@@ -73,7 +73,7 @@ def test_reboot_ends_the_vm_cleanly(art):
 
 
 def test_panic_exits_nonzero_with_a_clear_line(art):
-    from kvmvm.cli.boot import DEFAULT_LINUX_CMDLINE
+    from kvmvm.cli.booting import DEFAULT_LINUX_CMDLINE
 
     rc, out, err = boot("", "--cmdline", DEFAULT_LINUX_CMDLINE.replace(" quiet", "") + " rdinit=/nonexistent root=/dev/nothing")
     assert rc == 3, f"{err}\n{out[-3000:]}"

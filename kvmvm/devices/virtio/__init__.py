@@ -1,6 +1,6 @@
 """virtio-mmio devices: the C device models (kvmvm/native/virtio_*.c) described from Python.
 
-Each module parses its command-line spec into a dataclass (bad input: ConfigError, one
+Each module parses its command-line spec into a record (kvmvm.record) (bad input: ConfigError, one
 line) and attaches the device to a Vm at a given slot (base address, GSI).
 """
 

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import errno
 import os
-from dataclasses import dataclass
+from kvmvm.record import record
 
 from kvmvm.bindings import lib
 from kvmvm.devices.virtio import parse_options
 from kvmvm.errors import ConfigError, KvmError
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class DriveSpec:
     path: str
     readonly: bool = False

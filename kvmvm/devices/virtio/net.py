@@ -5,7 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import re
-from dataclasses import dataclass
+from kvmvm.record import record
 
 from kvmvm.bindings import ffi, lib
 from kvmvm.devices.virtio import parse_options
@@ -14,7 +14,7 @@ from kvmvm.errors import ConfigError, KvmError
 _MAC = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class NetSpec:
     tap: str
     mac: bytes

@@ -7,7 +7,7 @@ The host connects to PATH and sends `CONNECT <port>\\n` to reach a guest listene
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from kvmvm.record import record
 
 from kvmvm.bindings import lib
 from kvmvm.devices.virtio import parse_options
@@ -18,7 +18,7 @@ MAX_CID = 0xFFFFFFFE
 UDS_MAX = 107
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class VsockSpec:
     cid: int
     uds: str

@@ -1,0 +1,91 @@
+"""Option tables for commands on the start-up-critical path, readable without click.
+
+`kvmvm boot` is declared here once: kvmvm.cli.boot builds its click command from the table
+(help, usage errors), and kvmvm.cli.fast parses the common case with it without importing
+click at all (click costs about as much as booting a tiny guest).
+"""
+
+from __future__ import annotations
+
+
+class Opt:
+    __slots__ = ("flags", "dest", "kind", "default", "help", "multiple", "choices", "metavar")
+
+    def __init__(self, flags, dest, kind, default=None, help="", multiple=False, choices=None,
+                 metavar=None):
+        self.flags = flags          # ("--cmdline", "--append")
+        self.dest = dest
+        self.kind = kind            # str | int | float | "flag" | "choice"
+        self.default = default
+        self.help = help
+        self.multiple = multiple
+        self.choices = choices
+        self.metavar = metavar
+
+
+BOOT = [
+    Opt(("--kernel",), "kernel", str, None,
+        "Kernel image (ELF vmlinux / PVH ELF, or bzImage). Default: kvmvm's own kernel."),
+    Opt(("--initrd",), "initrd", str, None,
+        "Initial ramdisk. Default with the default kernel: kvmvm's initramfs."),
+    Opt(("--cmdline", "--append"), "cmdline", str, None, "Kernel command line."),
+    Opt(("--memory",), "memory", int, 128, "Guest RAM in MiB."),
+    Opt(("--cpus",), "cpus", int, 1, "Number of vCPUs."),
+    Opt(("--timeout",), "timeout", float, None, "Stop the VM after this many seconds (exit 124)."),
+    Opt(("--entry",), "entry", "choice", "auto",
+        "ELF entry: PVH note, or the 64-bit entry with boot_params.", choices=("auto", "pvh", "64")),
+    Opt(("--bzimage",), "use_bzimage", "flag", False, "Default kernel: boot the bzImage, not vmlinux."),
+    Opt(("--no-acpi",), "no_acpi", "flag", False, "Give the guest no ACPI tables."),
+    Opt(("--json",), "as_json", "flag", False, "Print a final JSON object with the outcome."),
+    Opt(("--drive",), "drives", str, (), "virtio-blk raw image (repeatable; the first is /dev/vda).",
+        multiple=True, metavar="PATH[,ro]"),
+    Opt(("--net",), "nets", str, (), "virtio-net over a TAP (repeatable).", multiple=True,
+        metavar="tap=NAME[,mac=MAC]"),
+    Opt(("--vsock",), "vsock", str, None, "virtio-vsock, Firecracker-style host UDS.",
+        metavar="cid=N,uds=PATH"),
+    Opt(("--no-rng",), "no_rng", "flag", False, "No virtio-rng device."),
+    Opt(("--no-virtio-cmdline",), "no_virtio_cmdline", "flag", False,
+        "List virtio devices only in the ACPI DSDT, not as virtio_mmio.device= on the command line."),
+]
+
+
+def parse(table, argv):
+    """Parse argv against table: a dict of dest -> value, or None when anything is unusual
+    (unknown option, --help, a bad value): the caller then lets click parse and report."""
+    by_flag = {f: o for o in table for f in o.flags}
+    out = {o.dest: (list(o.default) if o.multiple else o.default) for o in table}
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        i += 1
+        name, eq, val = a.partition("=") if a.startswith("--") else (a, "", "")
+        o = by_flag.get(name)
+        if o is None:
+            return None
+        if o.kind == "flag":
+            if eq:
+                return None
+            out[o.dest] = True
+            continue
+        if not eq:
+            if i >= len(argv):
+                return None
+            val = argv[i]
+            i += 1
+        try:
+            if o.kind == "choice":
+                if val not in o.choices:
+                    return None
+                v = val
+            else:
+                v = o.kind(val)
+        except ValueError:
+            return None
+        if o.multiple:
+            out[o.dest].append(v)
+        else:
+            out[o.dest] = v
+    for o in table:
+        if o.multiple:
+            out[o.dest] = tuple(out[o.dest])
+    return out

@@ -1,0 +1,61 @@
+"""kvmvm.record (the light @dataclass) and the click-free `kvmvm boot` argument parser."""
+
+import subprocess
+import sys
+
+import pytest
+
+from kvmvm.cli.options import BOOT, parse
+from kvmvm.record import Factory, record
+
+
+@record
+class Point:
+    x: int
+    y: int = 2
+    tags: list = Factory(list)
+
+
+@record(frozen=True)
+class Key:
+    a: str
+
+
+def test_record_init_defaults_factory_eq_repr():
+    p, q = Point(1), Point(1, y=2)
+    assert p == q and p.asdict() == {"x": 1, "y": 2, "tags": []}
+    p.tags.append(1)
+    assert q.tags == [] and repr(p) == "Point(x=1, y=2, tags=[1])"
+    with pytest.raises(TypeError):
+        Point()
+    with pytest.raises(TypeError):
+        Point(1, z=3)
+
+
+def test_frozen_record():
+    k = Key("a")
+    with pytest.raises(AttributeError):
+        k.a = "b"
+    assert {k: 1}[Key("a")] == 1
+
+
+def test_fast_parser_matches_defaults_and_values():
+    kw = parse(BOOT, ["--kernel", "k", "--memory=64", "--drive", "a", "--drive", "b,ro", "--json",
+                      "--entry", "64", "--append", "x y"])
+    assert kw["kernel"] == "k" and kw["memory"] == 64 and kw["drives"] == ("a", "b,ro")
+    assert kw["as_json"] is True and kw["entry"] == "64" and kw["cmdline"] == "x y"
+    assert kw["cpus"] == 1 and kw["nets"] == () and kw["timeout"] is None
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["--cpus", "x"], ["--memory"], ["--entry", "bad"],
+                                  ["stray"], ["--json=1"], ["--unknown", "1"]])
+def test_fast_parser_defers_unusual_input_to_click(argv):
+    assert parse(BOOT, argv) is None
+
+
+def test_fast_path_does_not_import_click():
+    code = ("import sys; from kvmvm.cli import _fast\n"
+            "try:\n    _fast(['boot', '--kernel', '/nonexistent'])\nexcept Exception as e:\n    print(type(e).__name__)\n"
+            "print('click' in sys.modules, 'dataclasses' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.split()
+    assert out == ["ConfigError", "False", "False"]
