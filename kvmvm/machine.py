@@ -34,7 +34,9 @@ class MachineConfig:
     nets: list = Factory(list)     # "tap=NAME[,mac=..]" specs
     vsock: str | None = None                     # "cid=N,uds=PATH"
     rng: bool = True
-    virtio_cmdline: bool = True                  # also list virtio devices on the command line
+    virtio_cmdline: str = "auto"                 # virtio_mmio.device= on the command line:
+                                                 # on, off, or auto (off for Linux with ACPI,
+                                                 # whose DSDT lists them: both would clash)
     entry: str = "auto"                          # ELF kernels: "pvh", "64" (boot_params) or auto
     acpi: bool = True                            # ACPI tables (RSDP/XSDT/FADT/MADT/DSDT)
 
@@ -47,6 +49,8 @@ class MachineConfig:
             raise ConfigError(f"--cpus must be between 1 and 64 (got {self.cpus})")
         if self.timeout is not None and self.timeout <= 0:
             raise ConfigError(f"--timeout must be positive (got {self.timeout})")
+        if self.virtio_cmdline not in ("auto", "on", "off"):
+            raise ConfigError(f"--virtio-cmdline must be auto, on or off (got {self.virtio_cmdline!r})")
         if self.entry not in ("auto", "pvh", "64"):
             raise ConfigError(f"--entry must be auto, pvh or 64 (got {self.entry!r})")
         if len(self.cmdline.encode()) + 1 > layout.CMDLINE_MAX:
@@ -184,10 +188,18 @@ class Machine:
         vm.create_vcpus(cfg.cpus)
         self._set_boot_regs()
 
+    @property
+    def virtio_on_cmdline(self) -> bool:
+        mode = self.cfg.virtio_cmdline
+        if mode == "auto":
+            acpi_seen = self.cfg.acpi and "acpi=off" not in self.cfg.cmdline.split()
+            return not (self.is_linux and acpi_seen)
+        return mode == "on"
+
     def full_cmdline(self) -> str:
         """The user's command line plus one virtio_mmio.device= per virtio device."""
         parts = [self.cfg.cmdline] if self.cfg.cmdline else []
-        if self.cfg.virtio_cmdline:
+        if self.virtio_on_cmdline:
             parts += [s.cmdline() for s in getattr(self, "virtio", [])]
         return " ".join(parts)
 

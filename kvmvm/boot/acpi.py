@@ -84,9 +84,14 @@ def dsdt(devices: list[AcpiDevice]) -> bytes:
                                                           aml.interrupt(d.irq))))
         for i, d in enumerate(devices)
     ]
+    # COM1: with hardware-reduced ACPI Linux takes the UART's IRQ from here (8250_pnp)
+    com1 = aml.device("COM1", aml.name("_HID", aml.eisa_id("PNP0501")),
+                      aml.name("_UID", aml.integer(0)),
+                      aml.name("_CRS", aml.resource_template(aml.io_port(0x3F8, 8),
+                                                             aml.irq_no_flags(4))))
     pevt = aml.device("PEVT", aml.name("_HID", aml.string("QEMU0001")),
                       aml.name("_CRS", aml.resource_template(aml.io_port(PVPANIC_PORT, 1))))
-    body = (aml.scope("\\_SB_", pevt, *devs)
+    body = (aml.scope("\\_SB_", com1, pevt, *devs)
             + aml.name("\\_S5_", aml.package(aml.integer(S5_SLP_TYP), aml.integer(0))))
     return table(b"DSDT", 6, body)
 

@@ -89,6 +89,17 @@ def io_port(base: int, size: int) -> bytes:
     return struct.pack("<BBHHBB", 0x47, 1, base, base, 1, size)
 
 
+def eisa_id(code: str) -> bytes:
+    """EisaId("PNP0501") as its DWord integer."""
+    v = ((ord(code[0]) - 0x40) << 10) | ((ord(code[1]) - 0x40) << 5) | (ord(code[2]) - 0x40)
+    raw = bytes([v >> 8, v & 0xFF]) + bytes.fromhex(code[3:7])
+    return integer(int.from_bytes(raw, "little"))
+
+
+def irq_no_flags(irq: int) -> bytes:
+    return struct.pack("<BH", 0x22, 1 << irq)
+
+
 def interrupt(irq: int, edge: bool = True, active_low: bool = False, shared: bool = False) -> bytes:
     flags = 0x01 | (0x02 if edge else 0) | (0x04 if active_low else 0) | (0x08 if shared else 0)
     return struct.pack("<BHBBI", 0x89, 6, flags, 1, irq)

@@ -44,8 +44,10 @@ BOOT = [
     Opt(("--vsock",), "vsock", str, None, "virtio-vsock, Firecracker-style host UDS.",
         metavar="cid=N,uds=PATH"),
     Opt(("--no-rng",), "no_rng", "flag", False, "No virtio-rng device."),
-    Opt(("--no-virtio-cmdline",), "no_virtio_cmdline", "flag", False,
-        "List virtio devices only in the ACPI DSDT, not as virtio_mmio.device= on the command line."),
+    Opt(("--virtio-cmdline",), "virtio_cmdline", "choice", "auto",
+        "List virtio devices as virtio_mmio.device= on the kernel command line: auto is off for "
+        "a Linux kernel with ACPI (the DSDT lists them) and on otherwise.",
+        choices=("auto", "on", "off")),
 ]
 
 
