@@ -46,3 +46,28 @@ def test_boot_params():
     assert struct.unpack_from("<QQI", bp, 0x2D0 + 20) == (HIMEM, MiB, 1)
     assert struct.unpack_from("<II", bp, 0x218) == (0x5000000, 0x2000)
     assert bp[0x210] == 0xFF
+
+
+def test_virtio_cmdline_auto(tmp_path, monkeypatch):
+    """auto: tiny guests get virtio_mmio.device=; Linux with ACPI finds devices in the DSDT."""
+    from kvmvm.devices import VirtioSlot
+    from kvmvm.machine import Machine, MachineConfig
+    from tests.unit.elfgen import make_elf, note
+
+    monkeypatch.setenv("KVMVM_ALLOW_PVM", "1")      # only parsing here, no VM
+    tiny = tmp_path / "tiny.elf"
+    tiny.write_bytes(make_elf())
+    slot = VirtioSlot("rng", 0xD0001000, 0x1000, 5)
+
+    def line(kernel, **kw):
+        m = Machine(MachineConfig(kernel=str(kernel), cmdline="console=ttyS0", **kw))
+        m.virtio = [slot]
+        return m.full_cmdline()
+
+    assert line(tiny) == "console=ttyS0 virtio_mmio.device=4K@0xd0001000:5"
+    assert line(tiny, virtio_cmdline="off") == "console=ttyS0"
+    linux = tmp_path / "vmlinux"
+    linux.write_bytes(make_elf(extra_notes=note(b"Linux", 6, b"\0\0\0\0")))
+    assert line(linux) == "console=ttyS0"
+    assert line(linux, acpi=False) == "console=ttyS0 virtio_mmio.device=4K@0xd0001000:5"
+    assert line(linux, virtio_cmdline="on") == "console=ttyS0 virtio_mmio.device=4K@0xd0001000:5"
