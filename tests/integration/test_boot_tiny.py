@@ -203,3 +203,20 @@ def test_missing_kvm_device_is_one_line(tiny_images, monkeypatch):
     with pytest.raises(KvmError, match=r"^/nonexistent/kvm does not exist") as e:
         Machine(MachineConfig(kernel=str(tiny_images / "hello.elf"), kvm_path="/nonexistent/kvm")).run()
     assert "\n" not in str(e.value)
+
+
+def test_linux_kernel_on_pvm_is_refused_in_one_line(kvm_ok, tmp_path):
+    """A Linux kernel (ELF "Linux" note) on a PVM /dev/kvm: one line naming the way out."""
+    from tests.unit.elfgen import make_elf, note
+
+    img = tmp_path / "vmlinux"
+    img.write_bytes(make_elf(extra_notes=note(b"Linux", 6, b"\0\0\0\0")))
+    r = kvmvm("boot", "--kernel", str(img), "--timeout", "1")
+    if os.path.exists("/sys/module/kvm_pvm"):
+        assert r.status == 1
+        assert r.err.strip().splitlines() == [
+            "kvmvm: this host's /dev/kvm is the PVM hypervisor, which cannot run a stock Linux "
+            "guest; run `./dev boot` from a kvmvm checkout (it boots the guest inside a "
+            "software-emulated standard-KVM test host) or use a host with hardware KVM"]
+    else:   # hardware KVM: it boots (this fake kernel just halts until the timeout)
+        assert r.status == 124
