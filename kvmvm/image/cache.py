@@ -74,6 +74,7 @@ def staging(entry: Path, meta: dict) -> Iterator[Path]:
     entry.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{entry.name}.tmp-", dir=entry.parent))
     try:
+        os.chmod(tmp, 0o755)  # mkdtemp makes it 0700; a VMM running as another user reads it
         yield tmp
         (tmp / META).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
         old = None
