@@ -36,6 +36,7 @@ struct serial {
     int out_fd, in_fd;
     int stop_pipe[2];
     int in_started, in_stopping;
+    int rx_open;        /* the guest enabled RX interrupts once: its driver takes input now */
     pthread_t in_thread;
 };
 
@@ -151,6 +152,10 @@ static void serial_write(struct kvmvm_device *dev, uint64_t off, const uint8_t *
         } else {
             if (!(s->ier & IER_THRI) && (v & IER_THRI))
                 s->thr_ipending = 1;    /* enabling THRI with an empty THR interrupts */
+            if ((v & IER_RDI) && !s->rx_open) {
+                s->rx_open = 1;
+                pthread_cond_broadcast(&s->space);
+            }
             s->ier = v & 0x0f;
         }
         break;
@@ -198,6 +203,11 @@ static void *input_thread(void *arg)
         if (n < 0 && (errno == EINTR || errno == EAGAIN))
             continue;
         pthread_mutex_lock(&s->lock);
+        /* host input waits until the guest's driver enables receive interrupts: Linux's
+           8250 clears the FIFO as it starts up, and earlier bytes would be lost.
+           (A guest that only polls the UART gets no host input.) */
+        while (!s->rx_open && !s->in_stopping)
+            pthread_cond_wait(&s->space, &s->lock);
         if (n <= 0) {
             /* end of piped input: Ctrl-D, so a shell on the guest console sees EOF */
             if (!is_tty)
