@@ -20,7 +20,10 @@ def run(kernel, initrd, cmdline, memory, cpus, timeout, entry, use_bzimage, no_a
 
     if kernel is None:
         kernel, default_initrd = _default_kernel(use_bzimage)
-        initrd = initrd or default_initrd
+        if initrd is None:
+            initrd = default_initrd
+            if not _stdin_is_tty():      # kvmvm's init then reads the commands from a pipe
+                cmdline = (DEFAULT_LINUX_CMDLINE if cmdline is None else cmdline) + " kvmvm.console=pipe"
         if cmdline is None:
             cmdline = DEFAULT_LINUX_CMDLINE
     cfg = MachineConfig(kernel=kernel, cmdline=cmdline or "", initrd=initrd, memory_mib=memory,
@@ -42,6 +45,13 @@ def run(kernel, initrd, cmdline, memory, cpus, timeout, entry, use_bzimage, no_a
         sys.stdout.flush()
         sys.stderr.write(f"kvmvm: {res.message}\n")
     return res.status
+
+
+def _stdin_is_tty() -> bool:
+    try:
+        return os.isatty(sys.stdin.fileno())
+    except (AttributeError, ValueError, OSError):
+        return False
 
 
 def _default_kernel(use_bzimage: bool) -> tuple[str, str]:

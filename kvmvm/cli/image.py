@@ -61,7 +61,7 @@ class RichProgress(Progress):
         self.bar.update(self.task, advance=1, total=total, last=line.strip()[:60])
 
     def note(self, line):
-        self.console.print(f"kvmvm image: {line}")
+        self.console.print(f"kvmvm image: {line}", soft_wrap=True)
 
     def done(self, summary):
         self._finish()

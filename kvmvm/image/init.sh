@@ -22,10 +22,16 @@ devmem 0xd0000000 8 123 2>/dev/null
 
 echo "kvmvm: init ready"
 
-# setsid + cttyhack give the shell a controlling tty (job control, ^C); with piped
-# stdin it simply reads commands line by line.
 export PS1='kvmvm:\w# '
-setsid cttyhack sh
+if grep -qw kvmvm.console=pipe /proc/cmdline; then
+  # The host's input is a pipe (kvmvm boot < script): a shell reading a pipe runs the
+  # lines as they come and ends at the host's end of input (^D, read by cat in the
+  # console's canonical mode); an interactive shell's line editor would not see it.
+  cat /dev/console | sh
+else
+  # setsid + cttyhack give the interactive shell a controlling tty (job control, ^C)
+  setsid cttyhack sh
+fi
 sync
 # Without ACPI, power-off only halts; a reboot (with reboot=t) exits the VM instead.
 [ -d /sys/firmware/acpi/tables ] && poweroff -f

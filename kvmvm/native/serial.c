@@ -32,11 +32,11 @@ struct serial {
     int thr_ipending;
     uint8_t rx[RX_CAP];
     int rx_head, rx_count;
-    int irq, level;
+    int irq;
     int out_fd, in_fd;
     int stop_pipe[2];
     int in_started, in_stopping;
-    int rx_open;        /* the guest enabled RX interrupts once: its driver takes input now */
+    int rx_open;        /* FIFO and RX interrupts enabled: a driver is taking input */
     pthread_t in_thread;
 };
 
@@ -59,15 +59,29 @@ static void write_all(int fd, const uint8_t *p, size_t n)
     }
 }
 
-/* caller holds s->lock */
-static void update_irq(struct kvmvm_device *dev, struct serial *s)
+/* The ISA IRQ line is edge-triggered at the IOAPIC: each new interrupt condition (data
+   received, THR emptied, an interrupt enabled while its condition holds) is sent as one
+   pulse, as vm-superio does; a level left high would swallow every later edge.
+   Caller holds s->lock. */
+static void pulse_irq(struct kvmvm_device *dev, struct serial *s)
 {
-    int level = ((s->ier & IER_RDI) && s->rx_count) || ((s->ier & IER_THRI) && s->thr_ipending);
-    if (level != s->level) {
-        s->level = level;
-        if (dev->vm)
-            kvmvm_vm_irq_line(dev->vm, s->irq, level);
+    int pending = ((s->ier & IER_RDI) && s->rx_count) || ((s->ier & IER_THRI) && s->thr_ipending);
+    if (pending && dev->vm) {
+        kvmvm_vm_irq_line(dev->vm, s->irq, 1);
+        kvmvm_vm_irq_line(dev->vm, s->irq, 0);
     }
+}
+
+/* Host input is held back until the guest's driver is really taking it: FIFO enabled and
+   receive interrupts on, as Linux's 8250 leaves them once a tty is open. Probing (which
+   sets IER to 0x0f) and start-up (which clears the FIFO and reads RBR "for luck") would
+   otherwise eat it. The gate closes again while the driver turns reception off. */
+static void update_rx_gate(struct serial *s)
+{
+    int open = (s->ier & IER_RDI) && (s->fcr & 0x01);
+    if (open && !s->rx_open)
+        pthread_cond_broadcast(&s->space);
+    s->rx_open = open;
 }
 
 static void rx_push(struct serial *s, uint8_t b)
@@ -121,7 +135,6 @@ static void serial_read(struct kvmvm_device *dev, uint64_t off, uint8_t *data, u
         break;
     case 7: v = s->scr; break;
     }
-    update_irq(dev, s);
     pthread_mutex_unlock(&s->lock);
     memset(data, 0, len);
     data[0] = v;
@@ -131,7 +144,7 @@ static void serial_write(struct kvmvm_device *dev, uint64_t off, const uint8_t *
 {
     struct serial *s = dev->priv;
     uint8_t v = data[0];
-    int out = -1;
+    int out = -1, event = 0;
     (void)len;
     pthread_mutex_lock(&s->lock);
     switch (off) {
@@ -144,6 +157,7 @@ static void serial_write(struct kvmvm_device *dev, uint64_t off, const uint8_t *
             else
                 out = v;
             s->thr_ipending = 1;
+            event = 1;
         }
         break;
     case 1:
@@ -152,11 +166,9 @@ static void serial_write(struct kvmvm_device *dev, uint64_t off, const uint8_t *
         } else {
             if (!(s->ier & IER_THRI) && (v & IER_THRI))
                 s->thr_ipending = 1;    /* enabling THRI with an empty THR interrupts */
-            if ((v & IER_RDI) && !s->rx_open) {
-                s->rx_open = 1;
-                pthread_cond_broadcast(&s->space);
-            }
             s->ier = v & 0x0f;
+            update_rx_gate(s);
+            event = 1;
         }
         break;
     case 2:
@@ -165,12 +177,14 @@ static void serial_write(struct kvmvm_device *dev, uint64_t off, const uint8_t *
             s->rx_count = 0;
             pthread_cond_signal(&s->space);
         }
+        update_rx_gate(s);
         break;
     case 3: s->lcr = v; break;
     case 4: s->mcr = v & 0x1f; break;
     case 7: s->scr = v; break;
     }
-    update_irq(dev, s);
+    if (event)
+        pulse_irq(dev, s);
     pthread_mutex_unlock(&s->lock);
     if (out >= 0) {
         uint8_t b = (uint8_t)out;
@@ -203,10 +217,7 @@ static void *input_thread(void *arg)
         if (n < 0 && (errno == EINTR || errno == EAGAIN))
             continue;
         pthread_mutex_lock(&s->lock);
-        /* host input waits until the guest's driver enables receive interrupts: Linux's
-           8250 clears the FIFO as it starts up, and earlier bytes would be lost.
-           (A guest that only polls the UART gets no host input.) */
-        while (!s->rx_open && !s->in_stopping)
+        while (!s->rx_open && !s->in_stopping)     /* see update_rx_gate */
             pthread_cond_wait(&s->space, &s->lock);
         if (n <= 0) {
             /* end of piped input: Ctrl-D, so a shell on the guest console sees EOF */
@@ -221,7 +232,7 @@ static void *input_thread(void *arg)
                 break;
             rx_push(s, buf[i]);
         }
-        update_irq(dev, s);
+        pulse_irq(dev, s);
         int stopping = s->in_stopping;
         pthread_mutex_unlock(&s->lock);
         if (stopping)
