@@ -14,7 +14,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ROOT / "guest-images" / "tiny"
 TINY_OUT = TINY / "out"
-TINY_PROGRAMS = ("hello", "exitcode", "triplefault", "pio-loop", "mmio-loop", "probe", "halt",
+TINY_PROGRAMS = ("hello", "exitcode", "triplefault", "pio-loop", "mmio-loop", "probe", "halt", "echo",
                  "libtest")
 KVMVM = [sys.executable, "-m", "kvmvm"]
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import kvmvm
+from .conftest import KVMVM, kvmvm
 
 pytestmark = pytest.mark.host
 
@@ -220,3 +220,12 @@ def test_linux_kernel_on_pvm_is_refused_in_one_line(kvm_ok, tmp_path):
             "software-emulated standard-KVM test host) or use a host with hardware KVM"]
     else:   # hardware KVM: it boots (this fake kernel just halts until the timeout)
         assert r.status == 124
+
+
+def test_console_input_reaches_the_guest_and_ends_with_eof(kvm_ok, tiny_images):
+    """Piped stdin goes to the UART once the guest enables its FIFO and RX interrupts;
+    the end of input arrives as ^D."""
+    p = subprocess.run([*KVMVM, "boot", "--kernel", str(tiny_images / "echo.elf"), "--timeout", "30"],
+                       input="abc\ndef\n", capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout == "echo: ready\nabc\ndef\necho: 8 bytes\n"
