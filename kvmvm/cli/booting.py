@@ -20,12 +20,11 @@ def run(kernel, initrd, cmdline, memory, cpus, timeout, entry, use_bzimage, no_a
 
     if kernel is None:
         kernel, default_initrd = _default_kernel(use_bzimage)
-        if initrd is None:
-            initrd = default_initrd
-            if not _stdin_is_tty():      # kvmvm's init then reads the commands from a pipe
-                cmdline = (DEFAULT_LINUX_CMDLINE if cmdline is None else cmdline) + " kvmvm.console=pipe"
+        initrd = initrd or default_initrd
         if cmdline is None:
             cmdline = DEFAULT_LINUX_CMDLINE
+        if not _stdin_is_tty():      # kvmvm's init then reads the commands from a pipe
+            cmdline += " kvmvm.console=pipe"
     cfg = MachineConfig(kernel=kernel, cmdline=cmdline or "", initrd=initrd, memory_mib=memory,
                         cpus=cpus, timeout=timeout, entry=entry, acpi=not no_acpi,
                         drives=list(drives), nets=list(nets), vsock=vsock, rng=not no_rng,

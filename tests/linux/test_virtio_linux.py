@@ -88,7 +88,8 @@ def test_blk_read_only_refuses_writes(art, ext4):
                         "mount /dev/vda /mnt && ls /mnt && echo mounted-ro\n",
                         "--drive", f"{ext4},ro")
     assert rc == 0, err
-    assert "write-refused" in out and "WROTE" not in out
+    lines = [l.strip() for l in out.splitlines()]
+    assert "write-refused" in lines and "WROTE" not in lines
     assert "lost+found" in out
     assert ext4.read_bytes() == before
 
