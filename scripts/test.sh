@@ -11,7 +11,9 @@ cd "$(dirname "$0")/.."
 PY=.venv/bin/python
 REPORTS=build/test-reports
 TIERS=${KVMVM_TIERS:-host,linux}
-LINUX_TIMEOUT=${KVMVM_LINUX_TIER_TIMEOUT:-1800}
+LINUX_TIMEOUT=${KVMVM_LINUX_TIER_TIMEOUT:-1200}
+# one linux-tier test may not take longer than this (a hung nested guest fails, not stalls)
+LINUX_TEST_TIMEOUT=${KVMVM_LINUX_TEST_TIMEOUT:-420}
 
 [ -x "$PY" ] || { echo "test.sh: $PY missing: run scripts/setup.sh first" >&2; exit 2; }
 if [ "${CI:-}" = true ] && [ ! -e /dev/kvm ]; then
@@ -81,9 +83,19 @@ if [[ ,$TIERS, == *,linux,* ]] && [ ${#linux_paths[@]} -gt 0 ]; then
   else
     linux_where="kvmhost L1"
     echo "== test.sh: linux tier inside the kvmhost L1 (local /dev/kvm cannot run Linux guests)" >&2
-    "$PY" -m tests.kvmhost run --timeout "$LINUX_TIMEOUT" --report "$REPORTS/kvmhost.json" -- \
-      "$PY" -m pytest -m linux --junitxml="$REPORTS/linux.xml" "${opts[@]}" "${linux_paths[@]}"
-    check linux $? $narrowed
+    run_l1() {
+      "$PY" -m tests.kvmhost run --timeout "$LINUX_TIMEOUT" --report "$REPORTS/kvmhost.json" -- \
+        "$PY" -m pytest -m linux -o timeout="$LINUX_TEST_TIMEOUT" --junitxml="$REPORTS/linux.xml" \
+        "${opts[@]}" "${linux_paths[@]}"
+    }
+    run_l1; rc=$?
+    if [ "$rc" = 124 ]; then
+      # the software-emulated L1 itself hung (seen rarely: a nested guest stuck in KVM);
+      # that is the test host, not kvmvm: run the tier once more, loudly
+      echo "test.sh: the kvmhost L1 timed out; running the linux tier once more" >&2
+      run_l1; rc=$?
+    fi
+    check linux $rc $narrowed
   fi
   linux_s=$(since $t)
 fi
