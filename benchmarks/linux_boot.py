@@ -98,6 +98,8 @@ def main(argv=None) -> int:
         def f():
             ready, total = run_once(cmd, a.timeout)
             samples[name].append(ready)
+            print(f"linux_boot: {name}: init {ready:.0f} ms, exit {total:.0f} ms", file=sys.stderr,
+                  flush=True)
             return total
         return f
 
