@@ -30,12 +30,12 @@ def attached_console(cfg):
             termios.tcsetattr(fd, termios.TCSAFLUSH, saved)
 
     atexit.register(restore)
-    old = {}
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        def handler(signum, frame, _old=None):
-            restore()
-            raise KeyboardInterrupt
-        old[sig] = signal.signal(sig, handler)
+
+    def on_signal(signum, frame):
+        restore()
+        raise KeyboardInterrupt
+
+    old = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGHUP)}
     raw = termios.tcgetattr(fd)
     raw[0] &= ~(termios.BRKINT | termios.ICRNL | termios.INPCK | termios.ISTRIP | termios.IXON)
     raw[3] &= ~(termios.ECHO | termios.ICANON | termios.IEXTEN | termios.ISIG)

@@ -127,6 +127,8 @@ class Machine:
         self.cfg = cfg
         self.t0_ns = t0_ns or time.monotonic_ns()
         self.vm = None
+        self.t_vm_created_ns = 0
+        self.virtio = []
         self.ram = layout.RamLayout(cfg.memory_mib * layout.MiB)
         self.kernel_data = read_image(cfg.kernel)
         self.initrd_data = read_image(cfg.initrd, "initrd") if cfg.initrd else None
@@ -151,20 +153,18 @@ class Machine:
             if self.cfg.entry == "64":
                 k.pvh_entry = None
             elf.check_fits(k, self.ram)
-            self.is_linux = k.is_linux
             return k
         if bzimage.is_bzimage(data):
             k = bzimage.parse(data, path)
             bzimage.check_fits(k, self.ram)
             if self.cfg.entry == "pvh":
                 raise ImageError(f"{path}: --entry pvh needs an ELF vmlinux; a bzImage boots at its 64-bit entry")
-            self.is_linux = True
             return k
         raise ImageError(f"{path}: not an ELF or bzImage kernel image")
 
     @property
-    def kernel_end(self) -> int:
-        return self.kernel.end
+    def is_linux(self) -> bool:
+        return self.kernel.is_linux
 
     # --- building the VM ---
     def build(self) -> None:
@@ -200,7 +200,7 @@ class Machine:
         """The user's command line plus one virtio_mmio.device= per virtio device."""
         parts = [self.cfg.cmdline] if self.cfg.cmdline else []
         if self.virtio_on_cmdline:
-            parts += [s.cmdline() for s in getattr(self, "virtio", [])]
+            parts += [s.cmdline() for s in self.virtio]
         return " ".join(parts)
 
     def _load_kernel(self) -> None:
@@ -231,7 +231,7 @@ class Machine:
 
     def _place_initrd(self, kernel_end: int) -> tuple[int, int]:
         size = len(self.initrd_data)
-        top = min(self.ram.low_end, getattr(self.kernel, "initrd_max", 1 << 32))
+        top = min(self.ram.low_end, self.kernel.initrd_max)
         gpa = (top - size) & ~0xFFF
         if gpa < kernel_end or size == 0:
             raise ConfigError(f"initrd ({size >> 20} MiB) does not fit in guest memory "
@@ -243,13 +243,11 @@ class Machine:
         from kvmvm.vm import MODE_LONG64, MODE_PROTECTED32
 
         k = self.kernel
-        pvh_entry = getattr(k, "pvh_entry", None)
-        if pvh_entry is not None:
-            self.vm.set_boot_regs(0, MODE_PROTECTED32, pvh_entry, rbx=layout.PVH_START_INFO,
+        if k.pvh_entry is not None:
+            self.vm.set_boot_regs(0, MODE_PROTECTED32, k.pvh_entry, rbx=layout.PVH_START_INFO,
                                   gdt_gpa=layout.GDT_GPA)
         else:
-            entry = getattr(k, "entry64", None) or k.entry
-            self.vm.set_boot_regs(0, MODE_LONG64, entry, rsp=layout.BOOT_STACK,
+            self.vm.set_boot_regs(0, MODE_LONG64, k.entry64, rsp=layout.BOOT_STACK,
                                   rsi=layout.ZERO_PAGE, gdt_gpa=layout.GDT_GPA, pml4_gpa=layout.PML4)
 
     # --- running ---
@@ -287,7 +285,7 @@ class Machine:
 
         return {
             "process_start": rel(_process_start_ns()),
-            "vm_created": rel(getattr(self, "t_vm_created_ns", 0)),
+            "vm_created": rel(self.t_vm_created_ns),
             "first_kvm_run": rel(st["t_first_run_ns"]),
             "boot_signal": rel(st["t_boot_signal_ns"]),
             "end": rel(st["t_end_ns"]),

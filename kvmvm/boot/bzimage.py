@@ -30,6 +30,9 @@ class BzImage:
     cmdline_size: int
     initrd_max: int = 0x37FFFFFF
 
+    pvh_entry = None            # a bzImage is always entered at its 64-bit entry
+    is_linux = True
+
     @property
     def entry64(self) -> int:
         return self.load_addr + 0x200

@@ -36,9 +36,15 @@ class ElfKernel:
     segments: list[Segment]
     note_names: frozenset = frozenset()   # owners of its ELF notes ("Linux" marks a Linux kernel)
 
+    initrd_max = 1 << 32        # (same interface as bzimage.BzImage)
+
     @property
     def is_linux(self) -> bool:
         return "Linux" in self.note_names
+
+    @property
+    def entry64(self) -> int:
+        return self.entry
 
     @property
     def start(self) -> int:
