@@ -1,5 +1,8 @@
 """The host terminal as the guest's serial console: raw input when stdin is a TTY,
-restored on every exit path (normal return, exception, SIGTERM/SIGHUP)."""
+restored on every exit path (normal return, exception, SIGTERM/SIGHUP).
+
+SIGTERM and SIGHUP end the VM like Ctrl-C (status 130) whether stdin is a terminal or not:
+their default action would kill kvmvm before it removes the VM's sockets and TAPs."""
 
 from __future__ import annotations
 
@@ -14,12 +17,11 @@ import sys
 def attached_console(cfg):
     """Wire cfg.serial_in_fd to stdin (when there is one) and make a TTY raw meanwhile."""
     fd = _stdin_fd()
-    if fd is None:
-        yield
-        return
-    cfg.serial_in_fd = fd
-    if not os.isatty(fd):
-        yield
+    if fd is not None:
+        cfg.serial_in_fd = fd
+    if fd is None or not os.isatty(fd):
+        with _signals_interrupt(lambda: None):
+            yield
         return
     import termios
 
@@ -31,11 +33,6 @@ def attached_console(cfg):
 
     atexit.register(restore)
 
-    def on_signal(signum, frame):
-        restore()
-        raise KeyboardInterrupt
-
-    old = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGHUP)}
     raw = termios.tcgetattr(fd)
     raw[0] &= ~(termios.BRKINT | termios.ICRNL | termios.INPCK | termios.ISTRIP | termios.IXON)
     raw[3] &= ~(termios.ECHO | termios.ICANON | termios.IEXTEN | termios.ISIG)
@@ -43,10 +40,24 @@ def attached_console(cfg):
     raw[6][termios.VTIME] = 0
     termios.tcsetattr(fd, termios.TCSAFLUSH, raw)
     try:
-        yield
+        with _signals_interrupt(restore):
+            yield
     finally:
         restore()
         atexit.unregister(restore)
+
+
+@contextlib.contextmanager
+def _signals_interrupt(before):
+    """SIGTERM and SIGHUP raise KeyboardInterrupt (after `before()`) while the VM runs."""
+    def on_signal(signum, frame):
+        before()
+        raise KeyboardInterrupt
+
+    old = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
         for sig, h in old.items():
             signal.signal(sig, h)
 

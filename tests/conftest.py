@@ -8,8 +8,8 @@ runs inside the kvmhost L1: ``scripts/test.sh`` does that, or by hand
 ``python -m tests.kvmhost run -- .venv/bin/python -m pytest -m linux tests/linux``.
 A linux test that cannot run errors (never silently skips) on a PVM host, or anywhere when
 ``--require-linux-kvm``, ``KVMVM_REQUIRE_LINUX_KVM=1`` or ``CI=true`` is set; otherwise (no
-/dev/kvm at all) it is skipped with the reason. ``KVMVM_REQUIRE_KVM=1`` or ``CI=true`` makes
-the ``dev_kvm`` fixture fail instead of skip when /dev/kvm is missing.
+/dev/kvm at all) it is skipped with the reason. Host-tier tests need a usable /dev/kvm and
+fail without one (the ``kvm_ok`` fixture), in CI and everywhere else.
 """
 from __future__ import annotations
 
@@ -67,14 +67,3 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     if os.path.exists("/sys/module/kvm_pvm") or _require_linux(item.config):
         pytest.fail(f"linux tier cannot run here: {problem}; {HOW}", pytrace=False)
     pytest.skip(f"{problem}; {HOW}")
-
-
-@pytest.fixture(scope="session")
-def dev_kvm() -> str:
-    """Path of a usable /dev/kvm (any kind, PVM included); skips without one, fails in CI."""
-    if os.access("/dev/kvm", os.R_OK | os.W_OK):
-        return "/dev/kvm"
-    msg = "no usable /dev/kvm"
-    if _truthy("KVMVM_REQUIRE_KVM") or _truthy("CI"):
-        pytest.fail(f"{msg} (CI / KVMVM_REQUIRE_KVM: nothing is skipped for lack of KVM)", pytrace=False)
-    pytest.skip(msg)

@@ -226,13 +226,29 @@ def test_net_frames_through_tap(tiny_images, kvm_ok, netns, path):
 
 
 def test_net_tap_created_by_kvmvm_is_removed(tiny_images, kvm_ok, netns):
-    # a TAP that does not exist yet is created by kvmvm and must vanish with the VM
-    r = subprocess.run(["ip", "netns", "exec", netns, *KVMVM, "boot", "--kernel", elf("hello"),
-                        "--net", "tap=kvmvm-new0"], cwd=ROOT, capture_output=True, text=True,
-                       timeout=30)
-    assert r.returncode == 0, r.stderr
-    links = subprocess.run(["ip", "-n", netns, "link"], capture_output=True, text=True).stdout
-    assert "kvmvm-new0" not in links
+    # a TAP that does not exist yet is created by kvmvm, exists while the VM runs, and must
+    # vanish with the VM
+    def links() -> str:
+        return subprocess.run(["ip", "-n", netns, "link"], capture_output=True, text=True).stdout
+
+    assert "kvmvm-new0" not in links()
+    vm = subprocess.Popen(["ip", "netns", "exec", netns, *KVMVM, "boot", "--kernel", elf("halt"),
+                           "--net", "tap=kvmvm-new0", "--timeout", "3"], cwd=ROOT,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        seen = False
+        deadline = time.monotonic() + 3
+        while not seen and time.monotonic() < deadline and vm.poll() is None:
+            seen = "kvmvm-new0" in links()
+            time.sleep(0.05)
+        out, err = vm.communicate(timeout=30)
+    finally:
+        if vm.poll() is None:
+            vm.kill()
+            vm.wait()
+    assert seen, "kvmvm never created the TAP while its VM ran"
+    assert vm.returncode == 124, err          # halt.elf halts until --timeout
+    assert "kvmvm-new0" not in links()
 
 
 # --- adversarial guests ---

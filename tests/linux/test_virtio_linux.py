@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -60,6 +61,12 @@ def boot(script: str, *args: str, prefix=(), timeout: float = TIMEOUT, popen=Fal
     return p.returncode, p.stdout, p.stderr
 
 
+def lines_of(out: str) -> list[str]:
+    """The console's lines, stripped: markers are compared as whole lines (the console also
+    echoes each piped command, so a marker must be computed, e.g. $((1+1)), never literal)."""
+    return [l.strip() for l in out.splitlines()]
+
+
 def debugfs_cat(img: Path, path: str) -> str:
     p = subprocess.run(["debugfs", "-R", f"cat {path}", str(img)], capture_output=True, text=True)
     return p.stdout
@@ -75,22 +82,24 @@ def ext4(tmp_path) -> Path:
 
 
 def test_blk_write_sync_lands_on_host(art, ext4):
-    rc, out, err = boot("mount /dev/vda /mnt && echo kvmvm-data-$((40+2)) > /mnt/f && sync && umount /mnt && echo done-ok\n",
+    rc, out, err = boot("mount /dev/vda /mnt && echo kvmvm-data-$((40+2)) > /mnt/f && sync && umount /mnt && echo done-$((2+3))\n",
                         "--drive", str(ext4))
     assert rc == 0, f"{err}\n{out[-3000:]}"
-    assert "done-ok" in out
+    assert "done-5" in lines_of(out), out[-3000:]
     assert debugfs_cat(ext4, "/f").strip() == "kvmvm-data-42"
 
 
 def test_blk_read_only_refuses_writes(art, ext4):
     before = ext4.read_bytes()
-    rc, out, err = boot("cat /sys/block/vda/ro\ndd if=/dev/zero of=/dev/vda bs=4096 count=1 oflag=direct && echo WROTE || echo write-refused\n"
-                        "mount /dev/vda /mnt && ls /mnt && echo mounted-ro\n",
+    rc, out, err = boot("echo ro=$(cat /sys/block/vda/ro)\n"
+                        "dd if=/dev/zero of=/dev/vda bs=4096 count=1 oflag=direct && echo WROTE || echo write-refused\n"
+                        "mount /dev/vda /mnt && ls /mnt && echo mounted-$((1+1))\n",
                         "--drive", f"{ext4},ro")
     assert rc == 0, err
-    lines = [l.strip() for l in out.splitlines()]
+    lines = lines_of(out)
+    assert "ro=1" in lines, out[-3000:]          # the guest sees a read-only disk
     assert "write-refused" in lines and "WROTE" not in lines
-    assert "lost+found" in out
+    assert "mounted-2" in lines and "lost+found" in lines
     assert ext4.read_bytes() == before
 
 
@@ -139,14 +148,17 @@ def test_net_ping_and_tcp_through_tap(art, netns):
         stdout=subprocess.PIPE, text=True)
     try:
         rc, out, err = boot("ip addr add 10.77.0.2/24 dev eth0\nip link set eth0 up\n"
-                            "ping -c 3 -W 5 10.77.0.1 && echo ping-ok\n"
+                            "ping -c 3 -W 5 10.77.0.1 && echo ping-$((1+1))\n"
                             "echo guest-hello | nc 10.77.0.1 7777\n",
                             "--net", "tap=ktap0", prefix=ns)
         server_out, _ = server.communicate(timeout=60)
     finally:
         server.kill()
     assert rc == 0, f"{err}\n{out[-3000:]}"
-    assert "ping-ok" in out, out[-3000:]
+    lines = lines_of(out)
+    assert "ping-2" in lines, out[-3000:]
+    # ping itself: all three echo requests answered
+    assert re.search(r"^3 packets transmitted, 3 packets received, 0% packet loss$", "\n".join(lines), re.M), out[-3000:]
     assert "host-got:guest-hello" in out
     assert server_out.strip() == "guest-hello"
     # the tap is still the test's (kvmvm attached to it; the namespace removal deletes it)
