@@ -138,7 +138,7 @@ def test_python_slow_path_device(kvm_ok, tiny_images):
 
 BAD_INPUTS = [
     (["--kernel", "/nonexistent/vmlinux"], "kvmvm: kernel image not found: /nonexistent/vmlinux"),
-    (["--kernel", "/etc/hostname"], "kvmvm: /etc/hostname: not an ELF or bzImage kernel image"),
+    (["--kernel", "{text}"], "kvmvm: {text}: not an ELF or bzImage kernel image"),
     (["--kernel", "/"], "kvmvm: kernel image is a directory: /"),
     (["--kernel", "{hello}", "--memory", "0"], "kvmvm: --memory must be at least 16 MiB (got 0)"),
     (["--kernel", "{hello}", "--cpus", "0"], "kvmvm: --cpus must be between 1 and 64 (got 0)"),
@@ -148,8 +148,13 @@ BAD_INPUTS = [
 
 
 @pytest.mark.parametrize("args,line", BAD_INPUTS)
-def test_bad_input_one_line_status_2(kvm_ok, tiny_images, args, line):
-    args = [a.replace("{hello}", str(tiny_images / "hello.elf")) for a in args]
+def test_bad_input_one_line_status_2(kvm_ok, tiny_images, tmp_path, args, line):
+    text = tmp_path / "notes.txt"
+    text.write_text("not a kernel\n")
+    sub = {"{hello}": str(tiny_images / "hello.elf"), "{text}": str(text)}
+    for k, v in sub.items():
+        args = [a.replace(k, v) for a in args]
+        line = line.replace(k, v) if line else line
     r = kvmvm("boot", *args)
     assert r.status == 2
     assert r.out == ""
