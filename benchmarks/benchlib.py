@@ -76,6 +76,55 @@ def kvmvm_cmd(kernel: str, cmdline: str = "", memory_mib: int = 128, as_json: bo
     return cmd
 
 
+# ---------------------------------------------------------------- clocks
+
+_TSC_HZ: float | None = None
+
+
+def _rdtsc_fn():
+    """A callable returning the TSC (x86-64 only): 'rdtsc; shl rdx,32; or rax,rdx; ret' in an
+    executable page (the guests time their loops with the same counter)."""
+    import ctypes
+    import mmap
+
+    code = bytes.fromhex("0f31" "48c1e220" "4809d0" "c3")
+    buf = mmap.mmap(-1, mmap.PAGESIZE, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
+    buf.write(code)
+    addr = ctypes.addressof(ctypes.c_char.from_buffer(buf))
+    fn = ctypes.CFUNCTYPE(ctypes.c_uint64)(addr)
+    fn._keep = buf
+    return fn
+
+
+def tsc_hz() -> float:
+    """The TSC's real rate, measured: TSC ticks over 200 ms of CLOCK_MONOTONIC_RAW (median of
+    three), not /proc/cpuinfo's "cpu MHz" (the current core clock, which differs from the TSC
+    on most CPUs). Falls back to the kernel's own calibration in dmesg."""
+    global _TSC_HZ
+    if _TSC_HZ is not None:
+        return _TSC_HZ
+    try:
+        if platform.machine() != "x86_64":
+            raise OSError("not x86-64")
+        rdtsc = _rdtsc_fn()
+        rates = []
+        for _ in range(3):
+            t0, c0 = time.clock_gettime_ns(time.CLOCK_MONOTONIC_RAW), rdtsc()
+            time.sleep(0.2)
+            t1, c1 = time.clock_gettime_ns(time.CLOCK_MONOTONIC_RAW), rdtsc()
+            rates.append((c1 - c0) * 1e9 / (t1 - t0))
+        _TSC_HZ = statistics.median(rates)
+    except (OSError, ValueError, TypeError):
+        import re
+
+        out = subprocess.run(["dmesg"], capture_output=True, text=True).stdout
+        m = re.findall(r"tsc: (?:Refined TSC clocksource calibration|Detected): ([\d.]+) MHz", out)
+        if not m:
+            raise RuntimeError("cannot determine the TSC rate (no x86-64 rdtsc, nothing in dmesg)")
+        _TSC_HZ = float(m[-1]) * 1e6
+    return _TSC_HZ
+
+
 # ---------------------------------------------------------------- statistics
 
 def summarize(samples_ms: list[float]) -> dict:

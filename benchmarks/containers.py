@@ -4,12 +4,15 @@ All of them run the same small rootfs built here: busybox-static copied into a
 directory (/bin/busybox plus a few applet links). runc/crun get an OCI bundle
 per command; podman gets the rootfs as an image through `podman import`.
 
-Host quirks handled (see /work/shared/ENVIRONMENT.md): crun refuses cgroup v1
-"hybrid" mode, so when /sys/fs/cgroup/unified is mounted it runs in a private
-mount namespace with that mount removed (`unshare -m sh -c 'umount ... && exec
-crun ...'`, which adds a few ms of its own); podman needs --ulimit flags and uses
-runc (`--runtime runc`), since its default crun hits the same cgroup problem.
-A runtime that is absent or fails to set up is returned as missing with the reason.
+Host quirks are handled only where they are detected, so an ordinary podman+crun host runs
+everything as installed: crun refuses cgroup v1 "hybrid" mode, so when
+/sys/fs/cgroup/unified is mounted it runs in a private mount namespace with that mount
+removed (`unshare -m sh -c 'umount ... && exec crun ...'`, which adds a few ms of its own).
+podman is first tried as installed; only if `podman run ... true` fails are the known
+workarounds tried in turn (`--runtime runc` for the same cgroup problem, raised
+`--ulimit`s for hosts whose limits podman's OCI runtime refuses), and the ones needed are
+reported as the runtime's `quirks`. A runtime that is absent or fails to set up is returned
+as missing with the reason.
 """
 
 from __future__ import annotations
@@ -26,9 +29,14 @@ import time
 BUSYBOX_CANDIDATES = ["/bin/busybox", "/usr/bin/busybox"]
 APPLETS = ["sh", "true", "sleep", "uname", "cat", "ls", "ps", "id", "hostname"]
 IMAGE = "localhost/kvmvm-bench-busybox:latest"
-PODMAN_FLAGS = ["--runtime", "runc"]
-PODMAN_RUN = ["--rm", "--network", "none", "--ulimit", "nofile=20000:20000",
-              "--ulimit", "nproc=32768:32768"]
+PODMAN_RUN = ["--rm", "--network", "none"]
+# workarounds tried, in this order, only when podman as installed cannot run `true`
+PODMAN_QUIRKS = [
+    ("runtime runc (crun refuses cgroup v1 hybrid)", ["--runtime", "runc"], []),
+    ("raised ulimits", [], ["--ulimit", "nofile=20000:20000", "--ulimit", "nproc=32768:32768"]),
+    ("runtime runc + raised ulimits", ["--runtime", "runc"],
+     ["--ulimit", "nofile=20000:20000", "--ulimit", "nproc=32768:32768"]),
+]
 CGROUP2_HYBRID = "/sys/fs/cgroup/unified"
 _ids = itertools.count(1)
 
@@ -36,7 +44,7 @@ RUNTIMES = ["crun", "runc", "podman", "bwrap", "unshare+chroot"]
 INSTALL_HINT = {"crun": "apt-get install crun", "runc": "apt-get install runc",
                 "podman": "apt-get install podman", "bwrap": "apt-get install bubblewrap",
                 "unshare+chroot": "apt-get install util-linux coreutils"}
-BINARIES = {"crun": ["crun", "unshare"], "runc": ["runc"], "podman": ["podman", "runc"],
+BINARIES = {"crun": ["crun", "unshare"], "runc": ["runc"], "podman": ["podman"],
             "bwrap": ["bwrap"], "unshare+chroot": ["unshare", "chroot"]}
 
 
@@ -100,6 +108,9 @@ class Runtime:
         self.name, self.work = name, work
         self.rootfs = None
         self.ids: list[str] = []
+        self.podman_flags: list[str] = []    # global flags (e.g. --runtime), quirks only
+        self.podman_run: list[str] = list(PODMAN_RUN)
+        self.quirks: list[str] = []
 
     def check(self) -> str | None:
         """None when usable, else why not."""
@@ -122,6 +133,23 @@ class Runtime:
                                    timeout=120)
                 if p.returncode != 0:
                     raise RuntimeError(f"podman import failed: {p.stderr.strip()[-200:]}")
+            self._detect_podman_quirks()
+
+    def _detect_podman_quirks(self) -> None:
+        """podman as installed first; the known workarounds only if that cannot run `true`."""
+        def works(flags, run) -> str | None:
+            p = subprocess.run(["podman", *flags, "run", *PODMAN_RUN, *run, IMAGE, "/bin/true"],
+                               capture_output=True, text=True, timeout=120)
+            return None if p.returncode == 0 else (p.stderr.strip().splitlines() or ["?"])[-1][-200:]
+
+        first = works([], [])
+        if first is None:
+            return
+        for name, flags, run in PODMAN_QUIRKS:
+            if works(flags, run) is None:
+                self.podman_flags, self.podman_run, self.quirks = flags, PODMAN_RUN + run, [name]
+                return
+        raise RuntimeError(f"podman run fails here, also with the known workarounds: {first}")
 
     def cmd(self, args: list[str], detach: bool = False) -> list[str]:
         n = self.name
@@ -137,8 +165,8 @@ class Runtime:
         if n == "podman":
             cid = new_id()
             self.ids.append(cid)
-            run = PODMAN_RUN + (["-d"] if detach else [])
-            return ["podman"] + PODMAN_FLAGS + ["run", "--name", cid] + run + [IMAGE] + args
+            run = self.podman_run + (["-d"] if detach else [])
+            return ["podman"] + self.podman_flags + ["run", "--name", cid] + run + [IMAGE] + args
         if n == "bwrap":
             return ["bwrap", "--ro-bind", self.rootfs, "/", "--proc", "/proc", "--dev", "/dev",
                     "--unshare-all", "--die-with-parent", "--hostname", "container"] + args
@@ -152,7 +180,7 @@ class Runtime:
         for cid in self.ids:
             try:
                 if self.name == "podman":
-                    subprocess.run(["podman"] + PODMAN_FLAGS + ["rm", "-f", "-t", "0", cid],
+                    subprocess.run(["podman"] + self.podman_flags + ["rm", "-f", "-t", "0", cid],
                                    capture_output=True, timeout=30)
                 elif self.name == "runc":
                     subprocess.run(["runc", "delete", "-f", cid], capture_output=True, timeout=10)

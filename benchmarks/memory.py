@@ -158,7 +158,7 @@ def container_memory(rt, timeout: float = 30.0) -> dict:
             if p.returncode != 0:
                 return bl.missing(f"podman run -d exited {p.returncode}: {err.decode(errors='replace').strip()[-200:]}")
             cid = rt.ids[-1]
-            q = subprocess.run(["podman"] + containers.PODMAN_FLAGS +
+            q = subprocess.run(["podman"] + rt.podman_flags +
                                ["inspect", "-f", "{{.State.ConmonPid}} {{.State.Pid}}", cid],
                                capture_output=True, text=True, timeout=30)
             roots = [int(x) for x in q.stdout.split()]

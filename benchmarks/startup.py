@@ -30,7 +30,7 @@ def measure(runs: int, only=None, work: str | None = None) -> dict:
     own_work = work is None
     work = work or tempfile.mkdtemp(prefix="kvmvm-bench-")
     hello = bl.guest("hello")
-    runners, missing, commands = {}, {}, {}
+    runners, missing, commands, quirks = {}, {}, {}, {}
     rts = containers.runtimes(work, [n for n in names if n in containers.RUNTIMES])
     try:
         for n in names:
@@ -50,6 +50,8 @@ def measure(runs: int, only=None, work: str | None = None) -> dict:
                     missing[n] = rt
                     continue
                 commands[n] = " ".join(rt.cmd(["/bin/true"]))
+                if rt.quirks:
+                    quirks[n] = rt.quirks
                 runners[n] = (lambda rt=rt: bl.run_timed(rt.cmd(["/bin/true"]), timeout=60)[0])
                 continue
             commands[n] = " ".join(c)
@@ -68,6 +70,7 @@ def measure(runs: int, only=None, work: str | None = None) -> dict:
         "what": "process spawn to exit: tiny hello guest (VMs) / busybox true (containers)",
         "runs": runs,
         "commands": commands,
+        "quirks_detected": quirks,       # host workarounds applied (only where detected)
         "results": res,
         "ratio_to_kvmvm_median": {n: bl.ratio(res[n], res.get("kvmvm")) for n in names if n != "kvmvm"},
         "ratio_kvmvm_qemu_median": bl.ratio(res.get("kvmvm"), res.get("qemu")),

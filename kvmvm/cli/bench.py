@@ -20,7 +20,7 @@ import click
 # name -> (script, quick args, full args, timeout quick s, timeout full s)
 PLAN = {
     "startup": ("startup.py", ["--runs", "10"], ["--runs", "20"], 90, 300),
-    "exits": ("exits.py", ["--n", "50000", "--runs", "3"], ["--n", "200000", "--runs", "5"], 90, 400),
+    "exits": ("exits.py", ["--n", "50000", "--runs", "3"], ["--n", "200000", "--runs", "10"], 120, 900),
     "memory": ("memory.py", [], [], 60, 120),
     "density": ("density.py", ["--cap", "50", "--time-limit", "25"],
                 ["--cap", "300", "--time-limit", "150"], 150, 900),
@@ -159,6 +159,55 @@ def draw_charts(results: dict, out: Path) -> tuple[list[str], str | None]:
     return files, None
 
 
+# ----------------------------------------------------------------------------- provenance
+
+def source_commit(bdir: Path) -> str:
+    """The commit the benchmarks ran from ("<sha>-dirty" with local changes), or "unknown"."""
+    try:
+        sha = subprocess.run(["git", "-C", str(bdir), "rev-parse", "HEAD"], capture_output=True,
+                             text=True, timeout=10)
+        if sha.returncode != 0:
+            return "unknown (not a git checkout)"
+        dirty = subprocess.run(["git", "-C", str(bdir), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return sha.stdout.strip() + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown (git not available)"
+
+
+def html_report(results: dict, out: Path) -> str:
+    """One self-contained page: provenance, the summary table and every chart inline."""
+    import base64
+    import html
+
+    h = results.get("host", {})
+    rows = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>"
+                   for k, v in [("command", results.get("kvmvm_command")), ("commit", results.get("commit")),
+                                ("started", results.get("started")), ("duration", f"{results.get('duration_s')} s"),
+                                ("cpu", h.get("cpu")), ("cpus", h.get("cpus")), ("memory", f"{h.get('mem_total_mib')} MiB"),
+                                ("kernel", h.get("kernel")), ("kvm", h.get("kvm")), ("os", h.get("os")),
+                                ("load average at start", " ".join(h.get("loadavg", [])))])
+    table = []
+    for line in summary_lines(results):
+        if not line.startswith(" "):
+            table.append(f"<tr class=section><th colspan=2>{html.escape(line)}</th></tr>")
+        else:
+            name, _, rest = line.strip().partition(" ")
+            table.append(f"<tr><td>{html.escape(name)}</td><td>{html.escape(rest.strip())}</td></tr>")
+    charts = []
+    for name in results.get("charts", []):
+        data = base64.b64encode((out / name).read_bytes()).decode()
+        charts.append(f'<figure><img alt="{html.escape(name)}" src="data:image/png;base64,{data}">'
+                      f"<figcaption>{html.escape(name)}</figcaption></figure>")
+    return ("<!doctype html><html><head><meta charset=utf-8><title>kvmvm bench</title><style>"
+            "body{font-family:sans-serif;max-width:70em;margin:2em auto}table{border-collapse:collapse}"
+            "td,th{border:1px solid #ccc;padding:.2em .6em;text-align:left;vertical-align:top}"
+            "tr.section th{background:#eee}img{max-width:100%}</style></head><body>"
+            "<h1>kvmvm bench</h1><h2>Where and what</h2><table>" + rows + "</table>"
+            "<h2>Results</h2><p>A runtime that is absent or failed shows as \"missing: reason\", never as a number.</p>"
+            "<table>" + "".join(table) + "</table><h2>Charts</h2>" + "".join(charts) + "</body></html>\n")
+
+
 # ----------------------------------------------------------------------------- summary
 
 def summary_lines(results: dict) -> list[str]:
@@ -218,9 +267,13 @@ def summary_lines(results: dict) -> list[str]:
                 if _is_missing(v):
                     out.append(f"  {n:<15} " + miss(v))
                 elif "kernel_seen" in v:
-                    out.append(f"  {n:<15} host kernel visible ({v['kernel_seen']})")
+                    out.append(f"  {n:<15} host kernel visible: {v['host_kernel_visible']} "
+                               f"(uname -r inside: {v['kernel_seen']}), PIDs visible: {v['pids_visible']}")
                 else:
-                    out.append(f"  {n:<15} own guest; sees: {' | '.join(v['guest_reports'])}")
+                    m = v.get("measured", {})
+                    out.append(f"  {n:<15} own guest; reports: {' | '.join(v['guest_reports'])}; "
+                               f"host kernel in its report (measured): {m.get('host_kernel_in_guest_report')}; "
+                               "no host PIDs/files/syscalls (by construction, not measured)")
     return out
 
 
@@ -230,7 +283,8 @@ def summary_lines(results: dict) -> list[str]:
               show_default=True, help="Directory for results.json and the PNG charts.")
 @click.option("--only", type=str, default="",
               help="Comma-separated subset of: " + ",".join(PLAN))
-def cli(quick, out_dir, only):
+@click.option("--html", "html", is_flag=True, help="Also write DIR/report.html: the table and the charts embedded.")
+def cli(quick, out_dir, only, html):
     """Benchmark kvmvm against QEMU microvm and container runtimes on this host."""
     from kvmvm.errors import ConfigError
 
@@ -252,6 +306,7 @@ def cli(quick, out_dir, only):
                (f" --only {only}" if only else "") + f" --out {out_dir}",
                "mode": "quick" if quick else "full",
                "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+               "commit": source_commit(bdir),
                "host": benchlib.host_info(), "benchmarks": {}}
     for n in names:
         click.echo(f"kvmvm bench: {n} ...", err=True)
@@ -265,8 +320,10 @@ def cli(quick, out_dir, only):
         json.dump(results, f, indent=1)
     for line in summary_lines(results):
         click.echo(line)
+    if html:
+        (out / "report.html").write_text(html_report(results, out))
     click.echo(f"wrote {out / 'results.json'}" + (f" and {len(files)} charts" if files else "") +
-               f" in {results['duration_s']} s")
+               (" and report.html" if html else "") + f" in {results['duration_s']} s")
     if why:
         click.echo(f"kvmvm: {why}", err=True)
     return 0

@@ -158,3 +158,28 @@ def test_bench_command_rejects_unknown_benchmark(tmp_path):
     from kvmvm.cli import main
 
     assert main(["bench", "--only", "nosuch", "--out", str(tmp_path)]) == 2
+
+
+def test_html_report_embeds_table_provenance_and_charts(tmp_path):
+    import matplotlib  # noqa: F401
+    from kvmvm.cli import bench
+
+    st = {"kvmvm": bl.summarize([30, 31, 32]), "qemu": bl.summarize([40, 41, 42])}
+    results = {"kvmvm_command": "kvmvm bench --html", "commit": "abc123", "started": "now",
+               "duration_s": 1.0, "host": {"cpu": "Test CPU", "cpus": 2, "loadavg": ["0.1", "0.2", "0.3"]},
+               "benchmarks": {"startup": {"results": st, "ratio_kvmvm_qemu_median": bl.ratio(st["kvmvm"], st["qemu"])}}}
+    files, why = bench.draw_charts(results, tmp_path)
+    assert why is None
+    results["charts"] = [os.path.basename(f) for f in files]
+    page = bench.html_report(results, tmp_path)
+    assert "abc123" in page and "Test CPU" in page and "kvmvm bench --html" in page
+    assert "<td>kvmvm</td>" in page and "0.75" in page           # the table with its ratio
+    assert page.count("data:image/png;base64,") == len(files) == 1
+
+
+def test_source_commit_names_a_commit(tmp_path):
+    from kvmvm.cli import bench
+
+    c = bench.source_commit(bl.REPO / "benchmarks")
+    assert len(c.split("-")[0]) == 40
+    assert bench.source_commit(tmp_path).startswith("unknown")
