@@ -67,8 +67,14 @@ def qemu_cmd(kernel: str, append: str = "", memory_mib: int = 128, machine: str 
     return cmd
 
 
-def kvmvm_cmd(kernel: str, cmdline: str = "", memory_mib: int = 128, as_json: bool = False) -> list[str]:
-    cmd = [kvmvm_bin(), "boot", "--kernel", kernel, "--memory", str(memory_mib)]
+# kvmvm with the same devices as QEMU_MACHINE (no ACPI tables, no virtio-rng): the like-for-like
+# pair for the tiny guests. kvmvm's default adds ACPI and rng, which QEMU_MACHINE leaves out.
+KVMVM_BARE = ["--no-rng", "--no-acpi"]
+
+
+def kvmvm_cmd(kernel: str, cmdline: str = "", memory_mib: int = 128, as_json: bool = False,
+              extra: list[str] | None = None) -> list[str]:
+    cmd = [kvmvm_bin(), "boot", "--kernel", kernel, "--memory", str(memory_mib)] + list(extra or [])
     if cmdline:
         cmd += ["--cmdline", cmdline]
     if as_json:

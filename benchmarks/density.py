@@ -7,6 +7,10 @@ Modes:
               (Machine(cfg).build(); vm.start(), one after the other);
   kvmvm-proc  one `kvmvm boot --kernel halt.elf` process per VM;
   qemu        one QEMU microvm process per VM (same guest, same flags as startup).
+Like for like: the kvmvm/QEMU ratios compare kvmvm-proc with qemu (one process per VM on
+both sides); kvmvm-api is reported on its own (QEMU has no in-process equivalent).
+Each mode also gives the per-VM latency (spawn or build+start to "halt: now" for process
+modes; build+start for the API) as median, min and max over every VM.
 A VM counts once it printed "halt: now" (then it idles in hlt; with the in-kernel
 irqchip a halted vCPU sleeps). Process modes keep up to --inflight VMs booting at a
 time. Each mode stops at the cap, the time limit, or when MemAvailable would fall
@@ -72,6 +76,7 @@ def density_api(cap: int, time_limit: float, memory_mib: int = 128) -> dict:
     out = tempfile.NamedTemporaryFile(prefix="kvmvm-density-", delete=False)
     fd = os.open(out.name, os.O_WRONLY | os.O_APPEND)
     machines, stopped_by = [], "cap"
+    lat_ms: list[float] = []
     avail0 = meminfo()["MemAvailable"]
     t0 = time.perf_counter()
     try:
@@ -83,9 +88,11 @@ def density_api(cap: int, time_limit: float, memory_mib: int = 128) -> dict:
                 stopped_by = "memory floor"
                 break
             try:
+                t_vm = time.perf_counter()
                 m = Machine(MachineConfig(kernel=halt, memory_mib=memory_mib, serial_out_fd=fd))
                 m.build()
                 m.vm.start()
+                lat_ms.append((time.perf_counter() - t_vm) * 1000)
             except Exception as e:  # noqa: BLE001 - reported
                 stopped_by = f"failure: {type(e).__name__}: {e}"
                 break
@@ -105,7 +112,8 @@ def density_api(cap: int, time_limit: float, memory_mib: int = 128) -> dict:
         rss = _self_rss_kib()
         extra = {"halted": n_ok, "still_running": alive, "process_rss_mib": round(rss / 1024, 1),
                  "process_rss_per_vm_mib": round(rss / 1024 / max(1, len(machines)), 2),
-                 "how": "one Python process, kvmvm API, VMs built and started one after another"}
+                 "how": "one Python process, kvmvm API, VMs built and started one after another",
+                 "per_vm_ms": bl.summarize(lat_ms) if lat_ms else None}
         n = min(n_ok, alive)
     finally:
         t_close = time.perf_counter()
@@ -135,7 +143,8 @@ def _self_rss_kib() -> int:
 def density_procs(cmd: list[str], cap: int, time_limit: float, inflight: int, how: str) -> dict:
     _raise_nofile()
     floor = mem_floor_kib()
-    procs, booting, ready = [], {}, 0      # booting: fd -> (proc, buffer)
+    procs, booting, ready = [], {}, 0      # booting: fd -> (proc, buffer, spawn time)
+    lat_ms: list[float] = []
     stopped_by = "cap"
     avail0 = meminfo()["MemAvailable"]
     t0 = time.perf_counter()
@@ -155,18 +164,19 @@ def density_procs(cmd: list[str], cap: int, time_limit: float, inflight: int, ho
                 p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                      stderr=subprocess.DEVNULL, start_new_session=True)
                 procs.append(p)
-                booting[p.stdout.fileno()] = [p, b""]
+                booting[p.stdout.fileno()] = [p, b"", time.perf_counter()]
             if not booting:
                 break
             r, _, _ = select.select(list(booting), [], [], 0.5)
             for fd in r:
-                p, buf = booting[fd]
+                p, buf, t_spawn = booting[fd]
                 chunk = os.read(fd, 4096)
                 buf += chunk
                 booting[fd][1] = buf
                 if b"halt: now" in buf:
                     del booting[fd]
                     ready += 1
+                    lat_ms.append((time.perf_counter() - t_spawn) * 1000)
                 elif not chunk:
                     del booting[fd]
                     stopped_by = f"failure: a VM process exited {p.wait()} before halting"
@@ -186,7 +196,8 @@ def density_procs(cmd: list[str], cap: int, time_limit: float, inflight: int, ho
     n = min(ready, alive)
     r = _result("proc", n, t_all, stopped_by, avail0, avail1,
                 {"halted": ready, "still_running": alive, "inflight": inflight, "how": how,
-                 "process_rss_per_vm_mib": round(rss / 1024 / max(1, alive), 2)})
+                 "process_rss_per_vm_mib": round(rss / 1024 / max(1, alive), 2),
+                 "per_vm_ms": bl.summarize(lat_ms) if lat_ms else None})
     r["teardown_s"] = round(time.perf_counter() - t_close, 3)
     return r
 
@@ -225,10 +236,16 @@ def measure(cap: int, time_limit: float, modes=None, inflight: int = 4) -> dict:
             res[mode] = bl.missing(f"{type(e).__name__}: {e}")
         if not bl.is_missing(res[mode]) and res[mode]["vms"] == 0:
             res[mode] = bl.missing(f"no VM came up ({res[mode]['stopped_by']})")
+    kp, q = res.get("kvmvm-proc"), res.get("qemu")
+    both = kp is not None and q is not None and not bl.is_missing(kp) and not bl.is_missing(q)
     return {"benchmark": "density",
             "what": "idle halt-guest microVMs (128 MiB each) held at once; creation rate",
             "cap": cap, "time_limit_s": time_limit, "mem_floor_mib": mem_floor_kib() // 1024,
-            "commands": cmds, "results": res, "host": bl.host_info()}
+            "commands": cmds, "results": res,
+            "ratio_pair": "kvmvm-proc/qemu (one process per VM on both sides)",
+            "ratio_kvmvm_proc_qemu_vms_per_s": bl.ratio(kp["vms_per_s"], q["vms_per_s"]) if both else None,
+            "ratio_kvmvm_proc_qemu_mem_per_vm": bl.ratio(kp["host_mem_per_vm_mib"], q["host_mem_per_vm_mib"]) if both else None,
+            "host": bl.host_info()}
 
 
 def main(argv=None) -> int:
@@ -245,8 +262,12 @@ def main(argv=None) -> int:
         if bl.is_missing(v):
             lines.append(f"  {k:<11} missing: {v['missing']}")
         else:
+            lat = v.get("per_vm_ms")
             lines.append(f"  {k:<11} {v['vms']:>4} VMs held, {v['vms_per_s']:.1f} VMs/s, "
-                         f"{v['host_mem_per_vm_mib']} MiB host memory per VM (stopped by {v['stopped_by']})")
+                         f"{v['host_mem_per_vm_mib']} MiB host memory per VM (stopped by {v['stopped_by']})"
+                         + (f"; per VM {bl.fmt_entry(lat)}" if lat else ""))
+    lines.append(f"  {r['ratio_pair']}: VMs/s x{r['ratio_kvmvm_proc_qemu_vms_per_s']}, "
+                 f"memory per VM x{r['ratio_kvmvm_proc_qemu_mem_per_vm']} (kvmvm-api is not in a ratio)")
     bl.emit(r, a.json, lines)
     return 0
 

@@ -12,7 +12,10 @@ sum Rss / Pss over every process that stays for that container (the runtime's
 waiting process, e.g. `runc run`, and the container's processes; for podman -d:
 conmon plus the container), then remove the container.
 
-    .venv/bin/python benchmarks/memory.py [--only ...] [--json]
+Every runtime is measured --runs times (default 10), alternating; each figure is the median
+with its min, max and n under "spread".
+
+    .venv/bin/python benchmarks/memory.py [--runs 10] [--only ...] [--json]
 """
 
 from __future__ import annotations
@@ -182,39 +185,66 @@ def container_memory(rt, timeout: float = 30.0) -> dict:
         rt.cleanup()
 
 
-def measure(only=None, memory_mib: int = 128) -> dict:
+def combine(samples: list) -> dict:
+    """Runs of one runtime -> the median of each number, its spread, and any failure."""
+    ok = [x for x in samples if not bl.is_missing(x)]
+    if not ok:
+        return samples[0]
+    out = dict(ok[0])
+    spread = {}
+    for k, v in ok[0].items():
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            vals = [x[k] for x in ok]
+            sm = bl.summarize(vals)
+            out[k] = round(sm["median"], 2)
+            spread[k] = {"min": round(sm["min"], 2), "max": round(sm["max"], 2), "n": sm["n"]}
+    out["spread"] = spread
+    failed = [x["missing"] for x in samples if bl.is_missing(x)]
+    out["failed_runs"] = len(failed)
+    if failed:
+        out["failures"] = failed[:3]
+    return out
+
+
+def measure(only=None, memory_mib: int = 128, runs: int = 10) -> dict:
     halt = bl.guest("halt")
     names = [n for n in ["kvmvm", "qemu"] + containers.RUNTIMES if not only or n in only]
-    res, cmds = {}, {}
+    samples, cmds, res = {n: [] for n in names}, {}, {}
     work = tempfile.mkdtemp(prefix="kvmvm-bench-")
     try:
         rts = containers.runtimes(work, [n for n in names if n in containers.RUNTIMES])
-        for n in names:
-            if n == "kvmvm":
-                c = bl.kvmvm_cmd(halt, memory_mib=memory_mib)
-                cmds[n] = " ".join(c)
-                res[n] = vmm_memory(c, memory_mib)
-            elif n == "qemu":
-                if not bl.qemu_bin():
-                    res[n] = bl.missing("qemu-system-x86_64 not installed")
-                    continue
-                c = bl.qemu_cmd(halt, memory_mib=memory_mib)
-                cmds[n] = " ".join(c)
-                res[n] = vmm_memory(c, memory_mib)
-            else:
-                rt = rts[n]
-                if bl.is_missing(rt):
-                    res[n] = rt
-                    continue
-                cmds[n] = " ".join(rt.cmd(["/bin/sleep", "60"], detach=n == "podman"))
-                rt.ids.clear()
-                res[n] = container_memory(rt)
+        for _ in range(runs):
+            for n in names:
+                if n == "kvmvm":
+                    c = bl.kvmvm_cmd(halt, memory_mib=memory_mib)
+                    cmds[n] = " ".join(c)
+                    samples[n].append(vmm_memory(c, memory_mib))
+                elif n == "qemu":
+                    if not bl.qemu_bin():
+                        res[n] = bl.missing("qemu-system-x86_64 not installed")
+                        continue
+                    c = bl.qemu_cmd(halt, memory_mib=memory_mib)
+                    cmds[n] = " ".join(c)
+                    samples[n].append(vmm_memory(c, memory_mib))
+                else:
+                    rt = rts[n]
+                    if bl.is_missing(rt):
+                        res[n] = rt
+                        continue
+                    cmds[n] = " ".join(rt.cmd(["/bin/sleep", "60"], detach=n == "podman"))
+                    rt.ids.clear()
+                    samples[n].append(container_memory(rt))
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    for n in names:
+        if n not in res:
+            res[n] = combine(samples[n])
     return {
         "benchmark": "memory",
         "what": (f"VMs: VMM process Rss/Pss beyond the guest-RAM mapping's Rss, halt guest, {memory_mib} MiB; "
-                 "containers: Rss/Pss summed over the processes that stay per container (busybox sleep)"),
+                 "containers: Rss/Pss summed over the processes that stay per container (busybox sleep); "
+                 f"median of {runs} alternating runs each"),
+        "runs": runs,
         "commands": cmds,
         "results": res,
         "host": bl.host_info(),
@@ -224,15 +254,18 @@ def measure(only=None, memory_mib: int = 128) -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", type=str, default="")
+    ap.add_argument("--runs", type=int, default=10)
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args(argv)
-    r = measure([x for x in a.only.split(",") if x])
-    lines = ["memory per instance (MiB)"]
+    r = measure([x for x in a.only.split(",") if x], runs=a.runs)
+    lines = [f"memory per instance (MiB), median of {a.runs} runs (min-max)"]
     for n, v in r["results"].items():
         if bl.is_missing(v):
             lines.append(f"  {n:<15} missing: {v['missing']}")
         elif "overhead_rss_mib" in v:
-            lines.append(f"  {n:<15} VMM overhead Rss {v['overhead_rss_mib']:.1f}  Pss {v['overhead_pss_mib']:.1f}"
+            sp = v["spread"]["overhead_rss_mib"]
+            lines.append(f"  {n:<15} VMM overhead Rss {v['overhead_rss_mib']:.1f} ({sp['min']}-{sp['max']})"
+                         f"  Pss {v['overhead_pss_mib']:.1f}"
                          f"  (process Rss {v['rss_mib']:.1f}, guest touched {v['guest_touched_mib']:.2f})")
         else:
             lines.append(f"  {n:<15} Rss {v['rss_mib']:.1f}  Pss {v['pss_mib']:.1f}  ({', '.join(v['processes'])})")

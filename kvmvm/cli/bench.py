@@ -21,7 +21,7 @@ import click
 PLAN = {
     "startup": ("startup.py", ["--runs", "10"], ["--runs", "20"], 90, 300),
     "exits": ("exits.py", ["--n", "50000", "--runs", "3"], ["--n", "200000", "--runs", "10"], 120, 900),
-    "memory": ("memory.py", [], [], 60, 120),
+    "memory": ("memory.py", ["--runs", "3"], ["--runs", "10"], 120, 600),
     "density": ("density.py", ["--cap", "50", "--time-limit", "25"],
                 ["--cap", "300", "--time-limit", "150"], 150, 900),
     "isolation": ("isolation.py", [], [], 60, 120),
