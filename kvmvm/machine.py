@@ -88,11 +88,32 @@ def read_image(path: str, what: str = "kernel image") -> bytes:
         raise ConfigError(f"{what} cannot be read: {path}: {e.strerror}") from None
 
 
+DEBUG_EXIT_MAX = 0x7F
+
+
+def debug_exit_status(v: int) -> int:
+    """`kvmvm boot`'s exit status for debug-exit value v, unambiguous beside kvmvm's own
+    statuses (0 ok, 1 VM failed, 2 bad input, 3 panic, 124 timeout, 130 interrupted):
+    v = 2..0x7f give QEMU's isa-debug-exit status (v << 1) | 1, i.e. the odd numbers 5..255;
+    v = 0 and 1, whose QEMU statuses 1 and 3 mean "failed" and "panic" here, give 4 and 6;
+    v = 0x80..0xff, which (v << 1) | 1 would wrap onto other values, all give 8."""
+    if v == 0:
+        return 4
+    if v == 1:
+        return 6
+    if v > DEBUG_EXIT_MAX:
+        return 8
+    return (v << 1) | 1
+
+
 def outcome_of(stop, timeout: float | None) -> tuple[str, int, str]:
     """(outcome, exit status, one-line message) for a StopInfo."""
     r = stop.reason
     if r == "debug-exit":
-        st = ((stop.code << 1) | 1) & 0xFF
+        st = debug_exit_status(stop.code)
+        if stop.code > DEBUG_EXIT_MAX:
+            return "ok", st, (f"guest wrote {stop.code:#x} to the debug-exit port (status {st}: values above "
+                              f"{DEBUG_EXIT_MAX:#x} have no status of their own; --json gives the value)")
         return "ok", st, f"guest wrote {stop.code:#x} to the debug-exit port (status {st})"
     if r in ("reset", "halt", "poweroff"):
         return "ok", 0, {"reset": "guest reset the machine", "halt": "guest halted",

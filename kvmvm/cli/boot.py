@@ -29,8 +29,8 @@ def _click_options(f):
 def cli(**kw):
     """Boot a microVM.
 
-    Exit status: the guest's debug-exit status (v<<1)|1 when it used one; 0 for reset,
-    poweroff or halt; 1 when the VM failed (triple fault, KVM error); 3 when the guest
+    Exit status: the guest's debug-exit value v gives (v<<1)|1 for v=2..127 (QEMU's), 4 for
+    v=0, 6 for v=1, 8 for v>127; 0 for reset or poweroff; 1 when the VM failed (triple fault, KVM error); 3 when the guest
     kernel panicked; 124 on --timeout; 130 when interrupted; 2 for bad input.
     """
     return run(**kw)

@@ -20,7 +20,11 @@ HELLO = "Hello from kvmvm tiny guest\n"
 @pytest.mark.parametrize("name,cmdline,status,out", [
     ("hello", "", 0, HELLO),
     ("exitcode", "3", 7, "exitcode 3\n"),
-    ("exitcode", "0", 1, "exitcode 0\n"),
+    ("exitcode", "0", 4, "exitcode 0\n"),
+    ("exitcode", "1", 6, "exitcode 1\n"),
+    ("exitcode", "127", 255, "exitcode 127\n"),
+    ("exitcode", "128", 8, "exitcode 128\n"),
+    ("exitcode", "255", 8, "exitcode 255\n"),
     ("exitcode", "0x10", 33, "exitcode 16\n"),
     ("pio-loop", "1000", 0, "pio-loop 1000 done\n"),
     ("mmio-loop", "100", 0, "mmio-loop 100 done\n"),

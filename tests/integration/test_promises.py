@@ -43,6 +43,21 @@ def test_outcome_table(reason, code, rip, outcome, status, message):
     assert outcome_of(StopInfo(reason, code, 0, rip), 2.5) == (outcome, status, message)
 
 
+def test_debug_exit_statuses_are_unambiguous():
+    """Every value 0-255 maps to a status that no other outcome of `kvmvm boot` uses, and
+    values 0-127 each to a status of their own."""
+    from kvmvm.machine import debug_exit_status
+
+    own = {0, 1, 2, 3, 124, 130}
+    statuses = [debug_exit_status(v) for v in range(256)]
+    assert not own & set(statuses)
+    assert len(set(statuses[:128])) == 128
+    assert set(statuses[128:]) == {8}
+    assert [debug_exit_status(v) for v in (0, 1, 2, 3, 0x10, 0x7F)] == [4, 6, 5, 7, 33, 255]
+    out, st, msg = outcome_of(StopInfo("debug-exit", 0x90, 0, 0), None)
+    assert (out, st) == ("ok", 8) and "0x90" in msg
+
+
 # --- --json on failures ---
 
 def _json_of(out: str) -> dict:
