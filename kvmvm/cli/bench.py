@@ -175,6 +175,43 @@ def source_commit(bdir: Path) -> str:
         return "unknown (git not available)"
 
 
+def scrub_paths(obj, repo: Path):
+    """Results name no path of the machine they ran on: the checkout becomes relative, the
+    home directory `~`, temporary directories `$TMP`."""
+    import re
+    import tempfile
+
+    text = json.dumps(obj)
+    for path, repl in ((str(repo.resolve()) + "/", ""), (str(repo.resolve()), "."),
+                       (os.path.expanduser("~") + "/", "~/"), (tempfile.gettempdir() + "/", "$TMP/")):
+        if len(path) > 2:
+            text = text.replace(path, repl)
+    text = re.sub(r"\$TMP/[^\s\"/]+", "$TMP/...", text)
+    return json.loads(text)
+
+
+def environment_line(results: dict) -> str:
+    """Where the numbers come from, in one line, with nothing of this machine's file paths."""
+    h = results.get("host", {})
+    return (f"{h.get('os', '?')}, kernel {h.get('kernel', '?')}, {h.get('cpus', '?')} CPUs ({h.get('cpu', '?')}), "
+            f"{h.get('mem_total_mib', '?')} MiB, /dev/kvm: {h.get('kvm', '?')}, Python {h.get('python', '?')}, "
+            f"load average at start {' '.join(h.get('loadavg', []) or ['?'])}")
+
+
+def markdown_report(results: dict) -> str:
+    """DIR/results.md: the command, the commit, the environment and the summary, as written."""
+    lines = ["# kvmvm bench results", "",
+             f"- command: `{results.get('kvmvm_command')}`",
+             f"- commit: `{results.get('commit')}`",
+             f"- started: {results.get('started')}, took {results.get('duration_s')} s",
+             f"- environment: {environment_line(results)}", "",
+             "Charts: " + ", ".join(f"[{c}]({c})" for c in results.get("charts", [])) if results.get("charts")
+             else "Charts: none", "", "```"]
+    lines += summary_lines(results)
+    lines += ["```", ""]
+    return "\n".join(lines)
+
+
 def html_report(results: dict, out: Path) -> str:
     """One self-contained page: provenance, the summary table and every chart inline."""
     import base64
@@ -312,17 +349,19 @@ def cli(quick, out_dir, only, html):
         click.echo(f"kvmvm bench: {n} ...", err=True)
         results["benchmarks"][n] = run_one(n, quick, bdir)
     results["duration_s"] = round(time.monotonic() - t0, 1)
+    results = scrub_paths(results, bdir.parent)
     files, why = draw_charts(results, out)
     results["charts"] = [os.path.basename(f) for f in files]
     if why:
         results["charts_note"] = why
     with open(out / "results.json", "w") as f:
         json.dump(results, f, indent=1)
+    (out / "results.md").write_text(markdown_report(results))
     for line in summary_lines(results):
         click.echo(line)
     if html:
         (out / "report.html").write_text(html_report(results, out))
-    click.echo(f"wrote {out / 'results.json'}" + (f" and {len(files)} charts" if files else "") +
+    click.echo(f"wrote {out / 'results.json'}, results.md" + (f" and {len(files)} charts" if files else "") +
                (" and report.html" if html else "") + f" in {results['duration_s']} s")
     if why:
         click.echo(f"kvmvm: {why}", err=True)

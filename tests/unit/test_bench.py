@@ -183,3 +183,34 @@ def test_source_commit_names_a_commit(tmp_path):
     c = bench.source_commit(bl.REPO / "benchmarks")
     assert len(c.split("-")[0]) == 40
     assert bench.source_commit(tmp_path).startswith("unknown")
+
+
+def test_markdown_report_states_command_commit_and_environment():
+    from kvmvm.cli import bench
+
+    st = {"kvmvm": bl.summarize([30, 31, 32]), "qemu": bl.missing("qemu-system-x86_64 not installed")}
+    results = {"kvmvm_command": "kvmvm bench --quick", "commit": "deadbeef", "started": "t", "duration_s": 2,
+               "host": {"os": "Debian GNU/Linux 12", "kernel": "6.1", "cpus": 2, "cpu": "X", "kvm": "pvm",
+                        "loadavg": ["1.0", "1.0", "1.0"]},
+               "benchmarks": {"startup": {"results": st, "ratio_kvmvm_qemu_median": None}}}
+    md = bench.markdown_report(results)
+    assert "`kvmvm bench --quick`" in md and "`deadbeef`" in md
+    assert "Debian GNU/Linux 12, kernel 6.1, 2 CPUs (X)" in md and "/dev/kvm: pvm" in md
+    assert "missing: qemu-system-x86_64 not installed" in md
+    assert "/work/" not in md and "/root/" not in md
+
+
+def test_results_name_no_machine_paths(tmp_path):
+    import os
+    import tempfile
+    from pathlib import Path
+
+    from kvmvm.cli import bench
+
+    repo = Path(bl.REPO)
+    r = {"command": f"{repo}/.venv/bin/python {repo}/benchmarks/startup.py --json",
+         "kvmvm": f"{os.path.expanduser('~')}/.cache/kvmvm/x", "tmp": f"{tempfile.gettempdir()}/kvmvm-bench-abc/rootfs"}
+    out = bench.scrub_paths(r, repo)
+    assert out["command"] == ".venv/bin/python benchmarks/startup.py --json"
+    assert out["kvmvm"] == "~/.cache/kvmvm/x"
+    assert out["tmp"] == "$TMP/.../rootfs"
