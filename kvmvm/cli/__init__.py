@@ -19,6 +19,9 @@ COMMANDS = {
     "boot": "boot",
     "run": "run",
     "image": "image",
+    "kernel": "kernel",
+    "guests": "guests",
+    "doctor": "doctor",
     "bench": "bench",
 }
 
