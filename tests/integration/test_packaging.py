@@ -9,6 +9,7 @@ copies, never kvmvm itself, so a dependency missing from the metadata fails here
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -127,6 +128,7 @@ def test_installed_kvmvm_runs_outside_the_checkout(venvs, kind, tmp_path, kvm_ok
     exe = str(v / "bin" / "kvmvm")
     env = {k: val for k, val in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     env["PATH"] = f"{v / 'bin'}:/usr/sbin:/usr/bin:/sbin:/bin"
+    env["KVMVM_HOME"] = str(tmp_path / "home")
 
     def run(*args, rc=0):
         p = subprocess.run([exe, *args], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=60)
@@ -145,6 +147,8 @@ def test_installed_kvmvm_runs_outside_the_checkout(venvs, kind, tmp_path, kvm_ok
     assert "Hello from kvmvm tiny guest" in p.stdout
     exitcode = run("guests", "exitcode").stdout.strip()
     run("boot", "--kernel", exitcode, "--cmdline", "3", rc=7)
+    kl = json.loads(run("kernel", "list", "--json").stdout)
+    assert kl["home"] == env["KVMVM_HOME"] and kl["vmlinux"] is None
     # package data the kernel build reads
     data = subprocess.run([str(v / "bin" / "python"), "-c",
                            "from kvmvm.image import kernel, initramfs; "

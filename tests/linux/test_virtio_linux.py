@@ -33,7 +33,7 @@ TIMEOUT = 240
 @pytest.fixture(scope="module")
 def art():
     a = cached_default()
-    assert a.complete, f"kvmvm's default kernel/initramfs are not built: run `kvmvm image build` (KVMVM_HOME={a.home})"
+    assert a.complete, f"kvmvm's default kernel/initramfs are not built: run `kvmvm kernel build` (KVMVM_HOME={a.home})"
     return a
 
 
