@@ -140,7 +140,10 @@ def test_installed_kvmvm_runs_outside_the_checkout(venvs, kind, tmp_path, kvm_ok
     assert where.stdout.startswith(str(v)), f"kvmvm imported from {where.stdout}{where.stderr}"
 
     assert "boot" in run("--help").stdout
-    assert re.match(r"kvmvm 0\.1\.0\b", run("--version").stdout)
+    assert re.match(r"kvmvm 0\.1\.0 \(C core build [0-9a-f]{12}, ", run("--version").stdout)
+    doc = json.loads(run("doctor", "--json").stdout)
+    checks = {c["name"]: c for c in doc["checks"]}
+    assert doc["ok"] and checks["C core"]["status"] == "ok" and str(v) in checks["tiny guests"]["detail"]
     hello = run("guests", "hello").stdout.strip()
     assert hello.startswith(str(v)) and hello.endswith("hello.elf")
     p = run("boot", "--kernel", hello)
