@@ -83,7 +83,7 @@ def main(argv=None) -> int:
 
     art = cached_default()
     if not art.complete:
-        print("linux_boot: run `kvmvm image build` first", file=sys.stderr)
+        print("linux_boot: run `kvmvm kernel build` first", file=sys.stderr)
         return 2
     kernel, initrd = str(art.vmlinux), str(art.initramfs)
     kvmvm = [benchlib.kvmvm_bin(), "boot", "--kernel", kernel, "--initrd", initrd,

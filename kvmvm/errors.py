@@ -40,3 +40,13 @@ class HostUnsupported(KvmvmError):
     """This host's KVM cannot do what was asked (e.g. PVM cannot run a stock Linux guest)."""
 
     exit_code = 1
+
+
+class MissingPackages(KvmvmError):
+    """Host packages a build needs are not installed; `packages` names them (Debian)."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, packages=()):
+        super().__init__(message)
+        self.packages = list(packages)

@@ -10,7 +10,7 @@ say() { printf '%s\n' "kvmvm: $*" >&2; }
 
 say "this host's /dev/kvm is the PVM hypervisor, which cannot run a stock Linux guest."
 say "booting inside the standard-KVM test host instead (QEMU-emulated SVM: software, slow; not a speed figure)."
-.venv/bin/kvmvm image build --plain >&2
+.venv/bin/kvmvm kernel build --plain >&2
 mkdir -p build
 input=build/boot-input.txt
 if [ -t 0 ]; then

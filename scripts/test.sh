@@ -70,9 +70,9 @@ fi
 if [[ ,$TIERS, == *,linux,* ]] && [ ${#linux_paths[@]} -gt 0 ]; then
   # kvmvm's guest kernel + initramfs: built (or found in the cache) here on the host, where
   # compiling is fast; the linux tier reads them from the KVMVM_HOME it shares
-  echo "== test.sh: kvmvm image build (cached after the first time)" >&2
+  echo "== test.sh: kvmvm kernel build (cached after the first time)" >&2
   t=$(now)
-  .venv/bin/kvmvm image build --plain >&2 || failed+=("kvmvm image build (exit $?)")
+  .venv/bin/kvmvm kernel build --plain >&2 || failed+=("kvmvm kernel build (exit $?)")
   image_s=$(since $t)
   t=$(now)
   if [ -e /dev/kvm ] && [ ! -e /sys/module/kvm_pvm ]; then

@@ -41,7 +41,7 @@ def main() -> int:
     a = ap.parse_args()
     art = cached_default()
     if not art.complete:
-        print("qemu_check: run `kvmvm image build` first", file=sys.stderr)
+        print("qemu_check: run `kvmvm kernel build` first", file=sys.stderr)
         return 2
     machine, kernel_kind, append = MACHINES[a.machine]
     cmd = ["qemu-system-x86_64", *machine, "-accel", "tcg", "-cpu", "qemu64", "-m", "256",

@@ -4,6 +4,8 @@ Errors raised on purpose (KvmvmError) become one line on stderr and an exit stat
 (2 for bad input, 1 for failures); a traceback only when KVMVM_DEBUG=1.
 `kvmvm boot` with ordinary arguments skips click altogether (kvmvm.cli.options): start-up
 time is part of a microVM's boot time. Anything unusual (--help, a bad value) goes to click.
+`kvmvm --help` and `kvmvm --version` skip click too: the command list is read from each
+command module's docstring ("`kvmvm NAME`: what it does.") without importing it.
 """
 
 from __future__ import annotations
@@ -19,6 +21,9 @@ COMMANDS = {
     "boot": "boot",
     "run": "run",
     "image": "image",
+    "kernel": "kernel",
+    "guests": "guests",
+    "doctor": "doctor",
     "bench": "bench",
 }
 
@@ -26,6 +31,52 @@ COMMANDS = {
 def _has_module(name: str) -> bool:
     here = os.path.dirname(__file__)
     return os.path.exists(os.path.join(here, COMMANDS[name] + ".py"))
+
+
+def _summary(name: str, width: int = 66) -> str:
+    """The first sentence of the command module's docstring, after "`kvmvm NAME`: "."""
+    try:
+        with open(os.path.join(os.path.dirname(__file__), COMMANDS[name] + ".py")) as f:
+            head = f.read(2048)
+    except OSError:
+        return ""
+    doc = head.partition('"""')[2].partition('"""')[0]
+    doc = " ".join(doc.split())
+    if doc.startswith("`"):
+        doc = doc.split("`: ", 1)[-1]
+    end = doc.find(". ")
+    doc = doc[:end + 1] if end >= 0 else doc
+    doc = doc[:1].upper() + doc[1:]
+    return doc if len(doc) <= width else doc[:width - 3].rstrip() + "..."
+
+
+def root_help() -> str:
+    """`kvmvm --help`, without importing click or any command."""
+    names = sorted(n for n in COMMANDS if _has_module(n))
+    w = max(map(len, names))
+    return "\n".join([
+        "Usage: kvmvm [OPTIONS] COMMAND [ARGS]...", "",
+        "  kvmvm: hardware-isolated microVMs on Linux KVM.", "",
+        "Options:",
+        "  --version   Show the version and the C core's build, and exit.",
+        "  -h, --help  Show this message and exit.", "",
+        "Commands:", *(f"  {n:<{w}}  {_summary(n)}" for n in names), ""])
+
+
+def _fast_root(argv: list[str]):
+    """`kvmvm`, `kvmvm --help` and `kvmvm --version` without click; None otherwise."""
+    if argv in (["--help"], ["-h"]):
+        sys.stdout.write(root_help())
+        return 0
+    if not argv:
+        sys.stderr.write(root_help())
+        return 2
+    if argv == ["--version"]:
+        from kvmvm.version import version_line
+
+        sys.stdout.write(version_line() + "\n")
+        return 0
+    return None
 
 
 def _fast(argv: list[str]):
@@ -57,7 +108,6 @@ def _click_main(argv: list[str]) -> int:
             return importlib.import_module(f"kvmvm.cli.{COMMANDS[name]}").cli
 
     @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
-    @click.version_option(package_name="kvmvm", message="kvmvm %(version)s")
     def root():
         """kvmvm: hardware-isolated microVMs on Linux KVM."""
 
@@ -80,7 +130,9 @@ def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = os.environ.get("KVMVM_DEBUG") == "1"
     try:
-        rv = _fast(argv)
+        rv = _fast_root(argv)
+        if rv is None:
+            rv = _fast(argv)
         if rv is None:
             rv = _click_main(argv)
         return rv

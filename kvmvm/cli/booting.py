@@ -62,6 +62,11 @@ def _default_kernel(use_bzimage: bool) -> tuple[str, str]:
         from kvmvm.errors import HostUnsupported
 
         raise HostUnsupported(problem)
+    from kvmvm.image.index import lookup
+
+    hit = lookup()      # a few stat() calls when nothing changed since the last build
+    if hit:
+        return hit["bzimage" if use_bzimage else "vmlinux"], hit["initramfs"]
     from kvmvm.image import ensure_default
 
     art = ensure_default()

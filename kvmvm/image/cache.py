@@ -23,12 +23,9 @@ META = "meta.json"
 
 def kvmvm_home() -> Path:
     """The cache root: $KVMVM_HOME, else $XDG_CACHE_HOME/kvmvm, else ~/.cache/kvmvm."""
-    env = os.environ.get("KVMVM_HOME")
-    if env:
-        return Path(env).expanduser().absolute()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
-    return (base / "kvmvm").absolute()
+    from .index import home_dir
+
+    return Path(home_dir())
 
 
 def cache_key(*parts) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import os
 import shutil
 import subprocess
 import sys
@@ -35,6 +36,19 @@ DIRS = ["bin", "dev", "etc", "mnt", "proc", "root", "run", "sbin", "sys", "tmp",
 def init_text() -> bytes:
     """The /init script shipped in this package (guest-images/initramfs/init links to it)."""
     return resources.files(__package__).joinpath("init.sh").read_bytes()
+
+
+def init_path() -> str:
+    return os.path.join(os.path.dirname(os.path.abspath(__file__)), "init.sh")
+
+
+def missing_packages() -> List[str]:
+    """Debian packages the initramfs build needs that are not installed."""
+    try:
+        read_busybox()
+    except KvmvmError:
+        return ["busybox-static"]
+    return []
 
 
 @dataclass

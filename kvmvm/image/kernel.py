@@ -24,7 +24,7 @@ from typing import List, Optional
 
 from kvmvm.errors import ConfigError, KvmvmError
 
-from . import cache, kconfig
+from . import cache, deps, kconfig
 from .progress import Progress
 
 BUILDER_VERSION = "kernel-1"
@@ -45,6 +45,10 @@ _STEP = re.compile(r"^\s{2}[A-Z][A-Z0-9_\[\] ]{1,8}\s")
 def fragment_text() -> bytes:
     """The Kconfig fragment shipped in this package (firmware/README.md points here)."""
     return resources.files(__package__).joinpath(FRAGMENT).read_bytes()
+
+
+def fragment_path() -> str:
+    return os.path.join(os.path.dirname(os.path.abspath(__file__)), FRAGMENT)
 
 
 def source_version(tarball: Path = TARBALL) -> Optional[str]:
@@ -102,28 +106,18 @@ def cached(home: Optional[Path] = None) -> Optional[Kernel]:
     return best[1] if best else None
 
 
-def _apt_install(packages: List[str], progress: Progress, why: str) -> None:
-    """Install Debian packages when running as root with apt; otherwise say exactly how."""
-    cmd = "apt-get install -y --no-install-recommends " + " ".join(packages)
-    if os.geteuid() != 0 or not shutil.which("apt-get"):
-        raise KvmvmError(f"{why}: install it with `sudo {cmd}`")
-    progress.note(f"{why}: running `{cmd}`")
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    r = subprocess.run(["apt-get", "install", "-y", "-q", "--no-install-recommends", *packages],
-                       env=env, capture_output=True, text=True)
-    if r.returncode != 0:
-        tail = " | ".join(r.stderr.strip().splitlines()[-3:])
-        raise KvmvmError(f"`{cmd}` failed ({tail}); run `apt-get update` and retry")
+def missing_packages() -> List[str]:
+    """The Debian packages the build needs that are not installed (tools, headers, source)."""
+    missing = [] if TARBALL.is_file() else [PACKAGE]
+    missing += sorted({pkg for tool, pkg in HOST_TOOLS.items() if not shutil.which(tool)}
+                      | {pkg for hdr, pkg in HOST_HEADERS.items() if not os.path.exists(hdr)})
+    return missing
 
 
-def ensure_host(progress: Progress) -> str:
-    """Make sure the source tarball and build tools are there; returns the source version."""
-    missing = sorted({pkg for tool, pkg in HOST_TOOLS.items() if not shutil.which(tool)}
-                     | {pkg for hdr, pkg in HOST_HEADERS.items() if not os.path.exists(hdr)})
-    if not TARBALL.is_file():
-        missing.insert(0, PACKAGE)
-    if missing:
-        _apt_install(missing, progress, f"the guest kernel build needs {', '.join(missing)}")
+def ensure_host(progress: Progress, install_deps: bool = False) -> str:
+    """Make sure the source tarball and build tools are there (naming what is missing, or
+    installing it with install_deps as root); returns the source version."""
+    deps.require(missing_packages(), install_deps, progress)
     version = source_version()
     if version is None:
         raise KvmvmError(f"{TARBALL} is still missing after installing {PACKAGE}")
@@ -207,7 +201,7 @@ def configure(src: Path, out: Path, fragment: Path, log: Path, progress: Progres
 
 
 def build(home: Optional[Path] = None, jobs: Optional[int] = None, force: bool = False,
-          progress: Optional[Progress] = None) -> Kernel:
+          progress: Optional[Progress] = None, install_deps: bool = False) -> Kernel:
     """Build (or find in the cache) the guest kernel; returns the vmlinux/bzImage paths."""
     progress = progress or Progress()
     home = home or cache.kvmvm_home()
@@ -221,7 +215,7 @@ def build(home: Optional[Path] = None, jobs: Optional[int] = None, force: bool =
         if hit and not force:
             progress.note(f"kernel: cached {hit.vmlinux.parent}")
             return hit
-        version = ensure_host(progress)
+        version = ensure_host(progress, install_deps)
         key = kernel_key(frag, version)
         entry = cache.entry_dir("kernel", key, home)
         src = ensure_source(home, version, progress)

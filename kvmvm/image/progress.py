@@ -27,7 +27,7 @@ class Progress:
 class PlainProgress(Progress):
     """One line per phase, a line every `every` steps, timestamps relative to start."""
 
-    def __init__(self, stream: TextIO = None, every: int = 200, prefix: str = "kvmvm image"):
+    def __init__(self, stream: TextIO = None, every: int = 200, prefix: str = "kvmvm kernel"):
         self.stream = stream or sys.stderr
         self.every = every
         self.prefix = prefix

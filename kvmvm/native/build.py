@@ -5,7 +5,11 @@ also builds in place for development.
 """
 
 import glob
+import hashlib
+import json
 import os
+import subprocess
+import sysconfig
 
 from cffi import FFI
 
@@ -22,20 +26,45 @@ ffibuilder.cdef(
     'extern "Python+C" int kvmvm_py_io(uint64_t handle, int is_write, uint64_t offset,'
     " uint8_t *data, uint32_t len);"
 )
+# which build this is (kvmvm --version, kvmvm doctor)
+ffibuilder.cdef("const char *kvmvm_build_id(void); const char *kvmvm_build_cc(void);")
 
+CFLAGS = ["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter", "-pthread", "-std=gnu11"]
+
+
+def compiler_version() -> str:
+    """The first line of `$CC --version` (the compiler setuptools will use)."""
+    cc = (os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc").split()[0]
+    try:
+        out = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
+        return out.splitlines()[0].strip() if out else cc
+    except (OSError, subprocess.SubprocessError):
+        return cc
+
+
+def build_id(cc: str) -> str:
+    """12 hex digits of sha256 over the C sources and headers, the compiler and the flags."""
+    h = hashlib.sha256()
+    for p in sorted(glob.glob(os.path.join(HERE, "*.[ch]"))):
+        with open(p, "rb") as f:
+            h.update(os.path.basename(p).encode() + b"\0" + f.read() + b"\0")
+    h.update(cc.encode() + b"\0" + " ".join(CFLAGS).encode())
+    return h.hexdigest()[:12]
 
 
 def _set_source(absolute: bool) -> None:
     srcs = sorted(glob.glob(os.path.join(HERE, "*.c")))
     if not absolute:  # setuptools wants paths relative to the project root
         srcs = [os.path.relpath(s) for s in srcs]
+    cc = compiler_version()
+    ident = (f"static const char *kvmvm_build_id(void) {{ return {json.dumps(build_id(cc))}; }}\n"
+             f"static const char *kvmvm_build_cc(void) {{ return {json.dumps(cc)}; }}\n")
     ffibuilder.set_source(
         "kvmvm._native",
-        '#include "internal.h"\n' + "".join(f'#include "{h}"\n' for h in _HEADERS[1:]),
+        '#include "internal.h"\n' + "".join(f'#include "{h}"\n' for h in _HEADERS[1:]) + ident,
         sources=srcs,
         include_dirs=[HERE],
-        extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter", "-pthread",
-                            "-std=gnu11"],
+        extra_compile_args=CFLAGS,
         extra_link_args=["-pthread"],
     )
 

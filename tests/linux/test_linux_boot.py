@@ -1,7 +1,7 @@
 """kvmvm boots its own Linux kernel + initramfs (linux tier: standard KVM only).
 
 On PVM machines scripts/test.sh runs these inside the kvmhost L1; the kernel is built on the
-host beforehand (`kvmvm image build`) into the KVMVM_HOME shared with L1.
+host beforehand (`kvmvm kernel build`) into the KVMVM_HOME shared with L1.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ TIMEOUT = 240 if os.environ.get("KVMHOST_INSIDE") == "1" else 60
 @pytest.fixture(scope="module")
 def art():
     a = cached_default()
-    assert a.complete, ("kvmvm's default kernel/initramfs are not built: run `kvmvm image build` "
+    assert a.complete, ("kvmvm's default kernel/initramfs are not built: run `kvmvm kernel build` "
                         f"on the host first (KVMVM_HOME={a.home})")
     return a
 

@@ -35,7 +35,7 @@ TIMEOUT = 240 if os.environ.get("KVMHOST_INSIDE") == "1" else 60
 @pytest.fixture(scope="module")
 def art():
     a = cached_default()
-    assert a.complete, f"kvmvm's default kernel/initramfs are not built: run `kvmvm image build` (KVMVM_HOME={a.home})"
+    assert a.complete, f"kvmvm's default kernel/initramfs are not built: run `kvmvm kernel build` (KVMVM_HOME={a.home})"
     return a
 
 

@@ -1,4 +1,5 @@
-"""kvmvm.image: cache keys, config verification, the initramfs, `kvmvm image` output.
+"""kvmvm.image: cache keys, config verification, the initramfs, the boot index, missing
+Debian packages, `kvmvm kernel` output (and its deprecated `kvmvm image` aliases).
 Fast: nothing here builds a kernel."""
 
 from __future__ import annotations
@@ -9,13 +10,16 @@ import os
 import struct
 from pathlib import Path
 
+import subprocess
+import sys
+
 import pytest
 from click.testing import CliRunner
 
 from kvmvm.cli import main as cli_main
-from kvmvm.cli.image import cli as image_cli
-from kvmvm.errors import ConfigError
-from kvmvm.image import cache, cached_default, initramfs, kconfig, kernel
+from kvmvm.cli.kernel import cli as kernel_cli
+from kvmvm.errors import ConfigError, MissingPackages
+from kvmvm.image import cache, cached_default, deps, index, initramfs, kconfig, kernel
 
 
 def fake_static_elf(payload: bytes = b"") -> bytes:
@@ -225,10 +229,10 @@ def test_kernel_jobs_validated(home):
 
 # --- CLI -----------------------------------------------------------------------------
 
-def test_image_list_json_keys(home, monkeypatch, busybox):
+def test_kernel_list_json_keys(home, monkeypatch, busybox):
     monkeypatch.setattr(kernel, "source_version", lambda tarball=None: "6.1.192-2")
     monkeypatch.setattr(initramfs, "BUSYBOX", busybox)
-    r = CliRunner().invoke(image_cli, ["list", "--json"])
+    r = CliRunner().invoke(kernel_cli, ["list", "--json"])
     assert r.exit_code == 0, r.output
     d = json.loads(r.output)
     assert {"vmlinux", "bzimage", "initramfs", "key", "kernel_version"} <= set(d)
@@ -236,7 +240,7 @@ def test_image_list_json_keys(home, monkeypatch, busybox):
 
     entry = _fake_kernel_entry(home, "6.1.192-2")
     initramfs.build(home, busybox=busybox)
-    d = json.loads(CliRunner().invoke(image_cli, ["list", "--json"]).output)
+    d = json.loads(CliRunner().invoke(kernel_cli, ["list", "--json"]).output)
     assert d["vmlinux"] == str(entry / "vmlinux") and os.path.isabs(d["vmlinux"])
     assert d["bzimage"] == str(entry / "bzImage")
     assert d["initramfs"] and Path(d["initramfs"]).is_file()
@@ -244,7 +248,89 @@ def test_image_list_json_keys(home, monkeypatch, busybox):
     assert cached_default(home).complete
 
 
-def test_image_build_bad_jobs_is_one_line_exit_2(capsys):
-    assert cli_main(["image", "build", "--jobs", "0"]) == 2
+def test_kernel_build_bad_jobs_is_one_line_exit_2(capsys):
+    assert cli_main(["kernel", "build", "--jobs", "0"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["kvmvm: --jobs must be at least 1, not 0"]
+
+
+@pytest.mark.parametrize("cmd", ["build", "list"])
+def test_image_build_and_list_are_deprecated_aliases(cmd, home, capsys):
+    args = ["image", cmd, "--jobs", "0"] if cmd == "build" else ["image", cmd, "--json"]
+    rc = cli_main(args)
+    err = capsys.readouterr()
+    assert err.err.splitlines()[0] == f"kvmvm: `kvmvm image {cmd}` is deprecated: use `kvmvm kernel {cmd}`"
+    if cmd == "build":
+        assert rc == 2 and err.err.splitlines()[1:] == ["kvmvm: --jobs must be at least 1, not 0"]
+    else:
+        assert rc == 0 and json.loads(err.out)["home"] == str(home)
+
+
+# --- missing Debian packages --------------------------------------------------------
+
+def test_kernel_build_names_missing_packages_in_one_line(tmp_path):
+    """No build tool on PATH and nothing cached: one line naming the Debian packages, and
+    how to install them; with --install-deps but no apt-get: one line saying so."""
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    env = dict(os.environ, PATH=str(empty), KVMVM_HOME=str(tmp_path / "home"))
+    base = [sys.executable, "-m", "kvmvm", "kernel", "build", "--plain"]
+    p = subprocess.run(base, capture_output=True, text=True, env=env, timeout=60)
+    want = sorted(set(kernel.HOST_TOOLS.values()))
+    assert p.returncode == 1 and len(p.stderr.splitlines()) == 1, p.stderr
+    assert " ".join(want) in p.stderr and "--install-deps" in p.stderr
+    assert f"apt-get install -y --no-install-recommends {' '.join(want)}" in p.stderr
+    p = subprocess.run(base + ["--install-deps"], capture_output=True, text=True, env=env, timeout=60)
+    assert p.returncode == 1 and len(p.stderr.splitlines()) == 1, p.stderr
+    assert ("needs apt-get" if os.geteuid() == 0 else "needs root") in p.stderr
+
+
+def test_require_nothing_missing_is_silent():
+    deps.require([])
+    with pytest.raises(MissingPackages) as e:
+        deps.require(["a", "b", "a"])
+    assert e.value.packages == ["a", "b"]
+
+
+# --- the boot index -----------------------------------------------------------------
+
+def test_index_follows_inputs_and_artifacts(tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    inputs = [tmp_path / n for n in ("frag", "init", "tarball")]
+    for p in inputs:
+        p.write_text(p.name)
+    arts = {k: str(tmp_path / k) for k in ("vmlinux", "bzimage", "initramfs")}
+    for p in arts.values():
+        Path(p).write_text("x")
+    assert index.lookup(str(home)) is None
+    index.record(str(home), {**arts, "key": "k1"}, [str(p) for p in inputs] + [str(tmp_path / "absent")])
+    hit = index.lookup(str(home))
+    assert hit and hit["vmlinux"] == arts["vmlinux"] and hit["key"] == "k1"
+    inputs[2].write_text("a new source version")          # an input changed: miss
+    assert index.lookup(str(home)) is None
+    index.record(str(home), {**arts, "key": "k2"}, [str(p) for p in inputs])
+    assert index.lookup(str(home))["key"] == "k2"
+    os.unlink(arts["initramfs"])                           # an artifact is gone: miss
+    assert index.lookup(str(home)) is None
+    (home / index.NAME).write_text("{not json")            # a damaged index: miss, no error
+    assert index.lookup(str(home)) is None
+
+
+def test_cached_default_writes_the_index(home, monkeypatch, busybox):
+    monkeypatch.setattr(kernel, "source_version", lambda tarball=None: "6.1.192-2")
+    monkeypatch.setattr(initramfs, "BUSYBOX", busybox)
+    _fake_kernel_entry(home, "6.1.192-2")
+    initramfs.build(home, busybox=busybox)
+    assert index.lookup(str(home)) is None
+    art = cached_default(home)
+    hit = index.lookup(str(home))
+    assert hit and hit["vmlinux"] == str(art.vmlinux) and hit["initramfs"] == str(art.initramfs)
+
+
+def test_default_boot_path_imports_no_build_code():
+    """`kvmvm boot` with the default kernel resolves it through the index alone."""
+    code = ("import sys; import kvmvm.image.index as i; i.lookup()\n"
+            "print(sorted(m for m in sys.modules if m.startswith('kvmvm.image')), 'dataclasses' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout
+    assert out.split("]")[0] + "]" == "['kvmvm.image', 'kvmvm.image.index']" and out.strip().endswith("False")
