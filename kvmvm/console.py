@@ -1,8 +1,5 @@
 """The host terminal as the guest's serial console: raw input when stdin is a TTY,
-restored on every exit path (normal return, exception, SIGTERM/SIGHUP).
-
-SIGTERM and SIGHUP end the VM like Ctrl-C (status 130) whether stdin is a terminal or not:
-their default action would kill kvmvm before it removes the VM's sockets and TAPs."""
+restored on every exit path (normal return, exception, SIGTERM/SIGHUP)."""
 
 from __future__ import annotations
 
@@ -15,14 +12,42 @@ import sys
 
 @contextlib.contextmanager
 def attached_console(cfg):
-    """Wire cfg.serial_in_fd to stdin (when there is one) and make a TTY raw meanwhile."""
-    fd = _stdin_fd()
-    if fd is not None:
-        cfg.serial_in_fd = fd
-    if fd is None or not os.isatty(fd):
-        with _signals_interrupt(lambda: None):
+    """Wire cfg.serial_in_fd to stdin (when there is one) and make a TTY raw meanwhile.
+
+    SIGTERM and SIGHUP stop the VM the way Ctrl-C does (KeyboardInterrupt: the VM is
+    stopped, torn down and its sockets removed), whether or not stdin is a terminal.
+    """
+    with _stop_on_signals():
+        fd = _stdin_fd()
+        if fd is None:
             yield
-        return
+            return
+        cfg.serial_in_fd = fd
+        if not os.isatty(fd):
+            yield
+            return
+        with _raw_tty(fd):
+            yield
+
+
+@contextlib.contextmanager
+def _stop_on_signals():
+    def on_signal(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        old = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    except ValueError:      # not the main thread: leave signals alone
+        old = {}
+    try:
+        yield
+    finally:
+        for sig, h in old.items():
+            signal.signal(sig, h)
+
+
+@contextlib.contextmanager
+def _raw_tty(fd: int):
     import termios
 
     saved = termios.tcgetattr(fd)
@@ -32,7 +57,6 @@ def attached_console(cfg):
             termios.tcsetattr(fd, termios.TCSAFLUSH, saved)
 
     atexit.register(restore)
-
     raw = termios.tcgetattr(fd)
     raw[0] &= ~(termios.BRKINT | termios.ICRNL | termios.INPCK | termios.ISTRIP | termios.IXON)
     raw[3] &= ~(termios.ECHO | termios.ICANON | termios.IEXTEN | termios.ISIG)
@@ -40,26 +64,10 @@ def attached_console(cfg):
     raw[6][termios.VTIME] = 0
     termios.tcsetattr(fd, termios.TCSAFLUSH, raw)
     try:
-        with _signals_interrupt(restore):
-            yield
+        yield
     finally:
         restore()
         atexit.unregister(restore)
-
-
-@contextlib.contextmanager
-def _signals_interrupt(before):
-    """SIGTERM and SIGHUP raise KeyboardInterrupt (after `before()`) while the VM runs."""
-    def on_signal(signum, frame):
-        before()
-        raise KeyboardInterrupt
-
-    old = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGHUP)}
-    try:
-        yield
-    finally:
-        for sig, h in old.items():
-            signal.signal(sig, h)
 
 
 def _stdin_fd() -> int | None:
