@@ -8,9 +8,9 @@ are called back from vCPU threads through `kvmvm_py_io` (the slow path).
 from __future__ import annotations
 
 import errno as _errno
+import _thread
 import itertools
 import os
-import threading
 
 from kvmvm._native import ffi, lib
 from kvmvm.errors import BusError, GuestMemoryError, KvmError
@@ -52,7 +52,7 @@ class PyDevice:
 
 _handles = itertools.count(1)
 _py_devices: dict[int, PyDevice] = {}
-_py_lock = threading.Lock()
+_py_lock = _thread.allocate_lock()   # (threading costs an import on the boot path)
 
 
 def register_py_device(dev: PyDevice) -> int:

@@ -284,7 +284,7 @@ class Machine:
             return round((ns - self.t0_ns) / 1e6, 3) if ns else None
 
         return {
-            "process_start": rel(_process_start_ns()),
+            "process_start": None,      # filled in by `kvmvm boot --json` (process_start_ms)
             "vm_created": rel(self.t_vm_created_ns),
             "first_kvm_run": rel(st["t_first_run_ns"]),
             "boot_signal": rel(st["t_boot_signal_ns"]),
@@ -298,31 +298,39 @@ class Machine:
             self.vm = None
 
 
-def _process_start_ns() -> int:
-    """This process's start on CLOCK_MONOTONIC, to /proc's clock-tick resolution (10 ms).
+def process_start_ms(t0_ns: int) -> float | None:
+    """This process's start relative to t0_ns (CLOCK_MONOTONIC), in ms, to /proc's
+    clock-tick resolution (10 ms); None when /proc cannot tell.
 
     /proc start times are compared with a thread started now, in the same units: /proc's
     ticks can be offset from CLOCK_BOOTTIME on some hosts, and the offset cancels out.
     """
-    import threading
+    import _thread
 
     def ticks(path: str) -> int:
         with open(path) as f:
             return int(f.read().rsplit(")", 1)[1].split()[19])
 
     box = {}
+    done = _thread.allocate_lock()
+    done.acquire()
 
     def probe():
-        box["t"] = ticks(f"/proc/self/task/{threading.get_native_id()}/stat")
+        try:
+            box["t"] = ticks(f"/proc/self/task/{_thread.get_native_id()}/stat")
+        except (OSError, ValueError, IndexError):
+            pass
+        finally:
+            done.release()
 
     try:
-        th = threading.Thread(target=probe)
-        th.start()
-        th.join()
+        _thread.start_new_thread(probe, ())
+        done.acquire()
         age = box["t"] - ticks("/proc/self/stat")
-        return time.monotonic_ns() - age * 1_000_000_000 // os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError, KeyError):
-        return 0
+    except (OSError, ValueError, IndexError, KeyError, RuntimeError):
+        return None
+    start = time.monotonic_ns() - age * 1_000_000_000 // os.sysconf("SC_CLK_TCK")
+    return round((start - t0_ns) / 1e6, 3)
 
 
 def boot(cfg: MachineConfig) -> Result:

@@ -38,6 +38,9 @@ def run(kernel, initrd, cmdline, memory, cpus, timeout, entry, use_bzimage, no_a
     if as_json:
         import json
 
+        from kvmvm.machine import process_start_ms
+
+        res.timings_ms["process_start"] = process_start_ms(T0)
         sys.stdout.flush()
         sys.stdout.write(json.dumps(res.to_dict()) + "\n")
     if res.outcome != "ok" or os.environ.get("KVMVM_VERBOSE") == "1":
