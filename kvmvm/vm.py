@@ -100,6 +100,10 @@ class Vm:
     def add_i8042(self) -> None:
         check(lib.kvmvm_vm_add_i8042(self._vm), "i8042")
 
+    def add_pit(self) -> None:
+        """KVM's in-kernel i8254 PIT (Linux calibrates against it)."""
+        check(lib.kvmvm_vm_add_pit(self._vm), "i8254 PIT")
+
     def add_boot_timer(self, gpa: int) -> None:
         check(lib.kvmvm_vm_add_boot_timer(self._vm, gpa), "boot timer")
 

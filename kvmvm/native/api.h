@@ -118,6 +118,9 @@ int kvmvm_vm_add_py_device(kvmvm_vm *vm, int bus, uint64_t base, uint64_t len, u
 int kvmvm_vm_add_serial(kvmvm_vm *vm, uint16_t port, int irq, int out_fd, int in_fd);
 int kvmvm_vm_add_debug_exit(kvmvm_vm *vm, uint16_t port, uint16_t size);
 int kvmvm_vm_add_i8042(kvmvm_vm *vm);
+/* the in-kernel i8254 PIT (needs the irqchip); a VM has none unless added: destroying
+   one costs the VM's teardown an SRCU grace period or two (~15 ms on a busy PVM host) */
+int kvmvm_vm_add_pit(kvmvm_vm *vm);
 int kvmvm_vm_add_boot_timer(kvmvm_vm *vm, uint64_t gpa);
 int kvmvm_vm_add_acpi_pm(kvmvm_vm *vm, uint16_t port);
 int kvmvm_vm_add_pvpanic(kvmvm_vm *vm, uint16_t port);

@@ -85,13 +85,8 @@ kvmvm_vm *kvmvm_vm_new(const char *dev_path, int *err)
         if (ioctl(vm->vm_fd, KVM_CREATE_IRQCHIP, 0) < 0)
             vm->caps.irqchip = 0;
     }
-    if (vm->caps.irqchip && vm->caps.pit2) {
-        struct kvm_pit_config pit = { .flags = KVM_PIT_SPEAKER_DUMMY };
-        if (ioctl(vm->vm_fd, KVM_CREATE_PIT2, &pit) < 0)
-            vm->caps.pit2 = 0;
-    } else {
+    if (!vm->caps.irqchip)
         vm->caps.pit2 = 0;
-    }
     install_kick_handler();
     vm->t_created_ns = kvmvm_now_ns();
     return vm;
@@ -210,6 +205,20 @@ int kvmvm_vm_add_serial(kvmvm_vm *vm, uint16_t port, int irq, int out_fd, int in
     if (rc == 0)
         vm->serial = dev;
     return rc;
+}
+
+int kvmvm_vm_add_pit(kvmvm_vm *vm)
+{
+    struct kvm_pit_config pit = { .flags = KVM_PIT_SPEAKER_DUMMY };
+
+    if (!vm->caps.pit2)
+        return -ENOTSUP;
+    if (vm->has_pit)
+        return -EEXIST;
+    if (ioctl(vm->vm_fd, KVM_CREATE_PIT2, &pit) < 0)
+        return -errno;
+    vm->has_pit = 1;
+    return 0;
 }
 
 int kvmvm_vm_add_debug_exit(kvmvm_vm *vm, uint16_t port, uint16_t size)

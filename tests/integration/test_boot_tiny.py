@@ -229,3 +229,32 @@ def test_console_input_reaches_the_guest_and_ends_with_eof(kvm_ok, tiny_images):
                        input="abc\ndef\n", capture_output=True, text=True, timeout=60)
     assert p.returncode == 0, p.stderr
     assert p.stdout == "echo: ready\nabc\ndef\necho: 8 bytes\n"
+
+
+def test_pit_only_for_linux_kernels_unless_asked(kvm_ok, tiny_images, tmp_path, monkeypatch):
+    """--pit auto gives the in-kernel PIT to Linux kernels only (its teardown is costly on
+    some hosts); --pit on/off force it; the tiny guest boots either way."""
+    from kvmvm.machine import Machine, MachineConfig
+    from tests.unit.elfgen import make_elf, note
+
+    hello = str(tiny_images / "hello.elf")
+    for pit, want in (("auto", False), ("on", True), ("off", False)):
+        r = kvmvm("boot", "--kernel", hello, "--pit", pit)
+        assert r.status == 0 and "Hello from kvmvm tiny guest" in r.out, r.err
+        m = Machine(MachineConfig(kernel=hello, pit=pit))
+        try:
+            m.build()
+            assert m.wants_pit is want
+        finally:
+            m.close()
+    monkeypatch.setenv("KVMVM_ALLOW_PVM", "1")     # build only: nothing runs
+    img = tmp_path / "vmlinux"
+    img.write_bytes(make_elf(extra_notes=note(b"Linux", 6, b"\0\0\0\0")))
+    m = Machine(MachineConfig(kernel=str(img)))
+    try:
+        m.build()
+        assert m.is_linux and m.wants_pit is True
+    finally:
+        m.close()
+    r = kvmvm("boot", "--kernel", hello, "--pit", "sometimes")
+    assert r.status == 2 and len(r.err.strip().splitlines()) == 1
