@@ -114,6 +114,10 @@ class GuestMemory:
         if rc < 0:
             raise GuestMemoryError(f"write of {len(data):#x} bytes at {gpa:#x} is outside guest memory")
 
+    def load_file(self, gpa: int, fd: int, offset: int, length: int, map: bool = False) -> None:
+        check(lib.kvmvm_gmem_load_file(self._gm, gpa, fd, offset, length, int(map)),
+              f"load {length:#x} bytes at {gpa:#x}", GuestMemoryError)
+
     def contains(self, gpa: int, size: int) -> bool:
         return lib.kvmvm_gmem_check(self._gm, gpa, size) == 0
 

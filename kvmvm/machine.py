@@ -79,10 +79,19 @@ class Result:
         return self.asdict()
 
 
-def read_image(path: str, what: str = "kernel image") -> bytes:
+def read_image(path: str, what: str = "kernel image"):
+    """The file's bytes as a read-only mmap (bytes when empty): nothing is read or copied
+    until used, and only what is used (a vmlinux's PT_LOAD segments, not its symbols)."""
+    import mmap
+
     try:
         with open(path, "rb") as f:
-            return f.read()
+            try:
+                return mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ)
+            except ValueError:      # an empty file cannot be mapped
+                return f.read()
+            except OSError:         # not mappable (a pipe, /proc, ...): read it
+                return f.read()
     except FileNotFoundError:
         raise ConfigError(f"{what} not found: {path}") from None
     except IsADirectoryError:
@@ -91,6 +100,43 @@ def read_image(path: str, what: str = "kernel image") -> bytes:
         raise ConfigError(f"{what} is not readable: {path}") from None
     except OSError as e:
         raise ConfigError(f"{what} cannot be read: {path}: {e.strerror}") from None
+
+
+class _ImageFile:
+    """An image to load into guest memory. A mapped regular file (read_image) is read
+    straight into guest memory (pread, no buffer between) or, when it lies in kvmvm's own
+    cache (immutable: entries are published whole and never rewritten), mapped there
+    copy-on-write page by page, so that nothing is copied before the guest touches it.
+    Anything else is copied from `data`."""
+
+    def __init__(self, path: str, data):
+        self.path, self.data, self.fd, self.map = path, data, -1, False
+
+    def __enter__(self):
+        import mmap
+
+        if isinstance(self.data, mmap.mmap):
+            try:
+                self.fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                return self
+            from kvmvm.image.index import home_dir
+
+            home = os.path.realpath(home_dir()) + os.sep
+            self.map = os.path.realpath(self.path).startswith(home)
+        return self
+
+    def load(self, vm, gpa: int, offset: int, view) -> None:
+        """view: the bytes at offset (a view into data)."""
+        if self.fd < 0:
+            vm.write(gpa, view)
+        else:
+            vm.load_file(gpa, self.fd, offset, len(view), map=self.map)
+
+    def __exit__(self, *exc):
+        if self.fd >= 0:
+            os.close(self.fd)       # a mapping keeps the file itself alive
+        return False
 
 
 def outcome_of(stop, timeout: float | None) -> tuple[str, int, str]:
@@ -224,10 +270,13 @@ class Machine:
 
         vm, k, cfg = self.vm, self.kernel, self.cfg
         is_bz = isinstance(k, bzimage.BzImage)
-        if is_bz:
-            vm.write(k.load_addr, k.kernel)
-        else:
-            elf.load(k, vm.write)
+        with _ImageFile(cfg.kernel, self.kernel_data) as f:
+            if is_bz:
+                f.load(vm, k.load_addr, len(self.kernel_data) - len(k.kernel), k.kernel)
+            else:
+                for s in k.segments:
+                    if len(s.data):
+                        f.load(vm, s.paddr, s.offset, s.data)
         cmd = self.full_cmdline().encode() + b"\0"
         limit = min(layout.CMDLINE_MAX, k.cmdline_size + 1) if is_bz else layout.CMDLINE_MAX
         if len(cmd) > limit:
@@ -252,7 +301,8 @@ class Machine:
         if gpa < kernel_end or size == 0:
             raise ConfigError(f"initrd ({size >> 20} MiB) does not fit in guest memory "
                               f"({self.cfg.memory_mib} MiB) after the kernel")
-        self.vm.write(gpa, self.initrd_data)
+        with _ImageFile(self.cfg.initrd, self.initrd_data) as f:
+            f.load(self.vm, gpa, 0, memoryview(self.initrd_data))
         return gpa, size
 
     def _set_boot_regs(self) -> None:

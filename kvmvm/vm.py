@@ -69,9 +69,20 @@ class Vm:
     def add_ram(self, gpa: int, size: int) -> None:
         check(lib.kvmvm_vm_add_ram(self._vm, gpa, size), f"guest RAM {size >> 20} MiB at {gpa:#x}")
 
-    def write(self, gpa: int, data: bytes) -> None:
+    def write(self, gpa: int, data) -> None:
+        """Copy data (bytes, or any buffer such as a view into a mapped image) to guest memory."""
+        if not isinstance(data, bytes):
+            data = ffi.from_buffer(data)
         if lib.kvmvm_vm_mem_write(self._vm, gpa, data, len(data)) < 0:
             raise GuestMemoryError(f"write of {len(data):#x} bytes at {gpa:#x} is outside guest memory")
+
+    def load_file(self, gpa: int, fd: int, offset: int, length: int, map: bool = False) -> None:
+        """length bytes of fd at offset into guest memory at gpa, read (pread) or, with map,
+        mapped copy-on-write page by page (only for files that never change)."""
+        rc = lib.kvmvm_vm_load_file(self._vm, gpa, fd, offset, length, int(map))
+        if rc == -errno.EFAULT:
+            raise GuestMemoryError(f"load of {length:#x} bytes at {gpa:#x} is outside guest memory")
+        check(rc, f"load {length:#x} bytes of the image at {gpa:#x}")
 
     def read(self, gpa: int, size: int) -> bytes:
         buf = ffi.new("uint8_t[]", size)

@@ -95,6 +95,8 @@ int kvmvm_gmem_add(kvmvm_gmem *gm, uint64_t gpa, uint64_t size);
 int kvmvm_gmem_read(kvmvm_gmem *gm, uint64_t gpa, void *buf, uint64_t len);
 int kvmvm_gmem_write(kvmvm_gmem *gm, uint64_t gpa, const void *buf, uint64_t len);
 int kvmvm_gmem_check(kvmvm_gmem *gm, uint64_t gpa, uint64_t len);
+int kvmvm_gmem_load_file(kvmvm_gmem *gm, uint64_t gpa, int fd, uint64_t offset, uint64_t len,
+                         int map);
 uint64_t kvmvm_gmem_guard_size(void);
 
 /* buses (usable without KVM) */
@@ -112,6 +114,8 @@ int kvmvm_vm_caps(kvmvm_vm *vm, struct kvmvm_caps *caps);
 int kvmvm_vm_add_ram(kvmvm_vm *vm, uint64_t gpa, uint64_t size);
 int kvmvm_vm_mem_write(kvmvm_vm *vm, uint64_t gpa, const void *buf, uint64_t len);
 int kvmvm_vm_mem_read(kvmvm_vm *vm, uint64_t gpa, void *buf, uint64_t len);
+/* file bytes straight into guest memory; map: whole pages mapped copy-on-write (guestmem.c) */
+int kvmvm_vm_load_file(kvmvm_vm *vm, uint64_t gpa, int fd, uint64_t offset, uint64_t len, int map);
 int kvmvm_vm_create_vcpus(kvmvm_vm *vm, int n);
 int kvmvm_vm_boot_regs(kvmvm_vm *vm, int vcpu, const struct kvmvm_boot_regs *r);
 int kvmvm_vm_add_py_device(kvmvm_vm *vm, int bus, uint64_t base, uint64_t len, uint64_t handle);

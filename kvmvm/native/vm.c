@@ -134,6 +134,13 @@ int kvmvm_vm_mem_read(kvmvm_vm *vm, uint64_t gpa, void *buf, uint64_t len)
     return kvmvm_gmem_read(&vm->mem, gpa, buf, len);
 }
 
+int kvmvm_vm_load_file(kvmvm_vm *vm, uint64_t gpa, int fd, uint64_t offset, uint64_t len, int map)
+{
+    if (vm->started)
+        return -EBUSY;      /* remapping under a running vCPU is never needed */
+    return kvmvm_gmem_load_file(&vm->mem, gpa, fd, offset, len, map);
+}
+
 int kvmvm_vm_create_vcpus(kvmvm_vm *vm, int n)
 {
     if (n < 1 || n > KVMVM_MAX_VCPUS || vm->nr_vcpus)
