@@ -4,7 +4,7 @@ All of them run the same small rootfs built here: busybox-static copied into a
 directory (/bin/busybox plus a few applet links). runc/crun get an OCI bundle
 per command; podman gets the rootfs as an image through `podman import`.
 
-Host quirks handled (see /work/shared/ENVIRONMENT.md): crun refuses cgroup v1
+Host quirks handled (Debian 12 hosts without systemd, cgroups v1): crun refuses cgroup v1
 "hybrid" mode, so when /sys/fs/cgroup/unified is mounted it runs in a private
 mount namespace with that mount removed (`unshare -m sh -c 'umount ... && exec
 crun ...'`, which adds a few ms of its own); podman needs --ulimit flags and uses
