@@ -102,6 +102,27 @@ def read_image(path: str, what: str = "kernel image"):
         raise ConfigError(f"{what} cannot be read: {path}: {e.strerror}") from None
 
 
+_TABLES: dict = {}      # (cpus, virtio windows, acpi) -> (MP table, RSDP address, ACPI blob)
+
+
+def _boot_tables(cpus: int, windows: tuple, with_acpi: bool) -> tuple[bytes, int, bytes]:
+    """The MP table and ACPI tables: pure functions of the CPUs and devices, built once per
+    shape and process (building the AML is most of a tiny VM's Python time)."""
+    key = (cpus, windows, with_acpi)
+    t = _TABLES.get(key)
+    if t is None:
+        from kvmvm.boot import acpi, mptable
+
+        rsdp, blob = 0, b""
+        if with_acpi:
+            rsdp, blob = acpi.build(cpus, [acpi.AcpiDevice(*w) for w in windows])
+        t = (mptable.build(cpus), rsdp, blob)
+        if len(_TABLES) >= 64:
+            _TABLES.clear()
+        _TABLES[key] = t
+    return t
+
+
 class _ImageFile:
     """An image to load into guest memory. A mapped regular file (read_image) is read
     straight into guest memory (pread, no buffer between) or, when it lies in kvmvm's own
@@ -173,7 +194,10 @@ def outcome_of(stop, timeout: float | None) -> tuple[str, int, str]:
 class Machine:
     """One microVM: build it with `Machine(cfg)`, run it with `run()`."""
 
-    def __init__(self, cfg: MachineConfig, t0_ns: int | None = None):
+    def __init__(self, cfg: MachineConfig, t0_ns: int | None = None, prepared=None):
+        """prepared: a kvmvm.vm.PreparedVm started earlier for this configuration (used
+        when its device and RAM regions match, freed otherwise)."""
+        self.prepared = prepared
         cfg.validate()
         self.cfg = cfg
         self.t0_ns = t0_ns or time.monotonic_ns()
@@ -222,9 +246,13 @@ class Machine:
         from kvmvm.vm import Vm
 
         cfg = self.cfg
-        vm = self.vm = Vm(cfg.kvm_path)
+        p, self.prepared = self.prepared, None
+        if p is not None and (p.dev_path, p.regions) != (cfg.kvm_path, [tuple(r) for r in self.ram.regions]):
+            p.discard()
+            p = None
+        vm = self.vm = Vm(cfg.kvm_path, prepared=p)
         self.t_vm_created_ns = time.monotonic_ns()
-        for gpa, size in self.ram.regions:
+        for gpa, size in self.ram.regions[vm.ram_regions:]:
             vm.add_ram(gpa, size)
         vm.add_serial(0x3F8, 4, cfg.serial_out_fd, cfg.serial_in_fd)
         vm.add_debug_exit(DEBUG_EXIT_PORT, 4)
@@ -266,7 +294,7 @@ class Machine:
         return " ".join(parts)
 
     def _load_kernel(self) -> None:
-        from kvmvm.boot import acpi, bootparams, bzimage, elf, mptable, pvh
+        from kvmvm.boot import bootparams, bzimage, mptable, pvh
 
         vm, k, cfg = self.vm, self.kernel, self.cfg
         is_bz = isinstance(k, bzimage.BzImage)
@@ -283,11 +311,10 @@ class Machine:
             raise ConfigError(f"kernel command line is longer than {limit - 1} bytes")
         vm.write(layout.CMDLINE, cmd)
         initrd = self._place_initrd(k.end) if self.initrd_data is not None else None
-        vm.write(mptable.MPTABLE_GPA, mptable.build(cfg.cpus))
-        rsdp = 0
-        if cfg.acpi:
-            devs = [acpi.AcpiDevice(v.base, v.size, v.irq) for v in self.virtio]
-            rsdp, blob = acpi.build(cfg.cpus, devs)
+        mp, rsdp, blob = _boot_tables(cfg.cpus, tuple((v.base, v.size, v.irq) for v in self.virtio),
+                                      cfg.acpi)
+        vm.write(mptable.MPTABLE_GPA, mp)
+        if blob:
             vm.write(rsdp, blob)
         e820 = self.ram.e820()
         vm.write(layout.PVH_START_INFO, pvh.start_info(layout.CMDLINE, e820, rsdp, initrd))
@@ -359,6 +386,9 @@ class Machine:
         }
 
     def close(self) -> None:
+        if self.prepared is not None:
+            self.prepared.discard()
+            self.prepared = None
         if self.vm is not None:
             self.vm.close()
             self.vm = None

@@ -52,10 +52,50 @@ def open_error(path: str, err: int) -> KvmError:
     return KvmError(err, f"{path}: cannot create a VM: {os.strerror(err)}")
 
 
+class PreparedVm:
+    """A VM being created, with its RAM regions, on a C thread while the caller goes on
+    starting up (the kernel makes each memory slot wait for an SRCU grace period). Hand it
+    to Vm(prepared=...); one that is never used is freed by discard() or the collector."""
+
+    def __init__(self, dev_path: str, regions):
+        self.dev_path, self.regions = dev_path, [tuple(r) for r in regions]
+        gpas = ffi.new("uint64_t[]", [g for g, _ in self.regions])
+        sizes = ffi.new("uint64_t[]", [n for _, n in self.regions])
+        p = lib.kvmvm_vm_prepare(dev_path.encode(), gpas, sizes, len(self.regions))
+        self._p = None if p == ffi.NULL else p
+
+    def take(self):
+        """(vm cdata or NULL, -errno, regions added); None when already taken."""
+        if self._p is None:
+            return None
+        err, nr = ffi.new("int *"), ffi.new("int *")
+        vm = lib.kvmvm_vm_prepared(self._p, err, nr)
+        self._p = None
+        return vm, err[0], nr[0]
+
+    def discard(self) -> None:
+        got = self.take()
+        if got is not None and got[0] != ffi.NULL:
+            lib.kvmvm_vm_free(got[0])
+
+    def __del__(self):
+        try:
+            self.discard()
+        except Exception:
+            pass
+
+
 class Vm:
-    def __init__(self, dev_path: str = "/dev/kvm"):
+    def __init__(self, dev_path: str = "/dev/kvm", prepared: PreparedVm | None = None):
+        """A new VM on dev_path, or the one `prepared` made (it already has
+        `self.ram_regions` of its RAM regions; the caller adds the rest)."""
         err = ffi.new("int *")
-        vm = lib.kvmvm_vm_new(dev_path.encode(), err)
+        self.ram_regions = 0
+        got = prepared.take() if prepared is not None else None
+        if got is not None:
+            vm, err[0], self.ram_regions = got
+        else:
+            vm = lib.kvmvm_vm_new(dev_path.encode(), err)
         if vm == ffi.NULL:
             raise open_error(dev_path, -err[0])
         self._vm = vm

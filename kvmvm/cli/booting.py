@@ -14,6 +14,7 @@ DEFAULT_LINUX_CMDLINE = ("console=ttyS0 8250.nr_uarts=1 reboot=acpi panic=-1 pci
 def run(kernel, initrd, cmdline, memory, cpus, timeout, entry, use_bzimage, no_acpi, as_json,
         drives, nets, vsock, no_rng, virtio_cmdline, pit="auto") -> int:
     """`kvmvm boot` itself, called by the click command and by the fast path (kvmvm.cli)."""
+    prepared = _prepare_vm(memory)      # first: its kernel waits overlap everything below
     from kvmvm.cli import T0
     from kvmvm.console import attached_console
     from kvmvm.machine import Machine, MachineConfig
@@ -29,7 +30,7 @@ def run(kernel, initrd, cmdline, memory, cpus, timeout, entry, use_bzimage, no_a
                         cpus=cpus, timeout=timeout, entry=entry, acpi=not no_acpi,
                         drives=list(drives), nets=list(nets), vsock=vsock, rng=not no_rng,
                         virtio_cmdline=virtio_cmdline, pit=pit)
-    m = Machine(cfg, t0_ns=T0)
+    m = Machine(cfg, t0_ns=T0, prepared=prepared)
     try:
         with attached_console(cfg):
             res = m.run()
@@ -47,6 +48,18 @@ def run(kernel, initrd, cmdline, memory, cpus, timeout, entry, use_bzimage, no_a
         sys.stdout.flush()
         sys.stderr.write(f"kvmvm: {res.message}\n")
     return res.status
+
+
+def _prepare_vm(memory):
+    """Start creating the VM and its RAM (kvmvm.vm.PreparedVm); None if anything is off
+    (Machine then reports it the usual way)."""
+    try:
+        from kvmvm.boot.layout import MiB, RamLayout
+        from kvmvm.vm import PreparedVm
+
+        return PreparedVm("/dev/kvm", RamLayout(memory * MiB).regions)
+    except Exception:  # noqa: BLE001 - bad input is reported by Machine
+        return None
 
 
 def _stdin_is_tty() -> bool:

@@ -97,6 +97,62 @@ fail:
     return NULL;
 }
 
+#define PREP_MAX_REGIONS 4
+
+struct kvmvm_prep {
+    pthread_t thread;
+    char *dev_path;
+    int n;
+    uint64_t gpa[PREP_MAX_REGIONS], size[PREP_MAX_REGIONS];
+    kvmvm_vm *vm;
+    int err;
+    int nr_ram;
+};
+
+static void *prep_thread(void *arg)
+{
+    struct kvmvm_prep *p = arg;
+
+    p->vm = kvmvm_vm_new(p->dev_path, &p->err);
+    for (int i = 0; p->vm && i < p->n; i++) {
+        if (kvmvm_vm_add_ram(p->vm, p->gpa[i], p->size[i]) < 0)
+            break;      /* the caller adds the rest itself, and reports the error */
+        p->nr_ram = i + 1;
+    }
+    return NULL;
+}
+
+kvmvm_prep *kvmvm_vm_prepare(const char *dev_path, const uint64_t *gpa, const uint64_t *size, int n)
+{
+    struct kvmvm_prep *p = calloc(1, sizeof(*p));
+
+    if (!p || n < 0 || n > PREP_MAX_REGIONS || !(p->dev_path = strdup(dev_path ? dev_path : "/dev/kvm")))
+        goto fail;
+    p->n = n;
+    memcpy(p->gpa, gpa, n * sizeof(*gpa));
+    memcpy(p->size, size, n * sizeof(*size));
+    if (pthread_create(&p->thread, NULL, prep_thread, p) == 0)
+        return p;
+fail:
+    if (p)
+        free(p->dev_path);
+    free(p);
+    return NULL;
+}
+
+kvmvm_vm *kvmvm_vm_prepared(kvmvm_prep *p, int *err, int *nr_ram)
+{
+    pthread_join(p->thread, NULL);
+    kvmvm_vm *vm = p->vm;
+    if (err)
+        *err = p->err;
+    if (nr_ram)
+        *nr_ram = p->nr_ram;
+    free(p->dev_path);
+    free(p);
+    return vm;
+}
+
 int kvmvm_vm_caps(kvmvm_vm *vm, struct kvmvm_caps *caps)
 {
     *caps = vm->caps;

@@ -258,3 +258,32 @@ def test_pit_only_for_linux_kernels_unless_asked(kvm_ok, tiny_images, tmp_path, 
         m.close()
     r = kvmvm("boot", "--kernel", hello, "--pit", "sometimes")
     assert r.status == 2 and len(r.err.strip().splitlines()) == 1
+
+
+def test_prepared_vm_is_used_when_it_matches(kvm_ok, tiny_images, tmp_path):
+    """A VM created ahead on a C thread (kvmvm boot starts one first thing) boots the
+    guest when its device and RAM match the configuration; otherwise it is freed and a
+    new VM made; a bad device path is reported as without one."""
+    from kvmvm.boot.layout import MiB, RamLayout
+    from kvmvm.errors import KvmError
+    from kvmvm.machine import Machine, MachineConfig
+    from kvmvm.vm import PreparedVm
+
+    hello = str(tiny_images / "hello.elf")
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        for prep_mib, used in ((128, True), (64, False)):
+            p = PreparedVm("/dev/kvm", RamLayout(prep_mib * MiB).regions)
+            m = Machine(MachineConfig(kernel=hello, serial_out_fd=devnull), prepared=p)
+            m.build()
+            assert (m.vm.ram_regions == len(m.ram.regions)) is used and m.prepared is None
+            res = m.run()
+            assert res.status == 0 and res.reason == "reset"
+        PreparedVm("/dev/kvm", RamLayout(128 * MiB).regions).discard()   # never used: freed
+        p = PreparedVm(str(tmp_path / "kvm"), RamLayout(128 * MiB).regions)
+        m = Machine(MachineConfig(kernel=hello, kvm_path=str(tmp_path / "kvm")), prepared=p)
+        with pytest.raises(KvmError, match="does not exist"):
+            m.build()
+        m.close()
+    finally:
+        os.close(devnull)
