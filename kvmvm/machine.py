@@ -245,7 +245,14 @@ class Machine:
     def build(self) -> None:
         from kvmvm.vm import Vm
 
+        # what building needs, imported before the VM is joined (kvmvm.vm.PreparedVm: its
+        # kernel waits overlap these imports)
+        from kvmvm.boot import bootparams, mptable, pvh  # noqa: F401
+        from kvmvm.devices import attach_all, windows
+
         cfg = self.cfg
+        # device specs checked (their modules imported) and the boot tables built up front
+        _boot_tables(cfg.cpus, tuple(windows(cfg)), cfg.acpi)
         p, self.prepared = self.prepared, None
         if p is not None and (p.dev_path, p.regions) != (cfg.kvm_path, [tuple(r) for r in self.ram.regions]):
             p.discard()
@@ -264,8 +271,6 @@ class Machine:
         vm.add_boot_timer(layout.BOOT_TIMER_GPA)
         vm.add_acpi_pm(layout.ACPI_PM_PORT)
         vm.add_pvpanic(layout.PVPANIC_PORT)
-        from kvmvm.devices import attach_all
-
         self.virtio = attach_all(vm, cfg)
         self._load_kernel()
         vm.create_vcpus(cfg.cpus)

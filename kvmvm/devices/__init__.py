@@ -45,6 +45,8 @@ def plan(cfg) -> list[tuple[str, object]]:
 
         out.append(("vsock", vsock.parse(cfg.vsock)))
     if cfg.rng:
+        from kvmvm.devices.virtio import rng  # noqa: F401 (attach_all uses it)
+
         out.append(("rng", None))
     taps = [s.tap for k, s in out if k == "net"]
     if len(set(taps)) != len(taps):
@@ -52,6 +54,12 @@ def plan(cfg) -> list[tuple[str, object]]:
     if len(out) > LAST_IRQ - FIRST_IRQ + 1:
         raise ConfigError(f"too many virtio devices ({len(out)}; at most {LAST_IRQ - FIRST_IRQ + 1})")
     return out
+
+
+def windows(cfg) -> list[tuple[int, int, int]]:
+    """(base, size, irq) of each virtio slot attach_all(vm, cfg) will create."""
+    return [(layout.VIRTIO_MMIO_BASE + i * layout.VIRTIO_MMIO_SIZE, layout.VIRTIO_MMIO_SIZE,
+             FIRST_IRQ + i) for i in range(len(plan(cfg)))]
 
 
 def attach_all(vm, cfg) -> list[VirtioSlot]:
