@@ -56,7 +56,7 @@ def test_json_reports_outcome_counts_and_timings(kvm_ok, tiny_images):
     assert st["exits_io"] >= 500 and st["io_unhandled"] >= 500   # port 0x80 has no device
     assert st["exits"] >= st["exits_io"]
     t = res["timings_ms"]
-    assert t["process_start"] <= 0 <= t["vm_created"] <= t["first_kvm_run"] <= t["end"]
+    assert t["process_start"] <= 0 <= t["vm_created"] <= t["first_kvm_run"] <= t["end"] <= t["now"] <= t["closed"]
 
 
 def test_probe_memory_cmdline_unmapped_mmio(kvm_ok, tiny_images):
