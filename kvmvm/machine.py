@@ -143,8 +143,10 @@ class _ImageFile:
                 return self
             from kvmvm.image.index import home_dir
 
-            home = os.path.realpath(home_dir()) + os.sep
-            self.map = os.path.realpath(self.path).startswith(home)
+            home = os.path.abspath(home_dir()) + os.sep
+            # realpath (an lstat per component) only for paths that look like the cache's
+            self.map = (os.path.abspath(self.path).startswith(home)
+                        and os.path.realpath(self.path).startswith(os.path.realpath(home) + os.sep))
         return self
 
     def load(self, vm, gpa: int, offset: int, view) -> None:
