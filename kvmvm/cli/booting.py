@@ -37,12 +37,13 @@ def run(kernel, initrd, cmdline, memory, cpus, timeout, entry, use_bzimage, no_a
     finally:
         m.close()
     if as_json:
-        import json
         import time
+
+        res.timings_ms["closed"] = round((time.monotonic_ns() - T0) / 1e6, 3)   # VM torn down
+        import json
 
         from kvmvm.machine import process_start_ms
 
-        res.timings_ms["closed"] = round((time.monotonic_ns() - T0) / 1e6, 3)   # VM torn down
         res.timings_ms["process_start"] = process_start_ms(T0)
         sys.stdout.flush()
         sys.stdout.write(json.dumps(res.to_dict()) + "\n")
