@@ -6,9 +6,6 @@ from __future__ import annotations
 import click
 
 from kvmvm.cli import kernel as _kernel
-# the progress display moved to kvmvm.cli.kernel with the kernel commands; image commands
-# that show progress use the same one
-from kvmvm.cli.kernel import RichProgress, _progress  # noqa: F401
 
 
 @click.group("image")
