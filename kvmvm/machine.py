@@ -220,7 +220,7 @@ class Machine:
                 raise HostUnsupported(problem)
 
     def _parse_kernel(self):
-        from kvmvm.boot import bzimage, elf
+        from kvmvm.boot import elf
 
         data, path = self.kernel_data, self.cfg.kernel
         if elf.is_elf(data):
@@ -231,6 +231,8 @@ class Machine:
                 k.pvh_entry = None
             elf.check_fits(k, self.ram)
             return k
+        from kvmvm.boot import bzimage     # only when it is not an ELF
+
         if bzimage.is_bzimage(data):
             k = bzimage.parse(data, path)
             bzimage.check_fits(k, self.ram)
@@ -301,10 +303,11 @@ class Machine:
         return " ".join(parts)
 
     def _load_kernel(self) -> None:
-        from kvmvm.boot import bootparams, bzimage, mptable, pvh
+        from kvmvm.boot import bootparams, mptable, pvh
+        from kvmvm.boot.elf import ElfKernel
 
         vm, k, cfg = self.vm, self.kernel, self.cfg
-        is_bz = isinstance(k, bzimage.BzImage)
+        is_bz = not isinstance(k, ElfKernel)
         with _ImageFile(cfg.kernel, self.kernel_data) as f:
             if is_bz:
                 f.load(vm, k.load_addr, len(self.kernel_data) - len(k.kernel), k.kernel)
