@@ -112,7 +112,10 @@ struct kvmvm_prep {
 static void *prep_thread(void *arg)
 {
     struct kvmvm_prep *p = arg;
+    sigset_t all;
 
+    sigfillset(&all);       /* Ctrl-C and friends go to Python's main thread */
+    pthread_sigmask(SIG_SETMASK, &all, NULL);
     p->vm = kvmvm_vm_new(p->dev_path, &p->err);
     for (int i = 0; p->vm && i < p->n; i++) {
         if (kvmvm_vm_add_ram(p->vm, p->gpa[i], p->size[i]) < 0)
