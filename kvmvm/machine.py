@@ -258,7 +258,9 @@ class Machine:
         # device specs checked (their modules imported) and the boot tables built up front
         _boot_tables(cfg.cpus, tuple(windows(cfg)), cfg.acpi)
         p, self.prepared = self.prepared, None
-        if p is not None and (p.dev_path, p.regions) != (cfg.kvm_path, [tuple(r) for r in self.ram.regions]):
+        pit_ok = cfg.pit == "on" or (cfg.pit == "auto" and self.is_linux)
+        if p is not None and ((p.dev_path, p.regions) != (cfg.kvm_path, [tuple(r) for r in self.ram.regions])
+                              or (p.pit and not pit_ok)):
             p.discard()
             p = None
         vm = self.vm = Vm(cfg.kvm_path, prepared=p)

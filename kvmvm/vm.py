@@ -57,11 +57,11 @@ class PreparedVm:
     starting up (the kernel makes each memory slot wait for an SRCU grace period). Hand it
     to Vm(prepared=...); one that is never used is freed by discard() or the collector."""
 
-    def __init__(self, dev_path: str, regions):
-        self.dev_path, self.regions = dev_path, [tuple(r) for r in regions]
+    def __init__(self, dev_path: str, regions, pit: bool = False):
+        self.dev_path, self.regions, self.pit = dev_path, [tuple(r) for r in regions], pit
         gpas = ffi.new("uint64_t[]", [g for g, _ in self.regions])
         sizes = ffi.new("uint64_t[]", [n for _, n in self.regions])
-        p = lib.kvmvm_vm_prepare(dev_path.encode(), gpas, sizes, len(self.regions))
+        p = lib.kvmvm_vm_prepare(dev_path.encode(), gpas, sizes, len(self.regions), int(pit))
         self._p = None if p == ffi.NULL else p
 
     def take(self):
@@ -152,8 +152,10 @@ class Vm:
         check(lib.kvmvm_vm_add_i8042(self._vm), "i8042")
 
     def add_pit(self) -> None:
-        """KVM's in-kernel i8254 PIT (Linux calibrates against it)."""
-        check(lib.kvmvm_vm_add_pit(self._vm), "i8254 PIT")
+        """KVM's in-kernel i8254 PIT (Linux calibrates against it); none twice."""
+        rc = lib.kvmvm_vm_add_pit(self._vm)
+        if rc != -errno.EEXIST:     # a PreparedVm made it already
+            check(rc, "i8254 PIT")
 
     def add_boot_timer(self, gpa: int) -> None:
         check(lib.kvmvm_vm_add_boot_timer(self._vm, gpa), "boot timer")

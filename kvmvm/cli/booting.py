@@ -14,7 +14,8 @@ DEFAULT_LINUX_CMDLINE = ("console=ttyS0 8250.nr_uarts=1 reboot=acpi panic=-1 pci
 def run(kernel, initrd, cmdline, memory, cpus, timeout, entry, use_bzimage, no_acpi, as_json,
         drives, nets, vsock, no_rng, virtio_cmdline, pit="auto") -> int:
     """`kvmvm boot` itself, called by the click command and by the fast path (kvmvm.cli)."""
-    prepared = _prepare_vm(memory)      # first: its kernel waits overlap everything below
+    # first: its kernel waits overlap everything below (the default kernel is Linux: a PIT)
+    prepared = _prepare_vm(memory, pit == "on" or (kernel is None and pit == "auto"))
     from kvmvm.cli import T0
     from kvmvm.console import attached_console
     from kvmvm.machine import Machine, MachineConfig
@@ -53,14 +54,14 @@ def run(kernel, initrd, cmdline, memory, cpus, timeout, entry, use_bzimage, no_a
     return res.status
 
 
-def _prepare_vm(memory):
+def _prepare_vm(memory, pit: bool):
     """Start creating the VM and its RAM (kvmvm.vm.PreparedVm); None if anything is off
     (Machine then reports it the usual way)."""
     try:
         from kvmvm.boot.layout import MiB, RamLayout
         from kvmvm.vm import PreparedVm
 
-        return PreparedVm("/dev/kvm", RamLayout(memory * MiB).regions)
+        return PreparedVm("/dev/kvm", RamLayout(memory * MiB).regions, pit)
     except Exception:  # noqa: BLE001 - bad input is reported by Machine
         return None
 

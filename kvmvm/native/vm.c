@@ -104,6 +104,7 @@ struct kvmvm_prep {
     char *dev_path;
     int n;
     uint64_t gpa[PREP_MAX_REGIONS], size[PREP_MAX_REGIONS];
+    int pit;
     kvmvm_vm *vm;
     int err;
     int nr_ram;
@@ -122,16 +123,20 @@ static void *prep_thread(void *arg)
             break;      /* the caller adds the rest itself, and reports the error */
         p->nr_ram = i + 1;
     }
+    if (p->vm && p->pit)
+        kvmvm_vm_add_pit(p->vm);    /* on failure the caller's own add_pit reports it */
     return NULL;
 }
 
-kvmvm_prep *kvmvm_vm_prepare(const char *dev_path, const uint64_t *gpa, const uint64_t *size, int n)
+kvmvm_prep *kvmvm_vm_prepare(const char *dev_path, const uint64_t *gpa, const uint64_t *size, int n,
+                             int pit)
 {
     struct kvmvm_prep *p = calloc(1, sizeof(*p));
 
     if (!p || n < 0 || n > PREP_MAX_REGIONS || !(p->dev_path = strdup(dev_path ? dev_path : "/dev/kvm")))
         goto fail;
     p->n = n;
+    p->pit = pit;
     memcpy(p->gpa, gpa, n * sizeof(*gpa));
     memcpy(p->size, size, n * sizeof(*size));
     if (pthread_create(&p->thread, NULL, prep_thread, p) == 0)

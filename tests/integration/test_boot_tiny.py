@@ -279,6 +279,12 @@ def test_prepared_vm_is_used_when_it_matches(kvm_ok, tiny_images, tmp_path):
             assert (m.vm.ram_regions == len(m.ram.regions)) is used and m.prepared is None
             res = m.run()
             assert res.status == 0 and res.reason == "reset"
+        for pit, used in (("auto", False), ("on", True)):    # a PIT only where one is wanted
+            p = PreparedVm("/dev/kvm", RamLayout(128 * MiB).regions, pit=True)
+            m = Machine(MachineConfig(kernel=hello, serial_out_fd=devnull, pit=pit), prepared=p)
+            m.build()
+            assert (m.vm.ram_regions == len(m.ram.regions)) is used and m.wants_pit is used
+            assert m.run().status == 0
         PreparedVm("/dev/kvm", RamLayout(128 * MiB).regions).discard()   # never used: freed
         p = PreparedVm(str(tmp_path / "kvm"), RamLayout(128 * MiB).regions)
         m = Machine(MachineConfig(kernel=hello, kvm_path=str(tmp_path / "kvm")), prepared=p)
