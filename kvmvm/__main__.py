@@ -1,5 +1,3 @@
-import sys
+from kvmvm.cli import entry
 
-from kvmvm.cli import main
-
-sys.exit(main())
+entry()

@@ -8,9 +8,9 @@ are called back from vCPU threads through `kvmvm_py_io` (the slow path).
 from __future__ import annotations
 
 import errno as _errno
+import _thread
 import itertools
 import os
-import threading
 
 from kvmvm._native import ffi, lib
 from kvmvm.errors import BusError, GuestMemoryError, KvmError
@@ -52,7 +52,7 @@ class PyDevice:
 
 _handles = itertools.count(1)
 _py_devices: dict[int, PyDevice] = {}
-_py_lock = threading.Lock()
+_py_lock = _thread.allocate_lock()   # (threading costs an import on the boot path)
 
 
 def register_py_device(dev: PyDevice) -> int:
@@ -113,6 +113,10 @@ class GuestMemory:
         rc = lib.kvmvm_gmem_write(self._gm, gpa, data, len(data))
         if rc < 0:
             raise GuestMemoryError(f"write of {len(data):#x} bytes at {gpa:#x} is outside guest memory")
+
+    def load_file(self, gpa: int, fd: int, offset: int, length: int, map: bool = False) -> None:
+        check(lib.kvmvm_gmem_load_file(self._gm, gpa, fd, offset, length, int(map)),
+              f"load {length:#x} bytes at {gpa:#x}", GuestMemoryError)
 
     def contains(self, gpa: int, size: int) -> bool:
         return lib.kvmvm_gmem_check(self._gm, gpa, size) == 0

@@ -5,12 +5,13 @@ This is the Python API programs use; the CLI (`kvmvm boot`) is a thin layer over
 
 from __future__ import annotations
 
+import errno
 import os
 import time
 from kvmvm.record import Factory, record
 
 from kvmvm.boot import layout
-from kvmvm.errors import ConfigError, ImageError
+from kvmvm.errors import ConfigError, ImageError, KvmError
 
 MIN_MEMORY_MIB = 16
 MAX_MEMORY_MIB = 1 << 20
@@ -39,6 +40,8 @@ class MachineConfig:
                                                  # whose DSDT lists them: both would clash)
     entry: str = "auto"                          # ELF kernels: "pvh", "64" (boot_params) or auto
     acpi: bool = True                            # ACPI tables (RSDP/XSDT/FADT/MADT/DSDT)
+    pit: str = "auto"                            # in-kernel i8254 PIT: on, off, or auto (Linux
+                                                 # kernels only: tearing one down costs ~15 ms)
 
     def validate(self) -> None:
         if not isinstance(self.memory_mib, int) or self.memory_mib < MIN_MEMORY_MIB:
@@ -51,6 +54,8 @@ class MachineConfig:
             raise ConfigError(f"--timeout must be positive (got {self.timeout})")
         if self.virtio_cmdline not in ("auto", "on", "off"):
             raise ConfigError(f"--virtio-cmdline must be auto, on or off (got {self.virtio_cmdline!r})")
+        if self.pit not in ("auto", "on", "off"):
+            raise ConfigError(f"--pit must be auto, on or off (got {self.pit!r})")
         if self.entry not in ("auto", "pvh", "64"):
             raise ConfigError(f"--entry must be auto, pvh or 64 (got {self.entry!r})")
         if len(self.cmdline.encode()) + 1 > layout.CMDLINE_MAX:
@@ -74,10 +79,19 @@ class Result:
         return self.asdict()
 
 
-def read_image(path: str, what: str = "kernel image") -> bytes:
+def read_image(path: str, what: str = "kernel image"):
+    """The file's bytes as a read-only mmap (bytes when empty): nothing is read or copied
+    until used, and only what is used (a vmlinux's PT_LOAD segments, not its symbols)."""
+    import mmap
+
     try:
         with open(path, "rb") as f:
-            return f.read()
+            try:
+                return mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ)
+            except ValueError:      # an empty file cannot be mapped
+                return f.read()
+            except OSError:         # not mappable (a pipe, /proc, ...): read it
+                return f.read()
     except FileNotFoundError:
         raise ConfigError(f"{what} not found: {path}") from None
     except IsADirectoryError:
@@ -104,6 +118,66 @@ def debug_exit_status(v: int) -> int:
     if v > DEBUG_EXIT_MAX:
         return 8
     return (v << 1) | 1
+
+
+_TABLES: dict = {}      # (cpus, virtio windows, acpi) -> (MP table, RSDP address, ACPI blob)
+
+
+def _boot_tables(cpus: int, windows: tuple, with_acpi: bool) -> tuple[bytes, int, bytes]:
+    """The MP table and ACPI tables: pure functions of the CPUs and devices, built once per
+    shape and process (building the AML is most of a tiny VM's Python time)."""
+    key = (cpus, windows, with_acpi)
+    t = _TABLES.get(key)
+    if t is None:
+        from kvmvm.boot import acpi, mptable
+
+        rsdp, blob = 0, b""
+        if with_acpi:
+            rsdp, blob = acpi.build(cpus, [acpi.AcpiDevice(*w) for w in windows])
+        t = (mptable.build(cpus), rsdp, blob)
+        if len(_TABLES) >= 64:
+            _TABLES.clear()
+        _TABLES[key] = t
+    return t
+
+
+class _ImageFile:
+    """An image to load into guest memory. A mapped regular file (read_image) is read
+    straight into guest memory (pread, no buffer between) or, when it lies in kvmvm's own
+    cache (immutable: entries are published whole and never rewritten), mapped there
+    copy-on-write page by page, so that nothing is copied before the guest touches it.
+    Anything else is copied from `data`."""
+
+    def __init__(self, path: str, data):
+        self.path, self.data, self.fd, self.map = path, data, -1, False
+
+    def __enter__(self):
+        import mmap
+
+        if isinstance(self.data, mmap.mmap):
+            try:
+                self.fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                return self
+            from kvmvm.image.index import home_dir
+
+            home = os.path.abspath(home_dir()) + os.sep
+            # realpath (an lstat per component) only for paths that look like the cache's
+            self.map = (os.path.abspath(self.path).startswith(home)
+                        and os.path.realpath(self.path).startswith(os.path.realpath(home) + os.sep))
+        return self
+
+    def load(self, vm, gpa: int, offset: int, view) -> None:
+        """view: the bytes at offset (a view into data)."""
+        if self.fd < 0:
+            vm.write(gpa, view)
+        else:
+            vm.load_file(gpa, self.fd, offset, len(view), map=self.map)
+
+    def __exit__(self, *exc):
+        if self.fd >= 0:
+            os.close(self.fd)       # a mapping keeps the file itself alive
+        return False
 
 
 def outcome_of(stop, timeout: float | None) -> tuple[str, int, str]:
@@ -143,7 +217,10 @@ def outcome_of(stop, timeout: float | None) -> tuple[str, int, str]:
 class Machine:
     """One microVM: build it with `Machine(cfg)`, run it with `run()`."""
 
-    def __init__(self, cfg: MachineConfig, t0_ns: int | None = None):
+    def __init__(self, cfg: MachineConfig, t0_ns: int | None = None, prepared=None):
+        """prepared: a kvmvm.vm.PreparedVm started earlier for this configuration (used
+        when its device and RAM regions match, freed otherwise)."""
+        self.prepared = prepared
         cfg.validate()
         self.cfg = cfg
         self.t0_ns = t0_ns or time.monotonic_ns()
@@ -164,7 +241,7 @@ class Machine:
                 raise HostUnsupported(problem)
 
     def _parse_kernel(self):
-        from kvmvm.boot import bzimage, elf
+        from kvmvm.boot import elf
 
         data, path = self.kernel_data, self.cfg.kernel
         if elf.is_elf(data):
@@ -175,6 +252,8 @@ class Machine:
                 k.pvh_entry = None
             elf.check_fits(k, self.ram)
             return k
+        from kvmvm.boot import bzimage     # only when it is not an ELF
+
         if bzimage.is_bzimage(data):
             k = bzimage.parse(data, path)
             bzimage.check_fits(k, self.ram)
@@ -191,23 +270,45 @@ class Machine:
     def build(self) -> None:
         from kvmvm.vm import Vm
 
+        # what building needs, imported before the VM is joined (kvmvm.vm.PreparedVm: its
+        # kernel waits overlap these imports)
+        from kvmvm.boot import bootparams, mptable, pvh  # noqa: F401
+        from kvmvm.devices import attach_all, windows
+
         cfg = self.cfg
-        vm = self.vm = Vm(cfg.kvm_path)
+        # device specs checked (their modules imported) and the boot tables built up front
+        _boot_tables(cfg.cpus, tuple(windows(cfg)), cfg.acpi)
+        p, self.prepared = self.prepared, None
+        pit_ok = cfg.pit == "on" or (cfg.pit == "auto" and self.is_linux)
+        if p is not None and ((p.dev_path, p.regions) != (cfg.kvm_path, [tuple(r) for r in self.ram.regions])
+                              or (p.pit and not pit_ok)):
+            p.discard()
+            p = None
+        vm = self.vm = Vm(cfg.kvm_path, prepared=p)
         self.t_vm_created_ns = time.monotonic_ns()
-        for gpa, size in self.ram.regions:
+        for gpa, size in self.ram.regions[vm.ram_regions:]:
             vm.add_ram(gpa, size)
         vm.add_serial(0x3F8, 4, cfg.serial_out_fd, cfg.serial_in_fd)
         vm.add_debug_exit(DEBUG_EXIT_PORT, 4)
         vm.add_i8042()
+        if self.wants_pit:
+            if not vm.caps.pit2:
+                raise KvmError(errno.ENOTSUP, "--pit on: this KVM has no in-kernel PIT (KVM_CAP_PIT2 and an irqchip)")
+            vm.add_pit()
         vm.add_boot_timer(layout.BOOT_TIMER_GPA)
         vm.add_acpi_pm(layout.ACPI_PM_PORT)
         vm.add_pvpanic(layout.PVPANIC_PORT)
-        from kvmvm.devices import attach_all
-
         self.virtio = attach_all(vm, cfg)
         self._load_kernel()
         vm.create_vcpus(cfg.cpus)
         self._set_boot_regs()
+
+    @property
+    def wants_pit(self) -> bool:
+        """auto: for Linux (it calibrates its timers against the PIT) when KVM has one."""
+        if self.cfg.pit == "auto":
+            return self.is_linux and self.vm is not None and self.vm.caps.pit2
+        return self.cfg.pit == "on"
 
     @property
     def virtio_on_cmdline(self) -> bool:
@@ -225,25 +326,28 @@ class Machine:
         return " ".join(parts)
 
     def _load_kernel(self) -> None:
-        from kvmvm.boot import acpi, bootparams, bzimage, elf, mptable, pvh
+        from kvmvm.boot import bootparams, mptable, pvh
+        from kvmvm.boot.elf import ElfKernel
 
         vm, k, cfg = self.vm, self.kernel, self.cfg
-        is_bz = isinstance(k, bzimage.BzImage)
-        if is_bz:
-            vm.write(k.load_addr, k.kernel)
-        else:
-            elf.load(k, vm.write)
+        is_bz = not isinstance(k, ElfKernel)
+        with _ImageFile(cfg.kernel, self.kernel_data) as f:
+            if is_bz:
+                f.load(vm, k.load_addr, len(self.kernel_data) - len(k.kernel), k.kernel)
+            else:
+                for s in k.segments:
+                    if len(s.data):
+                        f.load(vm, s.paddr, s.offset, s.data)
         cmd = self.full_cmdline().encode() + b"\0"
         limit = min(layout.CMDLINE_MAX, k.cmdline_size + 1) if is_bz else layout.CMDLINE_MAX
         if len(cmd) > limit:
             raise ConfigError(f"kernel command line is longer than {limit - 1} bytes")
         vm.write(layout.CMDLINE, cmd)
         initrd = self._place_initrd(k.end) if self.initrd_data is not None else None
-        vm.write(mptable.MPTABLE_GPA, mptable.build(cfg.cpus))
-        rsdp = 0
-        if cfg.acpi:
-            devs = [acpi.AcpiDevice(v.base, v.size, v.irq) for v in self.virtio]
-            rsdp, blob = acpi.build(cfg.cpus, devs)
+        mp, rsdp, blob = _boot_tables(cfg.cpus, tuple((v.base, v.size, v.irq) for v in self.virtio),
+                                      cfg.acpi)
+        vm.write(mptable.MPTABLE_GPA, mp)
+        if blob:
             vm.write(rsdp, blob)
         e820 = self.ram.e820()
         vm.write(layout.PVH_START_INFO, pvh.start_info(layout.CMDLINE, e820, rsdp, initrd))
@@ -257,7 +361,8 @@ class Machine:
         if gpa < kernel_end or size == 0:
             raise ConfigError(f"initrd ({size >> 20} MiB) does not fit in guest memory "
                               f"({self.cfg.memory_mib} MiB) after the kernel")
-        self.vm.write(gpa, self.initrd_data)
+        with _ImageFile(self.cfg.initrd, self.initrd_data) as f:
+            f.load(self.vm, gpa, 0, memoryview(self.initrd_data))
         return gpa, size
 
     def _set_boot_regs(self) -> None:
@@ -305,7 +410,7 @@ class Machine:
             return round((ns - self.t0_ns) / 1e6, 3) if ns else None
 
         return {
-            "process_start": rel(_process_start_ns()),
+            "process_start": None,      # filled in by `kvmvm boot --json` (process_start_ms)
             "vm_created": rel(self.t_vm_created_ns),
             "first_kvm_run": rel(st["t_first_run_ns"]),
             "boot_signal": rel(st["t_boot_signal_ns"]),
@@ -314,36 +419,47 @@ class Machine:
         }
 
     def close(self) -> None:
+        if self.prepared is not None:
+            self.prepared.discard()
+            self.prepared = None
         if self.vm is not None:
             self.vm.close()
             self.vm = None
 
 
-def _process_start_ns() -> int:
-    """This process's start on CLOCK_MONOTONIC, to /proc's clock-tick resolution (10 ms).
+def process_start_ms(t0_ns: int) -> float | None:
+    """This process's start relative to t0_ns (CLOCK_MONOTONIC), in ms, to /proc's
+    clock-tick resolution (10 ms); None when /proc cannot tell.
 
     /proc start times are compared with a thread started now, in the same units: /proc's
     ticks can be offset from CLOCK_BOOTTIME on some hosts, and the offset cancels out.
     """
-    import threading
+    import _thread
 
     def ticks(path: str) -> int:
         with open(path) as f:
             return int(f.read().rsplit(")", 1)[1].split()[19])
 
     box = {}
+    done = _thread.allocate_lock()
+    done.acquire()
 
     def probe():
-        box["t"] = ticks(f"/proc/self/task/{threading.get_native_id()}/stat")
+        try:
+            box["t"] = ticks(f"/proc/self/task/{_thread.get_native_id()}/stat")
+        except (OSError, ValueError, IndexError):
+            pass
+        finally:
+            done.release()
 
     try:
-        th = threading.Thread(target=probe)
-        th.start()
-        th.join()
+        _thread.start_new_thread(probe, ())
+        done.acquire()
         age = box["t"] - ticks("/proc/self/stat")
-        return time.monotonic_ns() - age * 1_000_000_000 // os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError, KeyError):
-        return 0
+    except (OSError, ValueError, IndexError, KeyError, RuntimeError):
+        return None
+    start = time.monotonic_ns() - age * 1_000_000_000 // os.sysconf("SC_CLK_TCK")
+    return round((start - t0_ns) / 1e6, 3)
 
 
 def boot(cfg: MachineConfig) -> Result:

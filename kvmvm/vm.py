@@ -52,10 +52,50 @@ def open_error(path: str, err: int) -> KvmError:
     return KvmError(err, f"{path}: cannot create a VM: {os.strerror(err)}")
 
 
+class PreparedVm:
+    """A VM being created, with its RAM regions, on a C thread while the caller goes on
+    starting up (the kernel makes each memory slot wait for an SRCU grace period). Hand it
+    to Vm(prepared=...); one that is never used is freed by discard() or the collector."""
+
+    def __init__(self, dev_path: str, regions, pit: bool = False):
+        self.dev_path, self.regions, self.pit = dev_path, [tuple(r) for r in regions], pit
+        gpas = ffi.new("uint64_t[]", [g for g, _ in self.regions])
+        sizes = ffi.new("uint64_t[]", [n for _, n in self.regions])
+        p = lib.kvmvm_vm_prepare(dev_path.encode(), gpas, sizes, len(self.regions), int(pit))
+        self._p = None if p == ffi.NULL else p
+
+    def take(self):
+        """(vm cdata or NULL, -errno, regions added); None when already taken."""
+        if self._p is None:
+            return None
+        err, nr = ffi.new("int *"), ffi.new("int *")
+        vm = lib.kvmvm_vm_prepared(self._p, err, nr)
+        self._p = None
+        return vm, err[0], nr[0]
+
+    def discard(self) -> None:
+        got = self.take()
+        if got is not None and got[0] != ffi.NULL:
+            lib.kvmvm_vm_free(got[0])
+
+    def __del__(self):
+        try:
+            self.discard()
+        except Exception:
+            pass
+
+
 class Vm:
-    def __init__(self, dev_path: str = "/dev/kvm"):
+    def __init__(self, dev_path: str = "/dev/kvm", prepared: PreparedVm | None = None):
+        """A new VM on dev_path, or the one `prepared` made (it already has
+        `self.ram_regions` of its RAM regions; the caller adds the rest)."""
         err = ffi.new("int *")
-        vm = lib.kvmvm_vm_new(dev_path.encode(), err)
+        self.ram_regions = 0
+        got = prepared.take() if prepared is not None else None
+        if got is not None:
+            vm, err[0], self.ram_regions = got
+        else:
+            vm = lib.kvmvm_vm_new(dev_path.encode(), err)
         if vm == ffi.NULL:
             raise open_error(dev_path, -err[0])
         self._vm = vm
@@ -69,9 +109,20 @@ class Vm:
     def add_ram(self, gpa: int, size: int) -> None:
         check(lib.kvmvm_vm_add_ram(self._vm, gpa, size), f"guest RAM {size >> 20} MiB at {gpa:#x}")
 
-    def write(self, gpa: int, data: bytes) -> None:
+    def write(self, gpa: int, data) -> None:
+        """Copy data (bytes, or any buffer such as a view into a mapped image) to guest memory."""
+        if not isinstance(data, bytes):
+            data = ffi.from_buffer(data)
         if lib.kvmvm_vm_mem_write(self._vm, gpa, data, len(data)) < 0:
             raise GuestMemoryError(f"write of {len(data):#x} bytes at {gpa:#x} is outside guest memory")
+
+    def load_file(self, gpa: int, fd: int, offset: int, length: int, map: bool = False) -> None:
+        """length bytes of fd at offset into guest memory at gpa, read (pread) or, with map,
+        mapped copy-on-write page by page (only for files that never change)."""
+        rc = lib.kvmvm_vm_load_file(self._vm, gpa, fd, offset, length, int(map))
+        if rc == -errno.EFAULT:
+            raise GuestMemoryError(f"load of {length:#x} bytes at {gpa:#x} is outside guest memory")
+        check(rc, f"load {length:#x} bytes of the image at {gpa:#x}")
 
     def read(self, gpa: int, size: int) -> bytes:
         buf = ffi.new("uint8_t[]", size)
@@ -99,6 +150,12 @@ class Vm:
 
     def add_i8042(self) -> None:
         check(lib.kvmvm_vm_add_i8042(self._vm), "i8042")
+
+    def add_pit(self) -> None:
+        """KVM's in-kernel i8254 PIT (Linux calibrates against it); none twice."""
+        rc = lib.kvmvm_vm_add_pit(self._vm)
+        if rc != -errno.EEXIST:     # a PreparedVm made it already
+            check(rc, "i8254 PIT")
 
     def add_boot_timer(self, gpa: int) -> None:
         check(lib.kvmvm_vm_add_boot_timer(self._vm, gpa), "boot timer")

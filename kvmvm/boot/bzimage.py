@@ -24,7 +24,7 @@ class BzImage:
     path: str
     protocol: int
     setup_header: bytes      # bytes 0x1f1 .. end of the header (copied into boot_params)
-    kernel: bytes            # the protected-mode part
+    kernel: memoryview       # the protected-mode part (a view into the image)
     load_addr: int
     init_size: int
     cmdline_size: int
@@ -80,7 +80,7 @@ def parse(data: bytes, path: str = "kernel") -> BzImage:
     pref = struct.unpack_from("<Q", data, 0x258)[0]
     load = pref if pref >= HIMEM else HIMEM
     initrd_max = struct.unpack_from("<I", data, 0x22C)[0] or 0x37FFFFFF
-    return BzImage(path, protocol, data[SETUP_HEADER_START:header_end], data[setup_size:],
+    return BzImage(path, protocol, data[SETUP_HEADER_START:header_end], memoryview(data)[setup_size:],
                    load, init_size, cmdline_size, initrd_max + 1)
 
 

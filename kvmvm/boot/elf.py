@@ -24,8 +24,9 @@ XEN_ELFNOTE_PHYS32_ENTRY = 18
 class Segment:
     index: int
     paddr: int
-    data: bytes
+    data: memoryview    # a view into the image: no copy until it is written to guest memory
     memsz: int
+    offset: int = 0     # of data in the image file
 
 
 @record
@@ -62,8 +63,9 @@ def is_elf(data: bytes) -> bool:
     return data[:4] == ELF_MAGIC
 
 
-def parse(data: bytes, path: str = "kernel") -> ElfKernel:
-    """Parse and check an ELF kernel image; raise ImageError naming the first problem."""
+def parse(data, path: str = "kernel") -> ElfKernel:
+    """Parse and check an ELF kernel image (bytes or an mmap); raise ImageError naming the
+    first problem."""
     def bad(msg: str) -> ImageError:
         return ImageError(f"{path}: {msg}")
 
@@ -87,6 +89,7 @@ def parse(data: bytes, path: str = "kernel") -> ElfKernel:
     if e_phoff + e_phnum * e_phentsize > len(data):
         raise bad("program headers lie past the end of the file (truncated image?)")
 
+    view = memoryview(data)
     loads: list[Segment] = []
     notes: list[tuple[int, int]] = []
     for i in range(e_phnum):
@@ -104,7 +107,7 @@ def parse(data: bytes, path: str = "kernel") -> ElfKernel:
         if p_paddr + p_memsz > 1 << 52:
             raise bad(f"segment {i}: address {p_paddr:#x}+{p_memsz:#x} is out of range")
         if p_memsz:
-            loads.append(Segment(i, p_paddr, data[p_offset:p_offset + p_filesz], p_memsz))
+            loads.append(Segment(i, p_paddr, view[p_offset:p_offset + p_filesz], p_memsz, p_offset))
     if not loads:
         raise bad("ELF has no loadable segments")
 

@@ -152,5 +152,26 @@ def main(argv=None):
         return 1
 
 
+def entry():
+    """The `kvmvm` command (bin/kvmvm, `python -m kvmvm`): main(), then exit.
+
+    After `kvmvm boot` the VM is torn down already and Python's own finalisation would only
+    free objects (a few ms of every boot): run the atexit handlers, flush, and leave through
+    os._exit instead.
+    """
+    rv = main()
+    if sys.argv[1:2] != ["boot"]:
+        sys.exit(rv)
+    import atexit
+
+    atexit._run_exitfuncs()
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        rv = rv or 120      # what Python exits with when it cannot flush stdout
+    os._exit(rv if isinstance(rv, int) else 1)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

@@ -12,8 +12,10 @@ DEFAULT_LINUX_CMDLINE = ("console=ttyS0 8250.nr_uarts=1 reboot=acpi panic=-1 pci
 
 
 def run(kernel, initrd, cmdline, memory, cpus, timeout, entry, use_bzimage, no_acpi, as_json,
-        drives, nets, vsock, no_rng, virtio_cmdline) -> int:
+        drives, nets, vsock, no_rng, virtio_cmdline, pit="auto") -> int:
     """`kvmvm boot` itself, called by the click command and by the fast path (kvmvm.cli)."""
+    # first: its kernel waits overlap everything below (the default kernel is Linux: a PIT)
+    prepared = _prepare_vm(memory, pit == "on" or (kernel is None and pit == "auto"))
     from kvmvm.cli import T0
     from kvmvm.console import attached_console
     from kvmvm.machine import Machine, MachineConfig
@@ -28,22 +30,40 @@ def run(kernel, initrd, cmdline, memory, cpus, timeout, entry, use_bzimage, no_a
     cfg = MachineConfig(kernel=kernel, cmdline=cmdline or "", initrd=initrd, memory_mib=memory,
                         cpus=cpus, timeout=timeout, entry=entry, acpi=not no_acpi,
                         drives=list(drives), nets=list(nets), vsock=vsock, rng=not no_rng,
-                        virtio_cmdline=virtio_cmdline)
-    m = Machine(cfg, t0_ns=T0)
+                        virtio_cmdline=virtio_cmdline, pit=pit)
+    m = Machine(cfg, t0_ns=T0, prepared=prepared)
     try:
         with attached_console(cfg):
             res = m.run()
     finally:
         m.close()
     if as_json:
+        import time
+
+        res.timings_ms["closed"] = round((time.monotonic_ns() - T0) / 1e6, 3)   # VM torn down
         import json
 
+        from kvmvm.machine import process_start_ms
+
+        res.timings_ms["process_start"] = process_start_ms(T0)
         sys.stdout.flush()
         sys.stdout.write(json.dumps(res.to_dict()) + "\n")
     if res.outcome != "ok" or os.environ.get("KVMVM_VERBOSE") == "1":
         sys.stdout.flush()
         sys.stderr.write(f"kvmvm: {res.message}\n")
     return res.status
+
+
+def _prepare_vm(memory, pit: bool):
+    """Start creating the VM and its RAM (kvmvm.vm.PreparedVm); None if anything is off
+    (Machine then reports it the usual way)."""
+    try:
+        from kvmvm.boot.layout import MiB, RamLayout
+        from kvmvm.vm import PreparedVm
+
+        return PreparedVm("/dev/kvm", RamLayout(memory * MiB).regions, pit)
+    except Exception:  # noqa: BLE001 - bad input is reported by Machine
+        return None
 
 
 def _stdin_is_tty() -> bool:

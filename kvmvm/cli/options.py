@@ -36,6 +36,8 @@ BOOT = [
         "ELF entry: PVH note, or the 64-bit entry with boot_params.", choices=("auto", "pvh", "64")),
     Opt(("--bzimage",), "use_bzimage", "flag", False, "Default kernel: boot the bzImage, not vmlinux."),
     Opt(("--no-acpi",), "no_acpi", "flag", False, "Give the guest no ACPI tables."),
+    Opt(("--pit",), "pit", "choice", "auto",
+        "In-kernel i8254 PIT: auto gives one to Linux kernels only.", choices=("auto", "on", "off")),
     Opt(("--json",), "as_json", "flag", False, "Print a final JSON object with the outcome."),
     Opt(("--drive",), "drives", str, (), "virtio-blk raw image (repeatable; the first is /dev/vda).",
         multiple=True, metavar="PATH[,ro]"),

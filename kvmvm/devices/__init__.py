@@ -29,14 +29,24 @@ class VirtioSlot:
 
 
 def plan(cfg) -> list[tuple[str, object]]:
-    """Parse every device spec in cfg (all errors before anything is created)."""
-    from kvmvm.devices.virtio import blk, net, vsock
+    """Parse every device spec in cfg (all errors before anything is created). A device
+    module is imported only when cfg has such a device (start-up time)."""
+    out: list[tuple[str, object]] = []
+    if cfg.drives:
+        from kvmvm.devices.virtio import blk
 
-    out: list[tuple[str, object]] = [("blk", blk.parse(s)) for s in cfg.drives]
-    out += [("net", net.parse(s, i)) for i, s in enumerate(cfg.nets)]
+        out += [("blk", blk.parse(s)) for s in cfg.drives]
+    if cfg.nets:
+        from kvmvm.devices.virtio import net
+
+        out += [("net", net.parse(s, i)) for i, s in enumerate(cfg.nets)]
     if cfg.vsock:
+        from kvmvm.devices.virtio import vsock
+
         out.append(("vsock", vsock.parse(cfg.vsock)))
     if cfg.rng:
+        from kvmvm.devices.virtio import rng  # noqa: F401 (attach_all uses it)
+
         out.append(("rng", None))
     taps = [s.tap for k, s in out if k == "net"]
     if len(set(taps)) != len(taps):
@@ -46,20 +56,29 @@ def plan(cfg) -> list[tuple[str, object]]:
     return out
 
 
+def windows(cfg) -> list[tuple[int, int, int]]:
+    """(base, size, irq) of each virtio slot attach_all(vm, cfg) will create."""
+    return [(layout.VIRTIO_MMIO_BASE + i * layout.VIRTIO_MMIO_SIZE, layout.VIRTIO_MMIO_SIZE,
+             FIRST_IRQ + i) for i in range(len(plan(cfg)))]
+
+
 def attach_all(vm, cfg) -> list[VirtioSlot]:
     """Create the virtio devices that cfg asks for; one VirtioSlot each, in slot order."""
-    from kvmvm.devices.virtio import blk, flags_from_env, net, rng, vsock
+    import sys
+
+    from kvmvm.devices.virtio import flags_from_env
 
     flags = getattr(cfg, "virtio_flags", None)
     flags = flags_from_env() if flags is None else flags
-    attach = {"blk": blk.attach, "net": net.attach, "vsock": vsock.attach}
     slots = []
     for i, (kind, spec) in enumerate(plan(cfg)):
         base = layout.VIRTIO_MMIO_BASE + i * layout.VIRTIO_MMIO_SIZE
         irq = FIRST_IRQ + i
         if kind == "rng":
+            from kvmvm.devices.virtio import rng
+
             rng.attach(vm, base, irq, flags)
-        else:
-            attach[kind](vm, spec, base, irq, flags)
+        else:  # plan() imported the module
+            sys.modules[f"kvmvm.devices.virtio.{kind}"].attach(vm, spec, base, irq, flags)
         slots.append(VirtioSlot(kind, base, layout.VIRTIO_MMIO_SIZE, irq))
     return slots

@@ -2,20 +2,27 @@
 default kernel finds them with a few stat() calls: no dpkg query, no hashing, none of the
 build code (kvmvm.image.default writes the index whenever it sees a complete set).
 
-<home>/default-index.json maps an installed kvmvm (the directory of this package) to the
+<home>/default-index.txt maps an installed kvmvm (the directory of this package) to the
 artifact paths and the (size, mtime, inode) of every input file the cache keys depend on:
 the kernel config fragment, /init, the linux-source tarball and busybox. Any change to
 one of them, or a missing artifact, makes `lookup` return None and the caller take the
 full path, which checks the real keys and writes the index again.
+
+The format is plain text, one tab-separated record per line, because `import json` costs
+more than the rest of this lookup (it imports `re`):
+
+    kvmvm-default-index<TAB>1
+    entry<TAB><package dir>          starts an entry; then, for it:
+    <name><TAB><value>               vmlinux, bzimage, initramfs, key, kernel_version, ...
+    input<TAB><size> <mtime_ns> <inode><TAB><path>     ("-" for a missing file)
 """
 
 from __future__ import annotations
 
-import json
 import os
 
-VERSION = 1
-NAME = "default-index.json"
+MAGIC = "kvmvm-default-index\t1"
+NAME = "default-index.txt"
 _HERE = os.path.dirname(os.path.abspath(__file__))
 
 
@@ -29,51 +36,71 @@ def home_dir() -> str:
     return os.path.abspath(os.path.join(base, "kvmvm"))
 
 
-def _sig(path: str) -> list | None:
+def _sig(path: str) -> str:
     try:
         st = os.stat(path)
     except OSError:
-        return None
-    return [st.st_size, st.st_mtime_ns, st.st_ino]
+        return "-"
+    return f"{st.st_size} {st.st_mtime_ns} {st.st_ino}"
 
 
 def _read(home: str) -> dict:
+    """package dir -> {name: value, "inputs": [(sig, path)]}; {} when absent or damaged."""
     try:
         with open(os.path.join(home, NAME)) as f:
-            idx = json.load(f)
-    except (OSError, ValueError):
+            lines = f.read().split("\n")
+    except (OSError, UnicodeDecodeError):
         return {}
-    return idx if isinstance(idx, dict) and idx.get("version") == VERSION else {}
+    if not lines or lines[0] != MAGIC:
+        return {}
+    out: dict = {}
+    cur = None
+    for line in lines[1:]:
+        parts = line.split("\t")
+        if parts[0] == "entry" and len(parts) == 2:
+            cur = out[parts[1]] = {"inputs": []}
+        elif cur is not None and parts[0] == "input" and len(parts) == 3:
+            cur["inputs"].append((parts[1], parts[2]))
+        elif cur is not None and len(parts) == 2:
+            cur[parts[0]] = parts[1]
+    return out
 
 
 def lookup(home: str | None = None) -> dict | None:
     """The recorded artifacts ({"vmlinux", "bzimage", "initramfs", "key", ...}) when every
     input is unchanged and every artifact is there; None otherwise."""
-    e = _read(home or home_dir()).get("entries", {}).get(_HERE)
-    try:
-        if any(_sig(p) != sig for p, sig in e["inputs"]):
-            return None
-        if not all(os.path.isfile(e[k]) for k in ("vmlinux", "bzimage", "initramfs")):
-            return None
-    except (TypeError, KeyError, ValueError):
+    e = _read(home or home_dir()).get(_HERE)
+    if not e or not e["inputs"]:
+        return None
+    if any(_sig(path) != sig for sig, path in e["inputs"]):
+        return None
+    if not all(os.path.isfile(e.get(k, "")) for k in ("vmlinux", "bzimage", "initramfs")):
         return None
     return e
 
 
 def record(home: str, artifacts: dict, inputs: list[str]) -> None:
-    """Remember `artifacts` (paths) for this installed kvmvm and the current `inputs`.
-    Best effort: a cache that cannot be written only costs the next boot some time."""
-    entry = {**artifacts, "inputs": [[p, _sig(p)] for p in inputs]}
-    idx = _read(home)
-    entries = idx.get("entries") if isinstance(idx.get("entries"), dict) else {}
+    """Remember `artifacts` (name -> path or text) for this installed kvmvm and the current
+    `inputs`. Best effort: a cache that cannot be written only costs the next boot time."""
+    entry = {k: str(v) for k, v in artifacts.items() if v is not None}
+    entry["inputs"] = [(_sig(p), p) for p in inputs]
+    if any("\t" in v or "\n" in v for k, v in entry.items() if k != "inputs") or \
+            any("\t" in p or "\n" in p for p in inputs):
+        return      # not representable; lookups simply miss
+    entries = _read(home)
     if entries.get(_HERE) == entry:
         return
     entries[_HERE] = entry
+    lines = [MAGIC]
+    for pkg, e in entries.items():
+        lines.append(f"entry\t{pkg}")
+        lines += [f"{k}\t{v}" for k, v in e.items() if k != "inputs"]
+        lines += [f"input\t{sig}\t{p}" for sig, p in e["inputs"]]
     path = os.path.join(home, NAME)
     tmp = f"{path}.tmp-{os.getpid()}"
     try:
         with open(tmp, "w") as f:
-            json.dump({"version": VERSION, "entries": entries}, f, indent=1, sort_keys=True)
+            f.write("\n".join(lines) + "\n")
         os.replace(tmp, path)
     except OSError:
         try:

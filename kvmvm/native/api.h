@@ -96,6 +96,8 @@ int kvmvm_gmem_add(kvmvm_gmem *gm, uint64_t gpa, uint64_t size);
 int kvmvm_gmem_read(kvmvm_gmem *gm, uint64_t gpa, void *buf, uint64_t len);
 int kvmvm_gmem_write(kvmvm_gmem *gm, uint64_t gpa, const void *buf, uint64_t len);
 int kvmvm_gmem_check(kvmvm_gmem *gm, uint64_t gpa, uint64_t len);
+int kvmvm_gmem_load_file(kvmvm_gmem *gm, uint64_t gpa, int fd, uint64_t offset, uint64_t len,
+                         int map);
 uint64_t kvmvm_gmem_guard_size(void);
 
 /* buses (usable without KVM) */
@@ -109,16 +111,29 @@ int kvmvm_bus_count(kvmvm_bus *bus);
 /* the VM */
 kvmvm_vm *kvmvm_vm_new(const char *dev_path, int *err);
 void kvmvm_vm_free(kvmvm_vm *vm);
+/* Start creating a VM with its RAM regions (and with pit, a PIT) on a thread of its own,
+   so that the kernel's waits (an SRCU grace period per memory slot, milliseconds) overlap
+   the caller's start-up; kvmvm_vm_prepared() joins it: the VM (with as many of the regions
+   as succeeded: *nr_ram), or NULL and *err. Either way the handle is gone afterwards. */
+typedef struct kvmvm_prep kvmvm_prep;
+kvmvm_prep *kvmvm_vm_prepare(const char *dev_path, const uint64_t *gpa, const uint64_t *size, int n,
+                             int pit);
+kvmvm_vm *kvmvm_vm_prepared(kvmvm_prep *p, int *err, int *nr_ram);
 int kvmvm_vm_caps(kvmvm_vm *vm, struct kvmvm_caps *caps);
 int kvmvm_vm_add_ram(kvmvm_vm *vm, uint64_t gpa, uint64_t size);
 int kvmvm_vm_mem_write(kvmvm_vm *vm, uint64_t gpa, const void *buf, uint64_t len);
 int kvmvm_vm_mem_read(kvmvm_vm *vm, uint64_t gpa, void *buf, uint64_t len);
+/* file bytes straight into guest memory; map: whole pages mapped copy-on-write (guestmem.c) */
+int kvmvm_vm_load_file(kvmvm_vm *vm, uint64_t gpa, int fd, uint64_t offset, uint64_t len, int map);
 int kvmvm_vm_create_vcpus(kvmvm_vm *vm, int n);
 int kvmvm_vm_boot_regs(kvmvm_vm *vm, int vcpu, const struct kvmvm_boot_regs *r);
 int kvmvm_vm_add_py_device(kvmvm_vm *vm, int bus, uint64_t base, uint64_t len, uint64_t handle);
 int kvmvm_vm_add_serial(kvmvm_vm *vm, uint16_t port, int irq, int out_fd, int in_fd);
 int kvmvm_vm_add_debug_exit(kvmvm_vm *vm, uint16_t port, uint16_t size);
 int kvmvm_vm_add_i8042(kvmvm_vm *vm);
+/* the in-kernel i8254 PIT (needs the irqchip); a VM has none unless added: destroying
+   one costs the VM's teardown an SRCU grace period or two (~15 ms on a busy PVM host) */
+int kvmvm_vm_add_pit(kvmvm_vm *vm);
 int kvmvm_vm_add_boot_timer(kvmvm_vm *vm, uint64_t gpa);
 int kvmvm_vm_add_acpi_pm(kvmvm_vm *vm, uint16_t port);
 int kvmvm_vm_add_pvpanic(kvmvm_vm *vm, uint16_t port);

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/stat.h>
 
 #include "internal.h"
 
@@ -75,17 +76,40 @@ int kvmvm_cpuid_shape(struct kvmvm_cpuid_entry *e, int n, int vcpu_id, int ncpus
     return n;
 }
 
+/* KVM_GET_SUPPORTED_CPUID answers the same for a given KVM device for the life of the
+   process: asked once per device, then copied (a VM per few ms in the in-process API) */
+static pthread_mutex_t supported_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct kvm_cpuid2 *supported;
+static dev_t supported_dev;
+
 static struct kvm_cpuid2 *get_supported(struct kvmvm_vm *vm)
 {
     size_t sz = sizeof(struct kvm_cpuid2) + CPUID_MAX_ENTRIES * sizeof(struct kvm_cpuid_entry2);
     struct kvm_cpuid2 *c = calloc(1, sz);
+    struct stat st;
+    int cacheable = fstat(vm->kvm_fd, &st) == 0;
+
     if (!c)
         return NULL;
+    pthread_mutex_lock(&supported_lock);
+    if (cacheable && supported && supported_dev == st.st_rdev) {
+        memcpy(c, supported, sz);
+        pthread_mutex_unlock(&supported_lock);
+        return c;
+    }
     c->nent = CPUID_MAX_ENTRIES;
     if (ioctl(vm->kvm_fd, KVM_GET_SUPPORTED_CPUID, c) < 0) {
+        int e = errno;
+        pthread_mutex_unlock(&supported_lock);
         free(c);
+        errno = e;
         return NULL;
     }
+    if (cacheable && (supported || (supported = malloc(sz)))) {
+        memcpy(supported, c, sz);
+        supported_dev = st.st_rdev;
+    }
+    pthread_mutex_unlock(&supported_lock);
     return c;
 }
 

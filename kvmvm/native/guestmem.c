@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "internal.h"
@@ -106,4 +107,63 @@ int kvmvm_gmem_write(kvmvm_gmem *gm, uint64_t gpa, const void *buf, uint64_t len
         return -EFAULT;
     memcpy(p, buf, len);
     return 0;
+}
+
+static int pread_full(int fd, uint8_t *p, uint64_t len, uint64_t offset)
+{
+    while (len) {
+        ssize_t n = pread(fd, p, len > (1 << 30) ? (1 << 30) : len, (off_t)offset);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0)
+            return -errno;
+        if (n == 0)
+            return -ENODATA;    /* the file is shorter than the image said */
+        p += n;
+        len -= n;
+        offset += n;
+    }
+    return 0;
+}
+
+/*
+ * Load len bytes of fd at offset into guest memory at gpa, without a buffer in between.
+ * With map, the whole pages are mapped privately from the file instead of read: nothing
+ * is read until the guest touches a page, and its writes never reach the file (the file
+ * must not change while the VM runs: kvmvm maps only its own cache's files). A partial
+ * first or last page, or an offset that disagrees with gpa modulo the page size, is read.
+ */
+int kvmvm_gmem_load_file(kvmvm_gmem *gm, uint64_t gpa, int fd, uint64_t offset, uint64_t len,
+                         int map)
+{
+    uint64_t page = (uint64_t)sysconf(_SC_PAGESIZE);
+    uint8_t *p = gmem_ptr(gm, gpa, len);
+    struct stat st;
+
+    if (!p)
+        return -EFAULT;
+    if (fstat(fd, &st) < 0)
+        return -errno;
+    if (offset + len < offset || offset + len > (uint64_t)st.st_size)
+        return -ENODATA;
+    uint64_t head = len, mid = 0;
+    if (map && (gpa & (page - 1)) == (offset & (page - 1))) {
+        head = (page - (gpa & (page - 1))) & (page - 1);
+        if (head > len)
+            head = len;
+        mid = (len - head) & ~(page - 1);
+    }
+    if (mid && mmap(p + head, mid, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_FIXED, fd,
+                    (off_t)(offset + head)) == MAP_FAILED) {
+        /* a failed MAP_FIXED may have unmapped the range: put anonymous memory back */
+        if (mmap(p + head, mid, PROT_READ | PROT_WRITE,
+                 MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED, -1, 0) == MAP_FAILED)
+            return -ENOMEM;
+        head = len;
+        mid = 0;
+    }
+    int rc = pread_full(fd, p, head, offset);
+    if (rc == 0)
+        rc = pread_full(fd, p + head + mid, len - head - mid, offset + head + mid);
+    return rc;
 }

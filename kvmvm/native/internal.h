@@ -88,6 +88,7 @@ struct kvmvm_vm {
     int nr_vcpus_planned;
     struct vcpu vcpus[KVMVM_MAX_VCPUS];
     int started;
+    int has_pit;                     /* kvmvm_vm_add_pit */
 
     pthread_mutex_t lock;
     pthread_cond_t cond;

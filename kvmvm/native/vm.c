@@ -91,13 +91,8 @@ kvmvm_vm *kvmvm_vm_new(const char *dev_path, int *err)
         if (ioctl(vm->vm_fd, KVM_CREATE_IRQCHIP, 0) < 0)
             vm->caps.irqchip = 0;
     }
-    if (vm->caps.irqchip && vm->caps.pit2) {
-        struct kvm_pit_config pit = { .flags = KVM_PIT_SPEAKER_DUMMY };
-        if (ioctl(vm->vm_fd, KVM_CREATE_PIT2, &pit) < 0)
-            vm->caps.pit2 = 0;
-    } else {
+    if (!vm->caps.irqchip)
         vm->caps.pit2 = 0;
-    }
     install_kick_handler();
     vm->t_created_ns = kvmvm_now_ns();
     return vm;
@@ -106,6 +101,70 @@ fail:
         *err = e;
     kvmvm_vm_free(vm);
     return NULL;
+}
+
+#define PREP_MAX_REGIONS 4
+
+struct kvmvm_prep {
+    pthread_t thread;
+    char *dev_path;
+    int n;
+    uint64_t gpa[PREP_MAX_REGIONS], size[PREP_MAX_REGIONS];
+    int pit;
+    kvmvm_vm *vm;
+    int err;
+    int nr_ram;
+};
+
+static void *prep_thread(void *arg)
+{
+    struct kvmvm_prep *p = arg;
+    sigset_t all;
+
+    sigfillset(&all);       /* Ctrl-C and friends go to Python's main thread */
+    pthread_sigmask(SIG_SETMASK, &all, NULL);
+    p->vm = kvmvm_vm_new(p->dev_path, &p->err);
+    for (int i = 0; p->vm && i < p->n; i++) {
+        if (kvmvm_vm_add_ram(p->vm, p->gpa[i], p->size[i]) < 0)
+            break;      /* the caller adds the rest itself, and reports the error */
+        p->nr_ram = i + 1;
+    }
+    if (p->vm && p->pit)
+        kvmvm_vm_add_pit(p->vm);    /* on failure the caller's own add_pit reports it */
+    return NULL;
+}
+
+kvmvm_prep *kvmvm_vm_prepare(const char *dev_path, const uint64_t *gpa, const uint64_t *size, int n,
+                             int pit)
+{
+    struct kvmvm_prep *p = calloc(1, sizeof(*p));
+
+    if (!p || n < 0 || n > PREP_MAX_REGIONS || !(p->dev_path = strdup(dev_path ? dev_path : "/dev/kvm")))
+        goto fail;
+    p->n = n;
+    p->pit = pit;
+    memcpy(p->gpa, gpa, n * sizeof(*gpa));
+    memcpy(p->size, size, n * sizeof(*size));
+    if (pthread_create(&p->thread, NULL, prep_thread, p) == 0)
+        return p;
+fail:
+    if (p)
+        free(p->dev_path);
+    free(p);
+    return NULL;
+}
+
+kvmvm_vm *kvmvm_vm_prepared(kvmvm_prep *p, int *err, int *nr_ram)
+{
+    pthread_join(p->thread, NULL);
+    kvmvm_vm *vm = p->vm;
+    if (err)
+        *err = p->err;
+    if (nr_ram)
+        *nr_ram = p->nr_ram;
+    free(p->dev_path);
+    free(p);
+    return vm;
 }
 
 int kvmvm_vm_caps(kvmvm_vm *vm, struct kvmvm_caps *caps)
@@ -143,6 +202,13 @@ int kvmvm_vm_mem_write(kvmvm_vm *vm, uint64_t gpa, const void *buf, uint64_t len
 int kvmvm_vm_mem_read(kvmvm_vm *vm, uint64_t gpa, void *buf, uint64_t len)
 {
     return kvmvm_gmem_read(&vm->mem, gpa, buf, len);
+}
+
+int kvmvm_vm_load_file(kvmvm_vm *vm, uint64_t gpa, int fd, uint64_t offset, uint64_t len, int map)
+{
+    if (vm->started)
+        return -EBUSY;      /* remapping under a running vCPU is never needed */
+    return kvmvm_gmem_load_file(&vm->mem, gpa, fd, offset, len, map);
 }
 
 int kvmvm_vm_create_vcpus(kvmvm_vm *vm, int n)
@@ -216,6 +282,20 @@ int kvmvm_vm_add_serial(kvmvm_vm *vm, uint16_t port, int irq, int out_fd, int in
     if (rc == 0)
         vm->serial = dev;
     return rc;
+}
+
+int kvmvm_vm_add_pit(kvmvm_vm *vm)
+{
+    struct kvm_pit_config pit = { .flags = KVM_PIT_SPEAKER_DUMMY };
+
+    if (!vm->caps.pit2)
+        return -ENOTSUP;
+    if (vm->has_pit)
+        return -EEXIST;
+    if (ioctl(vm->vm_fd, KVM_CREATE_PIT2, &pit) < 0)
+        return -errno;
+    vm->has_pit = 1;
+    return 0;
 }
 
 int kvmvm_vm_add_debug_exit(kvmvm_vm *vm, uint16_t port, uint16_t size)

@@ -59,7 +59,7 @@ def test_json_reports_outcome_counts_and_timings(kvm_ok, tiny_images):
     assert st["exits_io"] >= 500 and st["io_unhandled"] >= 500   # port 0x80 has no device
     assert st["exits"] >= st["exits_io"]
     t = res["timings_ms"]
-    assert t["process_start"] <= 0 <= t["vm_created"] <= t["first_kvm_run"] <= t["end"]
+    assert t["process_start"] <= 0 <= t["vm_created"] <= t["first_kvm_run"] <= t["end"] <= t["now"] <= t["closed"]
 
 
 def test_probe_memory_cmdline_unmapped_mmio(kvm_ok, tiny_images):
@@ -252,3 +252,67 @@ def test_console_input_reaches_the_guest_and_ends_with_eof(kvm_ok, tiny_images):
                        input="abc\ndef\n", capture_output=True, text=True, timeout=60)
     assert p.returncode == 0, p.stderr
     assert p.stdout == "echo: ready\nabc\ndef\necho: 8 bytes\n"
+
+
+def test_pit_only_for_linux_kernels_unless_asked(kvm_ok, tiny_images, tmp_path, monkeypatch):
+    """--pit auto gives the in-kernel PIT to Linux kernels only (its teardown is costly on
+    some hosts); --pit on/off force it; the tiny guest boots either way."""
+    from kvmvm.machine import Machine, MachineConfig
+    from tests.unit.elfgen import make_elf, note
+
+    hello = str(tiny_images / "hello.elf")
+    for pit, want in (("auto", False), ("on", True), ("off", False)):
+        r = kvmvm("boot", "--kernel", hello, "--pit", pit)
+        assert r.status == 0 and "Hello from kvmvm tiny guest" in r.out, r.err
+        m = Machine(MachineConfig(kernel=hello, pit=pit))
+        try:
+            m.build()
+            assert m.wants_pit is want
+        finally:
+            m.close()
+    monkeypatch.setenv("KVMVM_ALLOW_PVM", "1")     # build only: nothing runs
+    img = tmp_path / "vmlinux"
+    img.write_bytes(make_elf(extra_notes=note(b"Linux", 6, b"\0\0\0\0")))
+    m = Machine(MachineConfig(kernel=str(img)))
+    try:
+        m.build()
+        assert m.is_linux and m.wants_pit is True
+    finally:
+        m.close()
+    r = kvmvm("boot", "--kernel", hello, "--pit", "sometimes")
+    assert r.status == 2 and len(r.err.strip().splitlines()) == 1
+
+
+def test_prepared_vm_is_used_when_it_matches(kvm_ok, tiny_images, tmp_path):
+    """A VM created ahead on a C thread (kvmvm boot starts one first thing) boots the
+    guest when its device and RAM match the configuration; otherwise it is freed and a
+    new VM made; a bad device path is reported as without one."""
+    from kvmvm.boot.layout import MiB, RamLayout
+    from kvmvm.errors import KvmError
+    from kvmvm.machine import Machine, MachineConfig
+    from kvmvm.vm import PreparedVm
+
+    hello = str(tiny_images / "hello.elf")
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        for prep_mib, used in ((128, True), (64, False)):
+            p = PreparedVm("/dev/kvm", RamLayout(prep_mib * MiB).regions)
+            m = Machine(MachineConfig(kernel=hello, serial_out_fd=devnull), prepared=p)
+            m.build()
+            assert (m.vm.ram_regions == len(m.ram.regions)) is used and m.prepared is None
+            res = m.run()
+            assert res.status == 0 and res.reason == "reset"
+        for pit, used in (("auto", False), ("on", True)):    # a PIT only where one is wanted
+            p = PreparedVm("/dev/kvm", RamLayout(128 * MiB).regions, pit=True)
+            m = Machine(MachineConfig(kernel=hello, serial_out_fd=devnull, pit=pit), prepared=p)
+            m.build()
+            assert (m.vm.ram_regions == len(m.ram.regions)) is used and m.wants_pit is used
+            assert m.run().status == 0
+        PreparedVm("/dev/kvm", RamLayout(128 * MiB).regions).discard()   # never used: freed
+        p = PreparedVm(str(tmp_path / "kvm"), RamLayout(128 * MiB).regions)
+        m = Machine(MachineConfig(kernel=hello, kvm_path=str(tmp_path / "kvm")), prepared=p)
+        with pytest.raises(KvmError, match="does not exist"):
+            m.build()
+        m.close()
+    finally:
+        os.close(devnull)

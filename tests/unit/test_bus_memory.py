@@ -167,3 +167,34 @@ def test_cpuid_single_cpu_clears_htt():
 def test_cpuid_bad_args():
     with pytest.raises(ValueError):
         cpuid_shape([leaf(1)], 3, 2)
+
+
+@pytest.mark.parametrize("map_", [False, True])
+def test_load_file_reads_or_maps_copy_on_write(tmp_path, map_):
+    """Image bytes land in guest memory exactly, mapped or read, whatever the alignment;
+    the guest's writes never reach the file; a range past the file's end is refused."""
+    import os
+
+    blob = bytes((i * 7 + 3) & 0xFF for i in range(5 * 4096 + 123))
+    f = tmp_path / "image"
+    f.write_bytes(blob)
+    fd = os.open(f, os.O_RDONLY)
+    try:
+        gm = GuestMemory()
+        gm.add(0x100000, 0x100000)
+        cases = [(0x100000, 0, len(blob)),            # page-aligned: whole pages mapped, tail read
+                 (0x140123, 0x123, 3 * 4096),          # same page offset: head read, middle mapped
+                 (0x180000, 0x10, 4096 * 2),           # offsets disagree: read
+                 (0x1c0000, 4096, 100)]                # less than a page: read
+        for gpa, off, n in cases:
+            gm.load_file(gpa, fd, off, n, map=map_)
+            assert gm.read(gpa, n) == blob[off:off + n]
+            assert gm.read(gpa + n, 16) == bytes(16)   # nothing beyond
+        gm.write(0x100000 + 4096, b"guest")
+        assert f.read_bytes() == blob and gm.read(0x100000 + 4096, 5) == b"guest"
+        with pytest.raises(GuestMemoryError):
+            gm.load_file(0x100000, fd, len(blob) - 10, 20, map=map_)   # past the end of the file
+        with pytest.raises(GuestMemoryError):
+            gm.load_file(0x1ff000, fd, 0, 8192, map=map_)              # past the end of RAM
+    finally:
+        os.close(fd)

@@ -313,7 +313,7 @@ def test_index_follows_inputs_and_artifacts(tmp_path):
     assert index.lookup(str(home))["key"] == "k2"
     os.unlink(arts["initramfs"])                           # an artifact is gone: miss
     assert index.lookup(str(home)) is None
-    (home / index.NAME).write_text("{not json")            # a damaged index: miss, no error
+    (home / index.NAME).write_text("{not an index")        # a damaged index: miss, no error
     assert index.lookup(str(home)) is None
 
 
@@ -331,6 +331,8 @@ def test_cached_default_writes_the_index(home, monkeypatch, busybox):
 def test_default_boot_path_imports_no_build_code():
     """`kvmvm boot` with the default kernel resolves it through the index alone."""
     code = ("import sys; import kvmvm.image.index as i; i.lookup()\n"
-            "print(sorted(m for m in sys.modules if m.startswith('kvmvm.image')), 'dataclasses' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout
-    assert out.split("]")[0] + "]" == "['kvmvm.image', 'kvmvm.image.index']" and out.strip().endswith("False")
+            "print(sorted(m for m in sys.modules if m.startswith('kvmvm.image')),"
+            " [m for m in ('dataclasses', 'json', 're') if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-I", "-c", code], capture_output=True, text=True,
+                         cwd=str(Path(__file__).resolve().parents[2])).stdout
+    assert out.strip() == "['kvmvm.image', 'kvmvm.image.index'] []", out

@@ -59,3 +59,22 @@ def test_fast_path_does_not_import_click():
             "print('click' in sys.modules, 'dataclasses' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.split()
     assert out == ["ConfigError", "False", "False"]
+
+
+def test_root_help_and_version_do_not_import_click():
+    """`kvmvm --help` lists every command with its module's one-line summary, and neither
+    it nor `--version` imports click (or any command module)."""
+    from kvmvm.cli import COMMANDS, _has_module
+
+    code = ("import io, sys, contextlib; from kvmvm.cli import main\n"
+            "for a in (['--help'], ['--version']):\n"
+            "    assert main(a) == 0\n"
+            "print('click' in sys.modules, sorted(m for m in sys.modules if m.startswith('kvmvm.cli.')))")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    lines = p.stdout.splitlines()
+    assert lines[-1] == "False []"
+    cmds = {ln.split()[0]: ln.split(None, 1)[1] for ln in lines[lines.index("Commands:") + 1:-2] if ln.strip()}
+    assert set(cmds) == {n for n in COMMANDS if _has_module(n)}
+    assert cmds["boot"] == "Boot a kernel in a fresh microVM, console on this terminal."
+    assert lines[-2].startswith("kvmvm ") and "(C core build " in lines[-2]
