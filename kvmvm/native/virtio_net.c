@@ -163,18 +163,26 @@ static int tap_open(const char *name)
     return fd;
 }
 
+/* virtio-net over an already open backend fd that speaks TAP's framing (vnet header first);
+   the device owns fd from here on, also on failure */
+int virtio_net_add_fd(struct kvmvm_vm *vm, uint64_t base, int irq, int flags, int fd,
+                      const uint8_t *mac)
+{
+    struct net *n = calloc(1, sizeof(*n));
+    if (!n) {
+        close(fd);
+        return -ENOMEM;
+    }
+    n->tap_fd = fd;
+    memcpy(n->mac, mac, 6);
+    return virtio_mmio_add(vm, base, irq, flags, &net_ops, n, 1ull << VIRTIO_NET_F_MAC);
+}
+
 int kvmvm_vm_add_virtio_net(kvmvm_vm *vm, uint64_t base, int irq, int flags,
                             const char *tap, const uint8_t *mac)
 {
-    struct net *n = calloc(1, sizeof(*n));
-    if (!n)
-        return -ENOMEM;
-    n->tap_fd = tap_open(tap);
-    if (n->tap_fd < 0) {
-        int e = n->tap_fd;
-        free(n);
-        return e;
-    }
-    memcpy(n->mac, mac, 6);
-    return virtio_mmio_add(vm, base, irq, flags, &net_ops, n, 1ull << VIRTIO_NET_F_MAC);
+    int fd = tap_open(tap);
+    if (fd < 0)
+        return fd;
+    return virtio_net_add_fd(vm, base, irq, flags, fd, mac);
 }
