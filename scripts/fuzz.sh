@@ -38,9 +38,13 @@ build() {
     fi
     objs+=("$o")
   done
-  local h
+  local h x
   for h in $ALL; do
     o=$OUT/fuzz_$h
+    if [ -e "$o" ] && [ ! "$SRC/fuzz_$h.c" -nt "$o" ]; then
+      for x in "${objs[@]}"; do [ "$x" -nt "$o" ] && break; done
+      [ "$x" -nt "$o" ] || continue      # up to date
+    fi
     "$CC" "${CFLAGS[@]}" "$SRC/fuzz_$h.c" "${objs[@]}" -o "$o" || die "link fuzz_$h failed"
   done
 }
