@@ -82,6 +82,7 @@ static void *output_thread(void *arg)
     sigfillset(&set);
     sigdelset(&set, vm_kick_signal());
     pthread_sigmask(SIG_SETMASK, &set, NULL);
+    pthread_setname_np(pthread_self(), "serial-out");
     pthread_mutex_lock(&s->lock);
     for (;;) {
         while (!s->tx_len && !s->out_stopping)

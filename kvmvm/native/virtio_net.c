@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <net/if.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
@@ -44,7 +45,7 @@ static void net_config_read(struct virtio_dev *d, uint32_t off, uint8_t *data, u
 
 static void rx_watch(struct virtio_dev *d, struct net *n, int on)
 {
-    if (n->rx_watching == on)
+    if (n->rx_watching == on || n->rx_watching < 0)
         return;
     n->rx_watching = on;
     virtio_worker_modify(d, n->tap_fd, on ? EPOLLIN : 0, TAP_TAG);
@@ -58,6 +59,16 @@ static int64_t rx_one(struct virtio_dev *d, struct virtq_chain *c, void *arg)
         return 0;           /* too small for the header: handed back unused */
     int cnt = chain_iov(c, 1, 0, c->in_len, n->iov, NET_IOV_MAX);
     ssize_t r = readv(n->tap_fd, n->iov, cnt);
+    if (r < 0 && errno != EAGAIN && errno != EINTR) {
+        /* the backend is gone (a TAP deleted under us reports EBADFD for ever): stop
+           reading it, or its level-triggered error would wake the worker in a loop */
+        char why[96];
+        snprintf(why, sizeof(why), "rx backend failed: %s", strerror(errno));
+        virtio_worker_unwatch(d, n->tap_fd);
+        n->rx_watching = -1;
+        virtio_set_broken(d, why);
+        return VIRTIO_RETRY;
+    }
     if (r < 0)
         return VIRTIO_RETRY;    /* EAGAIN: nothing more to read */
     atomic_fetch_add_explicit(&d->bytes_in, (uint64_t)r, memory_order_relaxed);

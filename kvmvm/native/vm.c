@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
@@ -303,6 +304,9 @@ static void *vcpu_thread(void *arg)
     sigfillset(&set);
     sigdelset(&set, kick_signal());
     pthread_sigmask(SIG_SETMASK, &set, NULL);
+    char name[16];
+    snprintf(name, sizeof(name), "vcpu%d", v->id);
+    pthread_setname_np(pthread_self(), name);
 
     while (!atomic_load(&vm->stopping)) {
         long long zero = 0;
