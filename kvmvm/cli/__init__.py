@@ -90,8 +90,21 @@ def _fill_stdio() -> None:
         sys.stderr = open(2, "w", closefd=False)
 
 
+def _stop_on_signals() -> None:
+    """SIGTERM and SIGHUP end a command the way Ctrl-C does (KeyboardInterrupt: a running VM
+    is stopped and torn down, its sockets and TAPs removed; exit status 130)."""
+    import signal
+
+    def on_signal(signum, frame):
+        raise KeyboardInterrupt
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, on_signal)
+
+
 def main(argv=None):
     """Entry point: run a command, turning kvmvm errors into one line + exit code."""
+    _stop_on_signals()
     _fill_stdio()
     from kvmvm.errors import KvmvmError
 
