@@ -281,7 +281,8 @@ class Machine:
             vm.start()
             stop = None
             while stop is None:
-                slice_s = 0.25 if deadline is None else max(0.0, min(0.25, deadline - time.monotonic()))
+                # short slices: a signal (Ctrl-C, SIGTERM) is acted on when the C wait returns
+                slice_s = 0.1 if deadline is None else max(0.0, min(0.1, deadline - time.monotonic()))
                 stop = vm.wait(slice_s)
                 if stop is None and deadline is not None and time.monotonic() >= deadline:
                     vm.stop(lib.KVMVM_STOP_TIMEOUT)
