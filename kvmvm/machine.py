@@ -40,6 +40,7 @@ class MachineConfig:
                                                  # whose DSDT lists them: both would clash)
     entry: str = "auto"                          # ELF kernels: "pvh", "64" (boot_params) or auto
     acpi: bool = True                            # ACPI tables (RSDP/XSDT/FADT/MADT/DSDT)
+    seccomp_level: int = 1                       # 1: device threads under seccomp; 0: off
 
     def validate(self) -> None:
         if not isinstance(self.memory_mib, int) or self.memory_mib < MIN_MEMORY_MIB:
@@ -52,6 +53,8 @@ class MachineConfig:
             raise ConfigError(f"--timeout must be a positive number of seconds (got {self.timeout})")
         if self.virtio_cmdline not in ("auto", "on", "off"):
             raise ConfigError(f"--virtio-cmdline must be auto, on or off (got {self.virtio_cmdline!r})")
+        if self.seccomp_level not in (0, 1):
+            raise ConfigError(f"--seccomp-level must be 0 or 1 (got {self.seccomp_level!r})")
         if self.entry not in ("auto", "pvh", "64"):
             raise ConfigError(f"--entry must be auto, pvh or 64 (got {self.entry!r})")
         if len(self.cmdline.encode()) + 1 > layout.CMDLINE_MAX:
@@ -191,6 +194,7 @@ class Machine:
         cfg = self.cfg
         vm = self.vm = Vm(cfg.kvm_path)
         self.t_vm_created_ns = time.monotonic_ns()
+        vm.set_seccomp(cfg.seccomp_level)
         for gpa, size in self.ram.regions:
             vm.add_ram(gpa, size)
         vm.add_serial(0x3F8, 4, cfg.serial_out_fd, cfg.serial_in_fd)

@@ -45,7 +45,7 @@ build() {
       for x in "${objs[@]}"; do [ "$x" -nt "$o" ] && break; done
       [ "$x" -nt "$o" ] || continue      # up to date
     fi
-    "$CC" "${CFLAGS[@]}" "$SRC/fuzz_$h.c" "${objs[@]}" -o "$o" || die "link fuzz_$h failed"
+    "$CC" "${CFLAGS[@]}" "$SRC/fuzz_$h.c" "${objs[@]}" -lseccomp -o "$o" || die "link fuzz_$h failed"
   done
 }
 

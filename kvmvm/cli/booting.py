@@ -12,7 +12,7 @@ DEFAULT_LINUX_CMDLINE = ("console=ttyS0 8250.nr_uarts=1 reboot=acpi panic=-1 pci
 
 
 def run(kernel, initrd, cmdline, memory, cpus, timeout, entry, use_bzimage, no_acpi, as_json,
-        drives, nets, vsock, no_rng, virtio_cmdline) -> int:
+        drives, nets, vsock, no_rng, virtio_cmdline, seccomp_level="1") -> int:
     """`kvmvm boot` itself, called by the click command and by the fast path (kvmvm.cli)."""
     from kvmvm.cli import T0
     from kvmvm.console import attached_console
@@ -28,7 +28,7 @@ def run(kernel, initrd, cmdline, memory, cpus, timeout, entry, use_bzimage, no_a
     cfg = MachineConfig(kernel=kernel, cmdline=cmdline or "", initrd=initrd, memory_mib=memory,
                         cpus=cpus, timeout=timeout, entry=entry, acpi=not no_acpi,
                         drives=list(drives), nets=list(nets), vsock=vsock, rng=not no_rng,
-                        virtio_cmdline=virtio_cmdline)
+                        virtio_cmdline=virtio_cmdline, seccomp_level=int(seccomp_level))
     m = Machine(cfg, t0_ns=T0)
     try:
         with attached_console(cfg):

@@ -42,6 +42,7 @@ def _set_source(absolute: bool) -> None:
         extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter", "-pthread",
                             "-std=gnu11"] + _SANITIZE,
         extra_link_args=["-pthread"] + _SANITIZE,
+        libraries=["seccomp"],
     )
 
 

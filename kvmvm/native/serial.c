@@ -56,6 +56,7 @@ struct serial {
     int64_t out_deadline_ns;
     atomic_ullong *dropped;     /* the VM's counter (or a private one) */
     atomic_ullong dropped_own;
+    int seccomp;                /* the writer thread runs under the device filter */
 };
 
 /* vCPU side: queue one byte, or count it dropped when the host is not keeping up */
@@ -83,6 +84,8 @@ static void *output_thread(void *arg)
     sigdelset(&set, vm_kick_signal());
     pthread_sigmask(SIG_SETMASK, &set, NULL);
     pthread_setname_np(pthread_self(), "serial-out");
+    if (s->seccomp && seccomp_device_thread("serial-out") < 0)
+        s->out_dead = 1;    /* unfiltered output is not an option: drop it (counted) */
     pthread_mutex_lock(&s->lock);
     for (;;) {
         while (!s->tx_len && !s->out_stopping)
@@ -337,6 +340,7 @@ static int start_output(struct serial *s)
 int serial_start(struct kvmvm_device *dev)
 {
     struct serial *s = dev->priv;
+    s->seccomp = dev->vm && dev->vm->seccomp_level;
     int rc = start_output(s);
     if (rc == 0)
         rc = start_input(s, dev);

@@ -37,6 +37,8 @@ static void *worker_main(void *arg)
     sigfillset(&set);
     pthread_sigmask(SIG_SETMASK, &set, NULL);
     pthread_setname_np(pthread_self(), d->ops->name);   /* "virtio-net": ps -L, tests */
+    if (d->vm && d->vm->seccomp_level && seccomp_device_thread(d->ops->name) < 0)
+        virtio_set_broken(d, "worker: cannot load its seccomp filter");
 
     /* kicks may have come before DRIVER_OK: look at every queue once */
     pthread_mutex_lock(&d->dp_lock);

@@ -100,6 +100,7 @@ kvmvm_vm *kvmvm_vm_new(const char *dev_path, int *err)
         vm->caps.pit2 = 0;
     }
     install_kick_handler();
+    vm->seccomp_level = 1;
     vm->t_created_ns = kvmvm_now_ns();
     return vm;
 fail:
