@@ -40,8 +40,9 @@
 #define MAX_CONNS     256     /* streams + RSTs waiting for the guest */
 #define FIRST_LOCAL_PORT (1u << 30)
 /* a host connection the guest leaves unanswered, or a stream the guest never gives any
-   credit, is reset after this long (Firecracker's connect timeout is 2 s) */
-#define STALL_NS      (2000ll * 1000 * 1000)
+   credit, is reset after this long (Firecracker's connect timeout is 2 s; a guest on a slow,
+   nested or emulated host needs longer to answer) */
+#define STALL_NS      (5000ll * 1000 * 1000)
 #define HANDSHAKE_NS  (10000ll * 1000 * 1000)
 
 struct hdr {
