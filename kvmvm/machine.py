@@ -16,6 +16,7 @@ from kvmvm.errors import ConfigError, ImageError, KvmError
 MIN_MEMORY_MIB = 16
 MAX_MEMORY_MIB = 1 << 20
 DEBUG_EXIT_PORT = 0xF4
+MAX_IMAGE_BYTES = 4 << 30      # a kernel or initrd larger than this is a mistake
 
 
 @record
@@ -42,6 +43,7 @@ class MachineConfig:
     acpi: bool = True                            # ACPI tables (RSDP/XSDT/FADT/MADT/DSDT)
     pit: str = "auto"                            # in-kernel i8254 PIT: on, off, or auto (Linux
                                                  # kernels only: tearing one down costs ~15 ms)
+    seccomp_level: int = 1                       # 1: device threads under seccomp; 0: off
 
     def validate(self) -> None:
         if not isinstance(self.memory_mib, int) or self.memory_mib < MIN_MEMORY_MIB:
@@ -50,12 +52,14 @@ class MachineConfig:
             raise ConfigError(f"--memory must be at most {MAX_MEMORY_MIB} MiB (got {self.memory_mib})")
         if not isinstance(self.cpus, int) or not 1 <= self.cpus <= 64:
             raise ConfigError(f"--cpus must be between 1 and 64 (got {self.cpus})")
-        if self.timeout is not None and self.timeout <= 0:
-            raise ConfigError(f"--timeout must be positive (got {self.timeout})")
+        if self.timeout is not None and not (0 < self.timeout < float("inf")):
+            raise ConfigError(f"--timeout must be a positive number of seconds (got {self.timeout})")
         if self.virtio_cmdline not in ("auto", "on", "off"):
             raise ConfigError(f"--virtio-cmdline must be auto, on or off (got {self.virtio_cmdline!r})")
         if self.pit not in ("auto", "on", "off"):
             raise ConfigError(f"--pit must be auto, on or off (got {self.pit!r})")
+        if self.seccomp_level not in (0, 1):
+            raise ConfigError(f"--seccomp-level must be 0 or 1 (got {self.seccomp_level!r})")
         if self.entry not in ("auto", "pvh", "64"):
             raise ConfigError(f"--entry must be auto, pvh or 64 (got {self.entry!r})")
         if len(self.cmdline.encode()) + 1 > layout.CMDLINE_MAX:
@@ -81,17 +85,13 @@ class Result:
 
 def read_image(path: str, what: str = "kernel image"):
     """The file's bytes as a read-only mmap (bytes when empty): nothing is read or copied
-    until used, and only what is used (a vmlinux's PT_LOAD segments, not its symbols)."""
+    until used, and only what is used (a vmlinux's PT_LOAD segments, not its symbols).
+    Only regular files (a FIFO would block, a character device such as /dev/zero never ends)."""
     import mmap
+    import stat
 
     try:
-        with open(path, "rb") as f:
-            try:
-                return mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ)
-            except ValueError:      # an empty file cannot be mapped
-                return f.read()
-            except OSError:         # not mappable (a pipe, /proc, ...): read it
-                return f.read()
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         raise ConfigError(f"{what} not found: {path}") from None
     except IsADirectoryError:
@@ -100,6 +100,25 @@ def read_image(path: str, what: str = "kernel image"):
         raise ConfigError(f"{what} is not readable: {path}") from None
     except OSError as e:
         raise ConfigError(f"{what} cannot be read: {path}: {e.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise ConfigError(f"{what} is a directory: {path}")
+        if not stat.S_ISREG(st.st_mode):
+            raise ConfigError(f"{what} is not a regular file: {path}")
+        if st.st_size > MAX_IMAGE_BYTES:
+            raise ConfigError(f"{what} is larger than {MAX_IMAGE_BYTES >> 30} GiB: {path}")
+        if st.st_size == 0:
+            return b""
+        try:
+            return mmap.mmap(fd, 0, prot=mmap.PROT_READ)   # keeps its own reference to the file
+        except (ValueError, OSError):
+            with os.fdopen(fd, "rb", closefd=False) as f:
+                return f.read()
+    except OSError as e:
+        raise ConfigError(f"{what} cannot be read: {path}: {e.strerror}") from None
+    finally:
+        os.close(fd)
 
 
 DEBUG_EXIT_MAX = 0x7F
@@ -286,6 +305,7 @@ class Machine:
             p = None
         vm = self.vm = Vm(cfg.kvm_path, prepared=p)
         self.t_vm_created_ns = time.monotonic_ns()
+        vm.set_seccomp(cfg.seccomp_level)
         for gpa, size in self.ram.regions[vm.ram_regions:]:
             vm.add_ram(gpa, size)
         vm.add_serial(0x3F8, 4, cfg.serial_out_fd, cfg.serial_in_fd)
@@ -389,7 +409,8 @@ class Machine:
             vm.start()
             stop = None
             while stop is None:
-                slice_s = 0.25 if deadline is None else max(0.0, min(0.25, deadline - time.monotonic()))
+                # short slices: a signal (Ctrl-C, SIGTERM) is acted on when the C wait returns
+                slice_s = 0.1 if deadline is None else max(0.0, min(0.1, deadline - time.monotonic()))
                 stop = vm.wait(slice_s)
                 if stop is None and deadline is not None and time.monotonic() >= deadline:
                     vm.stop(lib.KVMVM_STOP_TIMEOUT)

@@ -177,6 +177,10 @@ class Vm:
     def irq_line(self, irq: int, level: int) -> None:
         check(lib.kvmvm_vm_irq_line(self._vm, irq, level), f"irq {irq}")
 
+    def set_seccomp(self, level: int) -> None:
+        """1: device threads run under seccomp allowlists (the default); 0: no filters."""
+        check(lib.kvmvm_vm_set_seccomp(self._vm, level), "seccomp level", ValueError)
+
     # --- running ---
     def start(self) -> None:
         check(lib.kvmvm_vm_start(self._vm), "start vCPUs")

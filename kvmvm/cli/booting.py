@@ -12,7 +12,7 @@ DEFAULT_LINUX_CMDLINE = ("console=ttyS0 8250.nr_uarts=1 reboot=acpi panic=-1 pci
 
 
 def run(kernel, initrd, cmdline, memory, cpus, timeout, entry, use_bzimage, no_acpi, as_json,
-        drives, nets, vsock, no_rng, virtio_cmdline, pit="auto") -> int:
+        drives, nets, vsock, no_rng, virtio_cmdline, pit="auto", seccomp_level="1") -> int:
     """`kvmvm boot` itself, called by the click command and by the fast path (kvmvm.cli)."""
     # first: its kernel waits overlap everything below (the default kernel is Linux: a PIT)
     prepared = _prepare_vm(memory, pit == "on" or (kernel is None and pit == "auto"))
@@ -30,27 +30,28 @@ def run(kernel, initrd, cmdline, memory, cpus, timeout, entry, use_bzimage, no_a
     cfg = MachineConfig(kernel=kernel, cmdline=cmdline or "", initrd=initrd, memory_mib=memory,
                         cpus=cpus, timeout=timeout, entry=entry, acpi=not no_acpi,
                         drives=list(drives), nets=list(nets), vsock=vsock, rng=not no_rng,
-                        virtio_cmdline=virtio_cmdline, pit=pit)
+                        virtio_cmdline=virtio_cmdline, pit=pit, seccomp_level=int(seccomp_level))
     m = Machine(cfg, t0_ns=T0, prepared=prepared)
     try:
         with attached_console(cfg):
             res = m.run()
     finally:
         m.close()
-    if as_json:
-        import time
-
-        res.timings_ms["closed"] = round((time.monotonic_ns() - T0) / 1e6, 3)   # VM torn down
+    out, err = sys.stdout, sys.stderr     # None when the process started with them closed
+    if as_json and out is not None:
         import json
+        import time
 
         from kvmvm.machine import process_start_ms
 
+        res.timings_ms["closed"] = round((time.monotonic_ns() - T0) / 1e6, 3)   # VM torn down
         res.timings_ms["process_start"] = process_start_ms(T0)
-        sys.stdout.flush()
-        sys.stdout.write(json.dumps(res.to_dict()) + "\n")
-    if res.outcome != "ok" or os.environ.get("KVMVM_VERBOSE") == "1":
-        sys.stdout.flush()
-        sys.stderr.write(f"kvmvm: {res.message}\n")
+        out.flush()
+        out.write(json.dumps(res.to_dict()) + "\n")
+    if (res.outcome != "ok" or os.environ.get("KVMVM_VERBOSE") == "1") and err is not None:
+        if out is not None:
+            out.flush()
+        err.write(f"kvmvm: {res.message}\n")
     return res.status
 
 

@@ -50,6 +50,9 @@ BOOT = [
         "List virtio devices as virtio_mmio.device= on the kernel command line: auto is off for "
         "a Linux kernel with ACPI (the DSDT lists them) and on otherwise.",
         choices=("auto", "on", "off")),
+    Opt(("--seccomp-level",), "seccomp_level", "choice", "1",
+        "1: the device threads (virtio workers, console writer) run under seccomp allowlists; "
+        "0: no filters, for debugging.", choices=("0", "1")),
 ]
 
 

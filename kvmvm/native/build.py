@@ -52,6 +52,11 @@ def build_id(cc: str) -> str:
     return h.hexdigest()[:12]
 
 
+# KVMVM_SANITIZE=address: an AddressSanitizer build (scripts/asan.sh; never installed)
+_SANITIZE = ["-fsanitize=address", "-fno-omit-frame-pointer", "-g"] if os.environ.get(
+    "KVMVM_SANITIZE") == "address" else []
+
+
 def _set_source(absolute: bool) -> None:
     srcs = sorted(glob.glob(os.path.join(HERE, "*.c")))
     if not absolute:  # setuptools wants paths relative to the project root
@@ -64,8 +69,9 @@ def _set_source(absolute: bool) -> None:
         '#include "internal.h"\n' + "".join(f'#include "{h}"\n' for h in _HEADERS[1:]) + ident,
         sources=srcs,
         include_dirs=[HERE],
-        extra_compile_args=CFLAGS,
-        extra_link_args=["-pthread"],
+        extra_compile_args=CFLAGS + _SANITIZE,
+        extra_link_args=["-pthread"] + _SANITIZE,
+        libraries=["seccomp"],
     )
 
 
@@ -78,4 +84,4 @@ if __name__ == "__main__":
 
     with tempfile.TemporaryDirectory() as tmp:
         so = ffibuilder.compile(tmpdir=tmp, verbose=False)
-        shutil.copy(so, os.path.join(HERE, "..", "_native.abi3.so"))
+        shutil.copy(so, os.environ.get("KVMVM_NATIVE_OUT") or os.path.join(HERE, "..", "_native.abi3.so"))

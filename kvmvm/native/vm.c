@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
@@ -94,6 +95,7 @@ kvmvm_vm *kvmvm_vm_new(const char *dev_path, int *err)
     if (!vm->caps.irqchip)
         vm->caps.pit2 = 0;
     install_kick_handler();
+    vm->seccomp_level = 1;
     vm->t_created_ns = kvmvm_now_ns();
     return vm;
 fail:
@@ -383,6 +385,9 @@ static void *vcpu_thread(void *arg)
     sigfillset(&set);
     sigdelset(&set, kick_signal());
     pthread_sigmask(SIG_SETMASK, &set, NULL);
+    char name[16];
+    snprintf(name, sizeof(name), "vcpu%d", v->id);
+    pthread_setname_np(pthread_self(), name);
 
     while (!atomic_load(&vm->stopping)) {
         long long zero = 0;
