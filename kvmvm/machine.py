@@ -283,7 +283,7 @@ class Machine:
 
     @property
     def is_linux(self) -> bool:
-        return self.kernel.is_linux
+        return self.kernel.is_linux if self.kernel is not None else self._was_linux
 
     # --- building the VM ---
     def build(self) -> None:
@@ -446,6 +446,11 @@ class Machine:
         if self.vm is not None:
             self.vm.close()
             self.vm = None
+        if self.kernel is not None:
+            # the image mappings (and their file descriptors) go with the VM, not with this
+            # object, which callers may keep for its results
+            self._was_linux = self.kernel.is_linux
+            self.kernel = self.kernel_data = self.initrd_data = None
 
 
 def process_start_ms(t0_ns: int) -> float | None:
