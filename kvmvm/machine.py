@@ -39,6 +39,9 @@ class MachineConfig:
                                                  # whose DSDT lists them: both would clash)
     entry: str = "auto"                          # ELF kernels: "pvh", "64" (boot_params) or auto
     acpi: bool = True                            # ACPI tables (RSDP/XSDT/FADT/MADT/DSDT)
+    seccomp_level: int = 2                       # 0 off, 1 syscall allowlists, 2 with arguments
+    seccomp_main: bool = False                   # also filter the calling thread once the VM
+                                                 # runs (for good: for a process that ends with it)
 
     def validate(self) -> None:
         if not isinstance(self.memory_mib, int) or self.memory_mib < MIN_MEMORY_MIB:
@@ -51,6 +54,8 @@ class MachineConfig:
             raise ConfigError(f"--timeout must be positive (got {self.timeout})")
         if self.virtio_cmdline not in ("auto", "on", "off"):
             raise ConfigError(f"--virtio-cmdline must be auto, on or off (got {self.virtio_cmdline!r})")
+        if self.seccomp_level not in (0, 1, 2):
+            raise ConfigError(f"--seccomp-level must be 0, 1 or 2 (got {self.seccomp_level})")
         if self.entry not in ("auto", "pvh", "64"):
             raise ConfigError(f"--entry must be auto, pvh or 64 (got {self.entry!r})")
         if len(self.cmdline.encode()) + 1 > layout.CMDLINE_MAX:
@@ -259,8 +264,13 @@ class Machine:
             self.build()
         vm, cfg = self.vm, self.cfg
         deadline = None if cfg.timeout is None else time.monotonic() + cfg.timeout
+        from kvmvm import seccomp
+
+        vm.set_seccomp(cfg.seccomp_level, seccomp.test_hook())
         try:
             vm.start()
+            if cfg.seccomp_main:    # after start: the VM's threads must not inherit it
+                seccomp.filter_main_thread(cfg.seccomp_level)
             stop = None
             while stop is None:
                 slice_s = 0.25 if deadline is None else max(0.0, min(0.25, deadline - time.monotonic()))

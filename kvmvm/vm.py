@@ -117,6 +117,11 @@ class Vm:
             check(rc, f"device at {base:#x}")
         self._py_handles.append(h)
 
+    def set_seccomp(self, level: int, test_hook: int = -1) -> None:
+        """Filter this VM's C threads (vCPUs, workers, console) at level 0, 1 or 2 (before start)."""
+        check(lib.kvmvm_vm_set_seccomp(self._vm, level, test_hook, int(bool(self._py_handles))),
+              "seccomp filters")
+
     def irq_line(self, irq: int, level: int) -> None:
         check(lib.kvmvm_vm_irq_line(self._vm, irq, level), f"irq {irq}")
 

@@ -12,12 +12,14 @@ DEFAULT_LINUX_CMDLINE = ("console=ttyS0 8250.nr_uarts=1 reboot=acpi panic=-1 pci
 
 
 def run(kernel, initrd, cmdline, memory, cpus, timeout, entry, use_bzimage, no_acpi, as_json,
-        drives, nets, vsock, no_rng, virtio_cmdline) -> int:
+        drives, nets, vsock, no_rng, virtio_cmdline, seccomp_level="2") -> int:
     """`kvmvm boot` itself, called by the click command and by the fast path (kvmvm.cli)."""
     from kvmvm.cli import T0
     from kvmvm.console import attached_console
     from kvmvm.machine import Machine, MachineConfig
 
+    if as_json:     # now: the main thread's seccomp filter refuses loading C extensions later
+        import json
     if kernel is None:
         kernel, default_initrd = _default_kernel(use_bzimage)
         initrd = initrd or default_initrd
@@ -28,7 +30,8 @@ def run(kernel, initrd, cmdline, memory, cpus, timeout, entry, use_bzimage, no_a
     cfg = MachineConfig(kernel=kernel, cmdline=cmdline or "", initrd=initrd, memory_mib=memory,
                         cpus=cpus, timeout=timeout, entry=entry, acpi=not no_acpi,
                         drives=list(drives), nets=list(nets), vsock=vsock, rng=not no_rng,
-                        virtio_cmdline=virtio_cmdline)
+                        virtio_cmdline=virtio_cmdline, seccomp_level=int(seccomp_level),
+                        seccomp_main=True)
     m = Machine(cfg, t0_ns=T0)
     try:
         with attached_console(cfg):
@@ -36,8 +39,6 @@ def run(kernel, initrd, cmdline, memory, cpus, timeout, entry, use_bzimage, no_a
     finally:
         m.close()
     if as_json:
-        import json
-
         sys.stdout.flush()
         sys.stdout.write(json.dumps(res.to_dict()) + "\n")
     if res.outcome != "ok" or os.environ.get("KVMVM_VERBOSE") == "1":

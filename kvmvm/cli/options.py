@@ -44,6 +44,9 @@ BOOT = [
     Opt(("--vsock",), "vsock", str, None, "virtio-vsock, Firecracker-style host UDS.",
         metavar="cid=N,uds=PATH"),
     Opt(("--no-rng",), "no_rng", "flag", False, "No virtio-rng device."),
+    Opt(("--seccomp-level",), "seccomp_level", "choice", "2",
+        "seccomp filters of kvmvm's threads: 0 off, 1 system calls only, 2 with their arguments.",
+        choices=("0", "1", "2")),
     Opt(("--virtio-cmdline",), "virtio_cmdline", "choice", "auto",
         "List virtio devices as virtio_mmio.device= on the kernel command line: auto is off for "
         "a Linux kernel with ACPI (the DSDT lists them) and on otherwise.",

@@ -37,6 +37,7 @@ def _set_source(absolute: bool) -> None:
         extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter", "-pthread",
                             "-std=gnu11"],
         extra_link_args=["-pthread"],
+        libraries=["seccomp"],
     )
 
 

@@ -102,6 +102,10 @@ struct kvmvm_vm {
     int64_t t_created_ns, t_end_ns;
 
     struct kvmvm_device *serial;     /* for its input thread */
+
+    /* seccomp.c */
+    int seccomp_level, seccomp_hook, seccomp_py;
+    struct spawner *spawner;
 };
 
 /* Record why the VM stops (first caller wins) and kick every vCPU out of KVM_RUN. */

@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "internal.h"
+#include "seccomp_threads.h"
 
 #define RX_CAP 4096
 #define TX_CAP (1u << 20)       /* guest output held for a slow host fd */
@@ -56,6 +57,7 @@ struct serial {
     int64_t out_deadline_ns;
     atomic_ullong *dropped;     /* the VM's counter (or a private one) */
     atomic_ullong dropped_own;
+    struct kvmvm_vm *vm;        /* for the writer's seccomp filter */
 };
 
 /* vCPU side: queue one byte, or count it dropped when the host is not keeping up */
@@ -100,6 +102,7 @@ static void *output_thread(void *arg)
     sigfillset(&set);
     sigdelset(&set, vm_kick_signal());
     pthread_sigmask(SIG_SETMASK, &set, NULL);
+    seccomp_thread_enter(s->vm, KVMVM_SC_SERIAL_OUT);
     pthread_mutex_lock(&s->lock);
     for (;;) {
         while (!s->tx_len && !s->out_stopping)
@@ -269,6 +272,7 @@ static void *input_thread(void *arg)
     struct serial *s = dev->priv;
     uint8_t buf[256];
     int eof_sent = 0;
+    seccomp_thread_enter(dev->vm, KVMVM_SC_SERIAL_IN);
     int is_tty = isatty(s->in_fd);
 
     for (;;) {
@@ -433,6 +437,7 @@ struct kvmvm_device *serial_new(struct kvmvm_vm *vm, int irq, int out_fd, int in
     pthread_cond_init(&s->space, NULL);
     pthread_cond_init(&s->tx_cond, NULL);
     s->dropped = vm ? &vm->serial_dropped : &s->dropped_own;
+    s->vm = vm;
     s->irq = irq;
     s->out_fd = out_fd;
     s->in_fd = in_fd;

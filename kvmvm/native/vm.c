@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "internal.h"
+#include "seccomp_threads.h"
 
 #define TSS_ADDR       0xfffbd000ULL
 #define IDENTITY_ADDR  0xfffbc000ULL
@@ -303,6 +304,7 @@ static void *vcpu_thread(void *arg)
     sigfillset(&set);
     sigdelset(&set, kick_signal());
     pthread_sigmask(SIG_SETMASK, &set, NULL);
+    seccomp_thread_enter(vm, KVMVM_SC_VCPU);
 
     while (!atomic_load(&vm->stopping)) {
         long long zero = 0;
@@ -327,6 +329,9 @@ int kvmvm_vm_start(kvmvm_vm *vm)
     if (vm->started || vm->nr_vcpus == 0)
         return -EINVAL;
     vm->started = 1;
+    int src = seccomp_spawner_start(vm);
+    if (src < 0)
+        return src;
     if (vm->serial) {
         int rc = serial_start(vm->serial);
         if (rc < 0)
@@ -437,6 +442,7 @@ void kvmvm_vm_free(kvmvm_vm *vm)
     }
     bus_destroy_devices(&vm->pio);
     bus_destroy_devices(&vm->mmio);
+    seccomp_spawner_stop(vm);
     for (int i = 0; i < vm->nr_vcpus; i++) {
         struct vcpu *v = &vm->vcpus[i];
         if (v->run)
