@@ -316,6 +316,9 @@ def _process_start_ns() -> int:
     """
     import threading
 
+    if not os.path.exists("/proc/self/stat"):     # a jail has no /proc
+        return 0
+
     def ticks(path: str) -> int:
         with open(path) as f:
             return int(f.read().rsplit(")", 1)[1].split()[19])

@@ -20,6 +20,7 @@ COMMANDS = {
     "run": "run",
     "image": "image",
     "bench": "bench",
+    "jail": "jail",
 }
 
 
