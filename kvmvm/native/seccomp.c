@@ -54,13 +54,11 @@ static const char *const vcpu_calls[] = {
     "ioctl", "eventfd2", "epoll_create1", "epoll_ctl", NULL,
 };
 static const char *const worker_calls[] = {
-    "epoll_wait", "epoll_pwait", "epoll_ctl", "poll", "ppoll", "readv", "writev",
-    "preadv", "pwritev", "pread64", "pwrite64", "fdatasync", "fsync", "getrandom",
-    "socket", "connect", "accept4", "sendto", "recvfrom", "sendmsg", "recvmsg", "shutdown",
-    "ioctl", NULL,
+    "epoll_wait", "epoll_ctl", "poll", "readv", "writev", "preadv", "pwritev", "fdatasync",
+    "getrandom", "socket", "connect", "accept4", "sendto", "shutdown", "ioctl", NULL,
 };
-static const char *const serial_out_calls[] = { "poll", "ppoll", NULL };
-static const char *const serial_in_calls[] = { "poll", "ppoll", "ioctl", NULL };
+static const char *const serial_out_calls[] = { "poll", NULL };
+static const char *const serial_in_calls[] = { "poll", "ioctl", NULL };
 /* a new thread starting, and filtering itself (no_new_privs, then the filter) */
 static const char *const thread_start_calls[] = {
     "clone", "set_robust_list", "rseq", "sigaltstack", "prctl", "seccomp", NULL,
