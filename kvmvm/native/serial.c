@@ -19,7 +19,7 @@
 
 #define RX_CAP 4096
 #define TX_CAP (1u << 20)       /* guest output held for a slow host fd */
-#define TX_CHUNK 4096           /* one write(): no more than a pipe takes after POLLOUT */
+#define TX_CHUNK 4096           /* one write() */
 #define TX_FLUSH_NS (300ll * 1000 * 1000)   /* at the end: how long a stuck fd is waited for */
 
 #define IER_RDI   0x01
@@ -74,24 +74,6 @@ static void tx_put(struct serial *s, uint8_t b)
         pthread_cond_signal(&s->tx_cond);
 }
 
-/* wait until fd takes output; 0 when stopping and the flush deadline passed */
-static int wait_writable(struct serial *s)
-{
-    for (;;) {
-        struct pollfd pf = { .fd = s->out_fd, .events = POLLOUT };
-        int r = poll(&pf, 1, 50);
-        if (r > 0)
-            return !(pf.revents & (POLLERR | POLLNVAL)) || (pf.revents & POLLOUT);
-        if (r < 0 && errno != EINTR)
-            return 0;
-        pthread_mutex_lock(&s->lock);
-        int give_up = s->out_stopping && kvmvm_now_ns() >= s->out_deadline_ns;
-        pthread_mutex_unlock(&s->lock);
-        if (give_up)
-            return 0;
-    }
-}
-
 static void *output_thread(void *arg)
 {
     struct serial *s = arg;
@@ -116,11 +98,17 @@ static void *output_thread(void *arg)
             n = TX_CHUNK;
         memcpy(chunk, s->tx + s->tx_head, n);
         pthread_mutex_unlock(&s->lock);
-        ssize_t w = wait_writable(s) ? write(s->out_fd, chunk, n) : -2;
+        /* a blocking write: at the end, stop_output's kick interrupts it (EINTR) */
+        ssize_t w = write(s->out_fd, chunk, n);
         pthread_mutex_lock(&s->lock);
-        if (w == -2)
-            break;
-        if (w < 0 && errno != EINTR && errno != EAGAIN) {
+        if (w < 0 && errno == EAGAIN) {     /* a non-blocking fd: wait a little */
+            pthread_mutex_unlock(&s->lock);
+            struct pollfd pf = { .fd = s->out_fd, .events = POLLOUT };
+            poll(&pf, 1, 50);
+            pthread_mutex_lock(&s->lock);
+            continue;
+        }
+        if (w < 0 && errno != EINTR) {
             s->out_dead = 1;    /* EPIPE etc.: the reader went away; the guest does not care */
             break;
         }
