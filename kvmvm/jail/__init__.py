@@ -179,6 +179,8 @@ def run(cfg, jc: JailConfig, boot) -> int:
             except KvmvmError as e:
                 sys.stderr.write(f"kvmvm: {e}\n")
                 status = e.exit_code
+            except KeyboardInterrupt:   # stopped before the VM ran
+                status = 130
             except BaseException as e:   # never return into the keeper's code
                 if os.environ.get("KVMVM_DEBUG") == "1":
                     import traceback
@@ -242,6 +244,13 @@ def _child(jcfg, jc: JailConfig, jdir: str, rfd: int, entries: list[Entry], fsiz
 
     from kvmvm.jail import syscalls as js
 
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    # pid 1 of a namespace gets only the signals it handles: SIGTERM/SIGHUP from the keeper
+    # must stop it while it sets up, too (the console's handlers take over while it runs)
+    for s in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(s, stop)
     signal.pthread_sigmask(signal.SIG_SETMASK, [])
     js.prctl(js.PR_SET_PDEATHSIG, signal.SIGKILL)   # the keeper gone (kill -9): so are we
     if os.read(rfd, 1) != b"g":
