@@ -1,7 +1,7 @@
 /*
  * seccomp: one system-call allowlist per thread class (vCPU, virtio worker, console
- * writer, console reader, main, spawner), installed by each thread on itself as it starts
- * (no TSYNC: the classes differ). A call outside the list traps (SIGSYS); the handler
+ * writer, console reader, main, spawner), compiled to BPF once (libseccomp) and installed
+ * by each thread on itself as it starts (no TSYNC: the classes differ). A call outside the list traps (SIGSYS); the handler
  * writes one line naming the call and the thread class and ends the process with
  * KVMVM_SECCOMP_EXIT_STATUS. Level 1 checks call numbers, level 2 also arguments
  * (ioctl requests, socket families, fcntl commands, mmap/mprotect without PROT_EXEC,
@@ -24,6 +24,7 @@
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
+#include <linux/filter.h>
 #include <linux/seccomp.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
@@ -254,23 +255,79 @@ static void forbidden_call(void)
     syscall(SYS_socket, AF_INET, SOCK_STREAM, 0);
 }
 
+/* --- compiled programs: built once per process (and level), loaded by each thread with
+   one system call, so a starting thread neither allocates nor runs libseccomp --- */
+
+struct prog {
+    struct sock_fprog fprog;
+    int rc;             /* 0 once built, -errno if it could not be */
+};
+
+static pthread_mutex_t progs_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct prog progs[KVMVM_SECCOMP_ADVANCED + 1][2][KVMVM_SC_NCLASSES];
+static pid_t progs_pid;     /* the level-2 lists name this process's pid (tgkill, kill) */
+
+static int compile(struct prog *p, int cls, int level, int py)
+{
+    scmp_filter_ctx ctx;
+    int rc = build(&ctx, cls, level, py);
+    if (rc < 0)
+        return rc;
+    int fd = memfd_create("kvmvm-seccomp", MFD_CLOEXEC);
+    if (fd < 0) {
+        rc = -errno;
+        goto out;
+    }
+    rc = seccomp_export_bpf(ctx, fd);
+    off_t len = rc < 0 ? -1 : lseek(fd, 0, SEEK_END);
+    if (rc == 0 && (len <= 0 || len % sizeof(struct sock_filter) || len > 65535 * 8))
+        rc = -EINVAL;
+    if (rc == 0) {
+        p->fprog.filter = malloc(len);
+        if (!p->fprog.filter)
+            rc = -ENOMEM;
+        else if (pread(fd, p->fprog.filter, len, 0) != len)
+            rc = -EIO;
+        p->fprog.len = len / sizeof(struct sock_filter);
+    }
+    close(fd);
+out:
+    seccomp_release(ctx);
+    return rc;
+}
+
+/* The program of (cls, level, py), compiled on first use; NULL and *err on failure. */
+static const struct sock_fprog *program(int cls, int level, int py, int *err)
+{
+    struct prog *p = &progs[level][!!py][cls];
+    pthread_mutex_lock(&progs_lock);
+    if (progs_pid != getpid()) {    /* a forked child compiles its own */
+        memset(progs, 0, sizeof(progs));
+        progs_pid = getpid();
+    }
+    if (!p->fprog.filter && p->rc == 0)
+        p->rc = compile(p, cls, level, py);
+    pthread_mutex_unlock(&progs_lock);
+    *err = p->rc;
+    return p->rc < 0 ? NULL : &p->fprog;
+}
+
 /* Install the class's filter on the calling thread; -errno */
 static int install(int cls, int level, int py, int hook)
 {
-    scmp_filter_ctx ctx;
     sigset_t sys;
-    int rc = build(&ctx, cls, level, py);
-    if (rc < 0)
+    int rc;
+    const struct sock_fprog *f = program(cls, level, py, &rc);
+    if (!f)
         return rc;
     /* a blocked SIGSYS would kill silently: the kernel then uses the default action */
     sigemptyset(&sys);
     sigaddset(&sys, SIGSYS);
     pthread_sigmask(SIG_UNBLOCK, &sys, NULL);
     my_class = cls;
-    rc = seccomp_load(ctx);
-    seccomp_release(ctx);
-    if (rc < 0)
-        return rc;
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0 ||
+        syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, f) < 0)
+        return -errno;
     if (hook == cls)
         forbidden_call();
     return 0;
@@ -295,13 +352,11 @@ int kvmvm_vm_set_seccomp(kvmvm_vm *vm, int level, int test_hook, int py_devices)
 {
     if (level < KVMVM_SECCOMP_OFF || level > KVMVM_SECCOMP_ADVANCED || vm->started)
         return -EINVAL;
-    /* every list must build before anything runs under one */
+    /* every program is compiled before anything runs under one */
     for (int c = 0; level && c < KVMVM_SC_NCLASSES; c++) {
-        scmp_filter_ctx ctx;
-        int rc = build(&ctx, c, level, 0);
-        if (rc < 0)
+        int rc;
+        if (!program(c, level, c == KVMVM_SC_VCPU && py_devices, &rc))
             return rc;
-        seccomp_release(ctx);
     }
     if (level)
         prepare();
