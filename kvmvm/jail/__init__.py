@@ -115,7 +115,8 @@ def plan(cfg) -> tuple[object, list[Entry], list[str]]:
     for e in entries:
         if not os.path.exists(e.src):
             what = {"/boot/kernel": "kernel image", "/boot/initrd": "initrd",
-                    "/vsock": "vsock socket folder"}.get(e.dst, "image")
+                    "/vsock": "vsock socket folder"}.get(
+                        e.dst, "device" if e.dst.startswith("/dev/") else "image")
             raise ConfigError(f"{what} not found: {e.src}")
     return jcfg, entries, sockets
 
