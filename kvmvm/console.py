@@ -6,44 +6,23 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
-import signal
 import sys
 
 
 @contextlib.contextmanager
 def attached_console(cfg):
     """Wire cfg.serial_in_fd to stdin (when there is one) and make a TTY raw meanwhile.
-
-    SIGTERM and SIGHUP stop the VM the way Ctrl-C does (KeyboardInterrupt: the VM is
-    stopped, torn down and its sockets removed), whether or not stdin is a terminal.
-    """
-    with _stop_on_signals():
-        fd = _stdin_fd()
-        if fd is None:
-            yield
-            return
-        cfg.serial_in_fd = fd
-        if not os.isatty(fd):
-            yield
-            return
-        with _raw_tty(fd):
-            yield
-
-
-@contextlib.contextmanager
-def _stop_on_signals():
-    def on_signal(signum, frame):
-        raise KeyboardInterrupt
-
-    try:
-        old = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGHUP)}
-    except ValueError:      # not the main thread: leave signals alone
-        old = {}
-    try:
+    (SIGTERM and SIGHUP stop the VM like Ctrl-C: kvmvm.cli installs that for every command.)"""
+    fd = _stdin_fd()
+    if fd is None:
         yield
-    finally:
-        for sig, h in old.items():
-            signal.signal(sig, h)
+        return
+    cfg.serial_in_fd = fd
+    if not os.isatty(fd):
+        yield
+        return
+    with _raw_tty(fd):
+        yield
 
 
 @contextlib.contextmanager

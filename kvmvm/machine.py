@@ -15,6 +15,7 @@ from kvmvm.errors import ConfigError, ImageError
 MIN_MEMORY_MIB = 16
 MAX_MEMORY_MIB = 1 << 20
 DEBUG_EXIT_PORT = 0xF4
+MAX_IMAGE_BYTES = 4 << 30      # a kernel or initrd larger than this is a mistake
 
 
 @record
@@ -50,8 +51,8 @@ class MachineConfig:
             raise ConfigError(f"--memory must be at most {MAX_MEMORY_MIB} MiB (got {self.memory_mib})")
         if not isinstance(self.cpus, int) or not 1 <= self.cpus <= 64:
             raise ConfigError(f"--cpus must be between 1 and 64 (got {self.cpus})")
-        if self.timeout is not None and self.timeout <= 0:
-            raise ConfigError(f"--timeout must be positive (got {self.timeout})")
+        if self.timeout is not None and not (0 < self.timeout < float("inf")):
+            raise ConfigError(f"--timeout must be a positive number of seconds (got {self.timeout})")
         if self.virtio_cmdline not in ("auto", "on", "off"):
             raise ConfigError(f"--virtio-cmdline must be auto, on or off (got {self.virtio_cmdline!r})")
         if self.seccomp_level not in (0, 1, 2):
@@ -80,9 +81,12 @@ class Result:
 
 
 def read_image(path: str, what: str = "kernel image") -> bytes:
+    """The whole of a kernel or initrd file; only regular files (a FIFO would block, a
+    character device such as /dev/zero never ends)."""
+    import stat
+
     try:
-        with open(path, "rb") as f:
-            return f.read()
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         raise ConfigError(f"{what} not found: {path}") from None
     except IsADirectoryError:
@@ -91,6 +95,20 @@ def read_image(path: str, what: str = "kernel image") -> bytes:
         raise ConfigError(f"{what} is not readable: {path}") from None
     except OSError as e:
         raise ConfigError(f"{what} cannot be read: {path}: {e.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise ConfigError(f"{what} is a directory: {path}")
+        if not stat.S_ISREG(st.st_mode):
+            raise ConfigError(f"{what} is not a regular file: {path}")
+        if st.st_size > MAX_IMAGE_BYTES:
+            raise ConfigError(f"{what} is larger than {MAX_IMAGE_BYTES >> 30} GiB: {path}")
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            return f.read()
+    except OSError as e:
+        raise ConfigError(f"{what} cannot be read: {path}: {e.strerror}") from None
+    finally:
+        os.close(fd)
 
 
 def outcome_of(stop, timeout: float | None) -> tuple[str, int, str]:
@@ -273,7 +291,8 @@ class Machine:
                 seccomp.filter_main_thread(cfg.seccomp_level)
             stop = None
             while stop is None:
-                slice_s = 0.25 if deadline is None else max(0.0, min(0.25, deadline - time.monotonic()))
+                # short slices: a signal (Ctrl-C, SIGTERM) is acted on when the C wait returns
+                slice_s = 0.1 if deadline is None else max(0.0, min(0.1, deadline - time.monotonic()))
                 stop = vm.wait(slice_s)
                 if stop is None and deadline is not None and time.monotonic() >= deadline:
                     vm.stop(lib.KVMVM_STOP_TIMEOUT)

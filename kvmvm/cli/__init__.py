@@ -74,8 +74,39 @@ def _click_main(argv: list[str]) -> int:
     return rv if isinstance(rv, int) else 0
 
 
+def _fill_stdio() -> None:
+    """Closed stdin/stdout/stderr become /dev/null: otherwise the next file opened (/dev/kvm,
+    a drive image) would take fd 1 and the guest's console would be written into it."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            got = os.open(os.devnull, os.O_RDWR)
+            if got != fd:       # a lower fd was free too: it is filled on its own turn
+                os.dup2(got, fd)
+                os.close(got)
+    if sys.stdout is None:
+        sys.stdout = open(1, "w", closefd=False)
+    if sys.stderr is None:
+        sys.stderr = open(2, "w", closefd=False)
+
+
+def _stop_on_signals() -> None:
+    """SIGTERM and SIGHUP end a command the way Ctrl-C does (KeyboardInterrupt: a running VM
+    is stopped and torn down, its sockets and TAPs removed; exit status 130)."""
+    import signal
+
+    def on_signal(signum, frame):
+        raise KeyboardInterrupt
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, on_signal)
+
+
 def main(argv=None):
     """Entry point: run a command, turning kvmvm errors into one line + exit code."""
+    _stop_on_signals()
+    _fill_stdio()
     from kvmvm.errors import KvmvmError
 
     argv = list(sys.argv[1:] if argv is None else argv)

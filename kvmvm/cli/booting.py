@@ -63,14 +63,16 @@ def _boot(cfg, as_json: bool, after_build=None) -> int:
             res = m.run()
     finally:
         m.close()
-    if as_json:
+    out, err = sys.stdout, sys.stderr     # None when the process started with them closed
+    if as_json and out is not None:
         import json
 
-        sys.stdout.flush()
-        sys.stdout.write(json.dumps(res.to_dict()) + "\n")
-    if res.outcome != "ok" or os.environ.get("KVMVM_VERBOSE") == "1":
-        sys.stdout.flush()
-        sys.stderr.write(f"kvmvm: {res.message}\n")
+        out.flush()
+        out.write(json.dumps(res.to_dict()) + "\n")
+    if (res.outcome != "ok" or os.environ.get("KVMVM_VERBOSE") == "1") and err is not None:
+        if out is not None:
+            out.flush()
+        err.write(f"kvmvm: {res.message}\n")
     return res.status
 
 

@@ -108,6 +108,7 @@ struct kvmvm_vm {
     struct spawner *spawner;
 };
 
+
 /* Record why the VM stops (first caller wins) and kick every vCPU out of KVM_RUN. */
 void vm_request_stop(struct kvmvm_vm *vm, const struct kvmvm_stop_info *info);
 void vm_stop_simple(struct kvmvm_vm *vm, int reason, uint64_t code, int vcpu);

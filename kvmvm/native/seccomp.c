@@ -143,8 +143,11 @@ static int allow(scmp_filter_ctx ctx, int cls, int level, const char *name)
                                 SCMP_A0(SCMP_CMP_MASKED_EQ, CLONE_THREAD, CLONE_THREAD));
     if (!strcmp(name, "tgkill"))    /* signals to this process's own threads */
         return seccomp_rule_add(ctx, SCMP_ACT_ALLOW, nr, 1, SCMP_A0(SCMP_CMP_EQ, getpid()));
-    if (!strcmp(name, "prctl"))
-        return seccomp_rule_add(ctx, SCMP_ACT_ALLOW, nr, 1, SCMP_A0(SCMP_CMP_EQ, PR_SET_NO_NEW_PRIVS));
+    if (!strcmp(name, "prctl")) {   /* a new thread names itself, then filters itself */
+        rc = seccomp_rule_add(ctx, SCMP_ACT_ALLOW, nr, 1, SCMP_A0(SCMP_CMP_EQ, PR_SET_NAME));
+        return rc ? rc : seccomp_rule_add(ctx, SCMP_ACT_ALLOW, nr, 1,
+                                          SCMP_A0(SCMP_CMP_EQ, PR_SET_NO_NEW_PRIVS));
+    }
     if (!strcmp(name, "seccomp"))
         return seccomp_rule_add(ctx, SCMP_ACT_ALLOW, nr, 1,
                                 SCMP_A0(SCMP_CMP_EQ, SECCOMP_SET_MODE_FILTER));

@@ -84,6 +84,7 @@ static void *output_thread(void *arg)
     sigfillset(&set);
     sigdelset(&set, vm_kick_signal());
     pthread_sigmask(SIG_SETMASK, &set, NULL);
+    pthread_setname_np(pthread_self(), "serial-out");
     seccomp_thread_enter(s->vm, KVMVM_SC_SERIAL_OUT);
     pthread_mutex_lock(&s->lock);
     for (;;) {

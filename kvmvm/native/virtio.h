@@ -189,6 +189,10 @@ int virtio_worker_watch(struct virtio_dev *d, int fd, uint32_t events, uint64_t 
 int virtio_worker_modify(struct virtio_dev *d, int fd, uint32_t events, uint64_t tag);
 void virtio_worker_unwatch(struct virtio_dev *d, int fd);
 
+/* virtio-net over an open fd with TAP framing (virtio_net.c; the TAP path and tests) */
+int virtio_net_add_fd(struct kvmvm_vm *vm, uint64_t base, int irq, int flags, int fd,
+                      const uint8_t *mac);
+
 /* eventfd plumbing into KVM (virtio_kvm.c) */
 int virtio_kvm_ioeventfd(struct virtio_dev *d, int q, int assign);
 int virtio_kvm_irqfd(struct virtio_dev *d, int assign);

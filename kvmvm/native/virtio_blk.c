@@ -185,6 +185,11 @@ int kvmvm_vm_add_virtio_blk(kvmvm_vm *vm, uint64_t base, int irq, int flags,
         free(b);
         return e;
     }
+    if (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode)) {
+        close(b->fd);
+        free(b);
+        return -EINVAL;     /* a FIFO or a character device is no disk */
+    }
     uint64_t bytes = (uint64_t)st.st_size;
     /* a block device's st_size is 0: ask the device */
     if (S_ISBLK(st.st_mode) && ioctl(b->fd, BLKGETSIZE64, &bytes) < 0) {

@@ -32,6 +32,8 @@ int virtio_drain(struct virtio_dev *d, int qi, virtio_handler fn, void *arg)
 
     if (virtio_broken(d))
         return DRAIN_BROKEN;
+    if (!q->size)
+        return DRAIN_EMPTY;     /* not set up, or switched off (QueueReady=0) */
     for (;;) {
         if (virtio_stopping(d)) {
             why = DRAIN_STOP;

@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <net/if.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
@@ -44,7 +45,7 @@ static void net_config_read(struct virtio_dev *d, uint32_t off, uint8_t *data, u
 
 static void rx_watch(struct virtio_dev *d, struct net *n, int on)
 {
-    if (n->rx_watching == on)
+    if (n->rx_watching == on || n->rx_watching < 0)
         return;
     n->rx_watching = on;
     virtio_worker_modify(d, n->tap_fd, on ? EPOLLIN : 0, TAP_TAG);
@@ -58,6 +59,16 @@ static int64_t rx_one(struct virtio_dev *d, struct virtq_chain *c, void *arg)
         return 0;           /* too small for the header: handed back unused */
     int cnt = chain_iov(c, 1, 0, c->in_len, n->iov, NET_IOV_MAX);
     ssize_t r = readv(n->tap_fd, n->iov, cnt);
+    if (r < 0 && errno != EAGAIN && errno != EINTR) {
+        /* the backend is gone (a TAP deleted under us reports EBADFD for ever): stop
+           reading it, or its level-triggered error would wake the worker in a loop */
+        char why[96];
+        snprintf(why, sizeof(why), "rx backend failed: %s", strerror(errno));
+        virtio_worker_unwatch(d, n->tap_fd);
+        n->rx_watching = -1;
+        virtio_set_broken(d, why);
+        return VIRTIO_RETRY;
+    }
     if (r < 0)
         return VIRTIO_RETRY;    /* EAGAIN: nothing more to read */
     atomic_fetch_add_explicit(&d->bytes_in, (uint64_t)r, memory_order_relaxed);
@@ -163,18 +174,26 @@ static int tap_open(const char *name)
     return fd;
 }
 
+/* virtio-net over an already open backend fd that speaks TAP's framing (vnet header first);
+   the device owns fd from here on, also on failure */
+int virtio_net_add_fd(struct kvmvm_vm *vm, uint64_t base, int irq, int flags, int fd,
+                      const uint8_t *mac)
+{
+    struct net *n = calloc(1, sizeof(*n));
+    if (!n) {
+        close(fd);
+        return -ENOMEM;
+    }
+    n->tap_fd = fd;
+    memcpy(n->mac, mac, 6);
+    return virtio_mmio_add(vm, base, irq, flags, &net_ops, n, 1ull << VIRTIO_NET_F_MAC);
+}
+
 int kvmvm_vm_add_virtio_net(kvmvm_vm *vm, uint64_t base, int irq, int flags,
                             const char *tap, const uint8_t *mac)
 {
-    struct net *n = calloc(1, sizeof(*n));
-    if (!n)
-        return -ENOMEM;
-    n->tap_fd = tap_open(tap);
-    if (n->tap_fd < 0) {
-        int e = n->tap_fd;
-        free(n);
-        return e;
-    }
-    memcpy(n->mac, mac, 6);
-    return virtio_mmio_add(vm, base, irq, flags, &net_ops, n, 1ull << VIRTIO_NET_F_MAC);
+    int fd = tap_open(tap);
+    if (fd < 0)
+        return fd;
+    return virtio_net_add_fd(vm, base, irq, flags, fd, mac);
 }

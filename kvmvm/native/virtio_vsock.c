@@ -15,6 +15,7 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -39,8 +40,9 @@
 #define MAX_CONNS     256     /* streams + RSTs waiting for the guest */
 #define FIRST_LOCAL_PORT (1u << 30)
 /* a host connection the guest leaves unanswered, or a stream the guest never gives any
-   credit, is reset after this long (Firecracker's connect timeout is 2 s) */
-#define STALL_NS      (2000ll * 1000 * 1000)
+   credit, is reset after this long (Firecracker's connect timeout is 2 s; a guest on a slow,
+   nested or emulated host needs longer to answer) */
+#define STALL_NS      (5000ll * 1000 * 1000)
 #define HANDSHAKE_NS  (10000ll * 1000 * 1000)
 
 struct hdr {
@@ -615,6 +617,43 @@ static const struct virtio_dev_ops vsock_ops = {
     .destroy = vsock_destroy,
 };
 
+/* A socket file left by a kvmvm that died (SIGKILL) is removed when nobody listens on it:
+   0 when it was; -1 (errno EADDRINUSE) for a live socket or anything that is not a socket */
+static int reclaim_stale(const struct sockaddr_un *sa)
+{
+    struct stat st;
+    if (lstat(sa->sun_path, &st) < 0 || !S_ISSOCK(st.st_mode)) {
+        errno = EADDRINUSE;
+        return -1;
+    }
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    int live = fd >= 0 && (connect(fd, (const struct sockaddr *)sa, sizeof(*sa)) == 0 ||
+                           errno != ECONNREFUSED);
+    if (fd >= 0)
+        close(fd);
+    if (live || unlink(sa->sun_path) < 0) {
+        errno = EADDRINUSE;
+        return -1;
+    }
+    return 0;
+}
+
+static int listen_on(const struct sockaddr_un *sa)
+{
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -errno;
+    int rc = bind(fd, (const struct sockaddr *)sa, sizeof(*sa));
+    if (rc < 0 && errno == EADDRINUSE && reclaim_stale(sa) == 0)
+        rc = bind(fd, (const struct sockaddr *)sa, sizeof(*sa));
+    if (rc < 0 || listen(fd, 64) < 0) {
+        int e = -errno;
+        close(fd);
+        return e;
+    }
+    return fd;
+}
+
 int kvmvm_vm_add_virtio_vsock(kvmvm_vm *vm, uint64_t base, int irq, int flags,
                               uint64_t cid, const char *uds_path)
 {
@@ -629,12 +668,9 @@ int kvmvm_vm_add_virtio_vsock(kvmvm_vm *vm, uint64_t base, int irq, int flags,
     v->next_port = FIRST_LOCAL_PORT;
     snprintf(v->uds, sizeof(v->uds), "%s", uds_path);
     memcpy(sa.sun_path, uds_path, strlen(uds_path));
-    v->listen_fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (v->listen_fd < 0 || bind(v->listen_fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 ||
-        listen(v->listen_fd, 64) < 0) {
-        int e = -errno;
-        if (v->listen_fd >= 0)
-            close(v->listen_fd);
+    v->listen_fd = listen_on(&sa);
+    if (v->listen_fd < 0) {
+        int e = v->listen_fd;
         free(v);
         return e;
     }

@@ -4,6 +4,7 @@
  * stop eventfd, and runs the device's data path without the GIL or a vCPU. A device
  * marked broken stops being serviced until the driver resets it.
  */
+#define _GNU_SOURCE     /* pthread_setname_np */
 #include <errno.h>
 #include <poll.h>
 #include <signal.h>
@@ -36,6 +37,7 @@ static void *worker_main(void *arg)
     sigset_t set;
     sigfillset(&set);
     pthread_sigmask(SIG_SETMASK, &set, NULL);
+    pthread_setname_np(pthread_self(), d->ops->name);   /* "virtio-net": ps -L, tests */
     seccomp_thread_enter(d->vm, KVMVM_SC_WORKER);
 
     /* kicks may have come before DRIVER_OK: look at every queue once */

@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
@@ -304,6 +305,9 @@ static void *vcpu_thread(void *arg)
     sigfillset(&set);
     sigdelset(&set, kick_signal());
     pthread_sigmask(SIG_SETMASK, &set, NULL);
+    char name[16];
+    snprintf(name, sizeof(name), "vcpu%d", v->id);
+    pthread_setname_np(pthread_self(), name);
     seccomp_thread_enter(vm, KVMVM_SC_VCPU);
 
     while (!atomic_load(&vm->stopping)) {

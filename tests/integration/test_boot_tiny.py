@@ -144,7 +144,7 @@ BAD_INPUTS = [
     (["--kernel", "{hello}", "--memory", "0"], "kvmvm: --memory must be at least 16 MiB (got 0)"),
     (["--kernel", "{hello}", "--cpus", "0"], "kvmvm: --cpus must be between 1 and 64 (got 0)"),
     (["--kernel", "{hello}", "--cpus", "x"], None),
-    (["--kernel", "{hello}", "--timeout", "-1"], "kvmvm: --timeout must be positive (got -1.0)"),
+    (["--kernel", "{hello}", "--timeout", "-1"], "kvmvm: --timeout must be a positive number of seconds (got -1.0)"),
 ]
 
 

@@ -226,8 +226,9 @@ def test_vsock_unanswered_connect_is_reset(tiny_images, kvm_ok, tmp_path, mode):
         s = _connect(uds)
         t0 = time.monotonic()
         _assert_quiet(p.pid)
+        s.settimeout(10)
         assert s.recv(100) == b"", "a connection the guest never answered stayed open"
-        assert time.monotonic() - t0 < 5
+        assert time.monotonic() - t0 < 8    # the 5 s deadline, and some
         s.close()
         _end(p, uds)
     finally:
@@ -245,7 +246,7 @@ def test_vsock_zero_credit_is_reset(tiny_images, kvm_ok, tmp_path):
         assert line.startswith(b"OK ")
         s.sendall(b"x" * 1000)      # data for a guest that gives no credit
         _assert_quiet(p.pid)
-        s.settimeout(5)
+        s.settimeout(10)
         try:
             assert s.recv(100) == b"", "a stream without credit stayed open"
         except ConnectionResetError:

@@ -145,3 +145,33 @@ def test_allowlists_are_what_the_docs_say():
         m = re.search(rf"^\| `{cls}` \| (.*?) \|", doc, re.M)
         assert m, f"docs/security.md has no row for {cls}"
         assert m.group(1).split() == [f"`{c}`" for c in calls], cls
+
+
+def _named_modes(pid: int) -> dict[str, int]:
+    """thread name (comm) -> Seccomp mode, for the threads kvmvm names."""
+    out = {}
+    for t in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            name = (t / "comm").read_text().strip()
+            st = (t / "status").read_text()
+        except OSError:
+            continue
+        out[name] = int(re.search(r"^Seccomp:\s+(\d+)", st, re.M).group(1))
+    return out
+
+
+def test_named_device_threads_and_vcpus_are_filtered(tiny_images, kvm_ok):
+    """A guest that keeps its rng device busy: its worker, the console writer and the vCPU
+    are all in filter mode (2)."""
+    from tests.integration.test_hostile import kill_quietly, start, stop_with, wait_line
+
+    p = start("--kernel", str(TINY_OUT / "flood.elf"), "--cmdline", "mode=halt", "--timeout", "30")
+    try:
+        wait_line(p, "flood halt: running")
+        modes = _named_modes(p.pid)
+        stop_with(p, signal.SIGTERM)
+    finally:
+        kill_quietly(p)
+    for name in ("virtio-rng", "serial-out", "vcpu0"):
+        assert modes.get(name) == 2, modes
+    assert p.returncode == 130

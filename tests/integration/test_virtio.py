@@ -24,7 +24,8 @@ pytestmark = pytest.mark.host
 
 PATHS = ["eventfd", "exitpath"]
 EVIL_MODES = ["oob", "wrap", "loop", "huge", "ilong", "iloop", "inest", "availidx", "usedring",
-              "garbage", "badhead"]
+              "garbage", "badhead", "unaligned", "qsize0", "qsize3", "qbig", "mmioring", "wafter",
+              "inext", "izero", "noftok"]
 
 
 def env_for(path: str) -> dict:

@@ -7,6 +7,12 @@
  *   inest     indirect inside indirect           availidx  avail idx 1000 ahead
  *   usedring  used ring outside guest RAM        garbage   garbage register writes
  *   badhead   avail ring names descriptor 5000
+ *   unaligned descriptor table not 16-byte aligned     qsize0    QueueNum 0
+ *   qsize3    QueueNum not a power of two              qbig      QueueNum above the maximum
+ *   mmioring  avail ring inside the device's own MMIO window (not RAM)
+ *   wafter    a readable descriptor after a writable one
+ *   inext     an indirect descriptor that also has NEXT
+ *   izero     an indirect table of length 0            noftok    DRIVER_OK without FEATURES_OK
  * Prints "evil <m>: status 0x<s> needs_reset=<0|1>", then checks that a virtio-blk
  * device (if any) still works ("evil: other device ok"), resets the rng device and reads
  * from it again ("evil: recovered after reset"), and ends with "virtio-evil: done".
@@ -18,17 +24,54 @@
 static struct vdev d;
 static struct vq q;
 
-static int rng_setup(uint64_t used_override)
+/* re-arm queue 0 with one register changed: a set-up the device must refuse */
+static void requeue(uint32_t reg, uint64_t v)
+{
+	vreg_write(&d, VIRTIO_MMIO_QUEUE_READY, 0);
+	vreg_write(&d, reg, (uint32_t)v);
+	if (reg != VIRTIO_MMIO_QUEUE_NUM)
+		vreg_write(&d, reg + 4, (uint32_t)(v >> 32));
+	vreg_write(&d, VIRTIO_MMIO_QUEUE_READY, 1);
+}
+
+static int rng_setup_bad(uint32_t reg, uint64_t v)
 {
 	if (virtio_init(&d, 1ull << VIRTIO_F_INDIRECT_DESC) || vq_setup(&d, &q, 0, 16))
 		return -1;
-	if (used_override) {	/* point the used ring somewhere else and re-arm the queue */
-		vreg_write(&d, VIRTIO_MMIO_QUEUE_READY, 0);
-		vreg_write(&d, VIRTIO_MMIO_QUEUE_USED, (uint32_t)used_override);
-		vreg_write(&d, VIRTIO_MMIO_QUEUE_USED + 4, (uint32_t)(used_override >> 32));
-		vreg_write(&d, VIRTIO_MMIO_QUEUE_READY, 1);
-	}
+	if (reg)
+		requeue(reg, v);
 	virtio_driver_ok(&d);
+	return 0;
+}
+
+static int rng_setup(uint64_t used_override)
+{
+	return rng_setup_bad(used_override ? VIRTIO_MMIO_QUEUE_USED : 0, used_override);
+}
+
+/* queue set-ups that must be refused: 1 when mode is one of them */
+static int bad_queue_mode(const char *mode)
+{
+	static const struct { const char *mode; uint32_t reg; } bad[] = {
+		{ "unaligned", VIRTIO_MMIO_QUEUE_DESC }, { "qsize0", VIRTIO_MMIO_QUEUE_NUM },
+		{ "qsize3", VIRTIO_MMIO_QUEUE_NUM }, { "qbig", VIRTIO_MMIO_QUEUE_NUM },
+		{ "mmioring", VIRTIO_MMIO_QUEUE_AVAIL },
+	};
+
+	for (unsigned int i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		if (strcmp(mode, bad[i].mode))
+			continue;
+		uint64_t v = !strcmp(mode, "unaligned") ? 0x100008 : !strcmp(mode, "qsize0") ? 0
+			   : !strcmp(mode, "qsize3") ? 3 : !strcmp(mode, "qbig") ? 4096 : d.base;
+		rng_setup_bad(bad[i].reg, v);
+		return 1;
+	}
+	if (!strcmp(mode, "noftok")) {	/* ACK, DRIVER, then DRIVER_OK straight away */
+		vreg_write(&d, VIRTIO_MMIO_STATUS, 0);
+		vreg_write(&d, VIRTIO_MMIO_STATUS, VIRTIO_S_ACK | VIRTIO_S_DRIVER);
+		vreg_write(&d, VIRTIO_MMIO_STATUS, VIRTIO_S_ACK | VIRTIO_S_DRIVER | VIRTIO_S_DRIVER_OK);
+		return 1;
+	}
 	return 0;
 }
 
@@ -77,6 +120,8 @@ int main(const struct tiny_boot_info *bi)
 	}
 	if (!strcmp(mode, "garbage")) {
 		garbage();
+	} else if (bad_queue_mode(mode)) {
+		/* nothing more: the queue or the device could not become ready */
 	} else if (rng_setup(!strcmp(mode, "usedring") ? outside : 0)) {
 		printf("FAIL rng setup\n");
 		return 1;
@@ -108,6 +153,16 @@ int main(const struct tiny_boot_info *bi)
 			dt[0] = (struct vring_desc){ (uint64_t)t, 16, VRING_F_INDIRECT, 0 };
 		} else if (!strcmp(mode, "availidx")) {
 			q.avail[1] = 999;
+		} else if (!strcmp(mode, "wafter")) {
+			dt[0].flags |= VRING_F_NEXT;
+			dt[0].next = 1;
+			dt[1] = (struct vring_desc){ (uint64_t)buf, 64, 0, 0 };
+		} else if (!strcmp(mode, "inext")) {
+			t[0] = (struct vring_desc){ (uint64_t)buf, 64, VRING_F_WRITE, 0 };
+			dt[0] = (struct vring_desc){ (uint64_t)t, 16, VRING_F_INDIRECT | VRING_F_NEXT, 1 };
+			dt[1] = (struct vring_desc){ (uint64_t)buf, 64, VRING_F_WRITE, 0 };
+		} else if (!strcmp(mode, "izero")) {
+			dt[0] = (struct vring_desc){ (uint64_t)t, 0, VRING_F_INDIRECT, 0 };
 		} else if (!strcmp(mode, "badhead")) {
 			q.avail[2] = 5000;
 			q.avail[1] = 1;

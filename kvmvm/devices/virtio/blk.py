@@ -33,10 +33,16 @@ def parse(spec: str) -> DriveSpec:
         raise ConfigError(f"--drive {spec!r}: id is longer than 20 bytes")
     if opts:
         raise ConfigError(f"--drive {spec!r}: unknown option {sorted(opts)[0]!r} (known: ro, id=)")
-    if not os.path.exists(path):
-        raise ConfigError(f"--drive: image not found: {path}")
-    if not os.path.isfile(path) and not path.startswith("/dev/"):
-        raise ConfigError(f"--drive: not a regular file: {path}")
+    import stat
+
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise ConfigError(f"--drive: image not found: {path}") from None
+    except OSError as e:
+        raise ConfigError(f"--drive: {path}: {e.strerror}") from None
+    if not (stat.S_ISREG(st.st_mode) or stat.S_ISBLK(st.st_mode)):
+        raise ConfigError(f"--drive: not a regular file or block device: {path}")
     return DriveSpec(path, ro, serial)
 
 

@@ -44,12 +44,23 @@ def parse(spec: str) -> VsockSpec:
     parent = os.path.dirname(os.path.abspath(uds))
     if not os.path.isdir(parent):
         raise ConfigError(f"--vsock: directory of {uds} does not exist")
-    if os.path.exists(uds):
-        raise ConfigError(f"--vsock: {uds} already exists (remove the stale socket)")
+    import stat
+
+    try:
+        st = os.lstat(uds)
+    except FileNotFoundError:
+        st = None
+    if st is not None and not stat.S_ISSOCK(st.st_mode):
+        raise ConfigError(f"--vsock: {uds} already exists and is not a socket")
+    # a socket left by a kvmvm that was killed is reclaimed when nobody listens on it
     return VsockSpec(cid, uds)
 
 
 def attach(vm, v: VsockSpec, base: int, irq: int, flags: int = 0) -> None:
+    import errno
+
     rc = lib.kvmvm_vm_add_virtio_vsock(vm._vm, base, irq, flags, v.cid, v.uds.encode())
+    if rc == -errno.EADDRINUSE:
+        raise ConfigError(f"--vsock: {v.uds} is in use by a running process")
     if rc < 0:
         raise KvmError(-rc, f"virtio-vsock {v.uds}: {os.strerror(-rc)}")

@@ -1,0 +1,173 @@
+"""Host-side faults under running VMs: a full disk, a TAP deleted under the VM, signals at
+random moments of many lifecycles. The guest sees errors; the host process neither hangs
+nor crashes nor leaves anything behind."""
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.integration.conftest import KVMVM, ROOT, kvmvm
+from tests.integration.test_hostile import (STOP_LIMIT_S, kill_quietly, start, stop_with,
+                                            wait_line)
+from tests.integration.test_virtio import elf, exited_normally, netns  # noqa: F401
+
+pytestmark = pytest.mark.host
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def thread_cpu(pid: int, name: str) -> float:
+    """CPU seconds of pid's threads called name (kvmvm names its threads)."""
+    total = 0.0
+    for t in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            if (t / "comm").read_text().strip() != name:
+                continue
+            f = (t / "stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(f[11]) + int(f[12])) / CLK_TCK
+        except OSError:
+            pass
+    return total
+
+
+@pytest.fixture
+def tiny_tmpfs(tmp_path):
+    mnt = tmp_path / "full"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, f"cannot mount a tmpfs: {r.stderr}"
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def test_disk_full_is_an_io_error_for_the_guest(tiny_images, kvm_ok, tiny_tmpfs):
+    img = tiny_tmpfs / "disk.img"
+    with open(img, "wb") as f:
+        f.truncate(1 << 20)     # sparse: every write needs a new page
+    filler = tiny_tmpfs / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
+    try:
+        while os.write(fd, b"F" * 4096) == 4096:
+            pass
+    except OSError:
+        pass        # ENOSPC: the filesystem is full
+    os.close(fd)
+    filled = filler.read_bytes()
+    r = kvmvm("boot", "--kernel", elf("virtio-blk"), "--drive", str(img), "--timeout", "30")
+    exited_normally(r)
+    assert "FAIL blk0: write (status 1" in r.out, r.out + r.err      # IOERR reached the guest
+    assert r.status == 3, r.err                                       # the guest's own failure
+    assert "Traceback" not in r.err and "internal error" not in r.err
+    assert img.read_bytes() == bytes(1 << 20)
+    assert filler.read_bytes() == filled
+
+
+def test_tap_deleted_under_a_running_vm(tiny_images, kvm_ok, netns):
+    vm = subprocess.Popen(["ip", "netns", "exec", netns, *KVMVM, "boot", "--kernel",
+                           elf("virtio-net"), "--net", "tap=ktap0", "--cmdline", "count=1",
+                           "--timeout", "60"],
+                          cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE)
+    try:
+        seen = wait_line(vm, "net: mac")
+        time.sleep(0.3)
+        c0 = thread_cpu(vm.pid, "virtio-net")
+        subprocess.run(["ip", "-n", netns, "link", "del", "ktap0"], check=True)
+        time.sleep(1.5)
+        used = thread_cpu(vm.pid, "virtio-net") - c0
+        assert used < 0.3, f"the virtio-net worker burnt {used:.2f} s of CPU in 1.5 s"
+        # the device is marked broken; the guest notices (its driver polls the status) and
+        # fails on its own, or is still waiting and is stopped
+        took = stop_with(vm, signal.SIGTERM) if vm.poll() is None else 0.0
+    finally:
+        kill_quietly(vm)
+    out, err = seen + vm.stdout.read().decode(), vm.stderr.read().decode()
+    assert vm.returncode in (130, 3), out + err
+    assert vm.returncode == 130 or "FAIL" in out, out
+    assert "Traceback" not in err and "internal error" not in err
+    assert took < STOP_LIMIT_S, f"stop took {took:.2f} s"
+
+
+def _leftovers(ns: str, tmp: Path) -> list[str]:
+    links = subprocess.run(["ip", "-n", ns, "-o", "link"], capture_output=True, text=True).stdout
+    out = [ln.split(":")[1].strip() for ln in links.splitlines() if "kvlc" in ln]
+    out += [p.name for p in tmp.iterdir() if p.name not in ("disk.img",)]
+    return out
+
+
+def test_signals_at_random_moments_leave_nothing_behind(tiny_images, kvm_ok, netns, tmp_path):
+    """Lifecycles with blk, net and vsock attached, each ended by a signal at a random
+    moment (start-up included). SIGKILL leaves the vsock socket, which the next start
+    reclaims; every other ending removes it. TAPs kvmvm created vanish on every ending."""
+    rnd = random.Random(os.environ.get("KVMVM_SEED", "9"))
+    disk = tmp_path / "disk.img"
+    disk.write_bytes(bytes(1 << 20))
+    uds = tmp_path / "v.sock"
+    sigs = [signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGKILL]
+    for i in range(int(os.environ.get("KVMVM_LIFECYCLES", "12"))):
+        sig = sigs[i % len(sigs)]
+        p = subprocess.Popen(["ip", "netns", "exec", netns, *KVMVM, "boot", "--kernel",
+                              elf("flood"), "--cmdline", "mode=rng", "--drive", str(disk),
+                              "--net", f"tap=kvlc{i}", "--vsock", f"cid=3,uds={uds}",
+                              "--timeout", "30"],
+                             cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE)
+        try:
+            time.sleep(rnd.uniform(0.25, 1.5))     # from just after the interpreter started
+            took = stop_with(p, sig)
+        finally:
+            kill_quietly(p)
+        err = p.stderr.read().decode()
+        assert "Traceback" not in err and "internal error" not in err, err
+        if sig == signal.SIGKILL:
+            assert p.returncode == -9
+        else:
+            assert p.returncode in (130, 2, 1), (sig, p.returncode, err)
+            assert took < STOP_LIMIT_S + 0.5, f"{sig!r} took {took:.2f} s"
+        left = [x for x in _leftovers(netns, tmp_path) if not (sig == signal.SIGKILL and x == "v.sock")]
+        assert not left, f"after {sig!r}: left behind {left}"
+    # whatever the last ending left, the next start takes over
+    r = subprocess.run(["ip", "netns", "exec", netns, *KVMVM, "boot", "--kernel", elf("hello"),
+                        "--vsock", f"cid=3,uds={uds}"], cwd=ROOT, capture_output=True, text=True,
+                       timeout=30)
+    assert r.returncode == 0, r.stderr
+    assert not uds.exists()
+
+
+def test_api_lifecycles_leak_no_fds_or_threads(tiny_images, kvm_ok, tmp_path):
+    """In one process: VMs with blk, vsock and rng built, run and stopped from another
+    thread at random moments; fds and threads come back to where they were."""
+    from kvmvm.machine import Machine, MachineConfig
+
+    rnd = random.Random(5)
+    disk = tmp_path / "disk.img"
+    disk.write_bytes(bytes(1 << 20))
+    devnull = os.open(os.devnull, os.O_WRONLY)
+
+    def counts():
+        return len(os.listdir("/proc/self/fd")), len(os.listdir("/proc/self/task"))
+
+    base = counts()
+    for i in range(10):
+        m = Machine(MachineConfig(kernel=elf("flood"), cmdline="mode=rng", drives=[str(disk)],
+                                  vsock=f"cid=3,uds={tmp_path}/v.sock", serial_out_fd=devnull,
+                                  timeout=20))
+        t = threading.Timer(rnd.uniform(0.0, 0.6), lambda: m.vm and m.vm.stop())
+        m.build()
+        t.start()
+        res = m.run()
+        t.join()
+        assert res.outcome in ("stopped", "timeout"), res
+    assert counts() == base, f"fds/threads before {base}, after {counts()}"
+    os.close(devnull)
+    assert not (tmp_path / "v.sock").exists()
