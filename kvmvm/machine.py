@@ -43,7 +43,9 @@ class MachineConfig:
     acpi: bool = True                            # ACPI tables (RSDP/XSDT/FADT/MADT/DSDT)
     pit: str = "auto"                            # in-kernel i8254 PIT: on, off, or auto (Linux
                                                  # kernels only: tearing one down costs ~15 ms)
-    seccomp_level: int = 1                       # 1: device threads under seccomp; 0: off
+    seccomp_level: int = 2                       # 0 off, 1 syscall allowlists, 2 with arguments
+    seccomp_main: bool = False                   # also filter the calling thread once the VM
+                                                 # runs (for good: for a process that ends with it)
 
     def validate(self) -> None:
         if not isinstance(self.memory_mib, int) or self.memory_mib < MIN_MEMORY_MIB:
@@ -58,8 +60,8 @@ class MachineConfig:
             raise ConfigError(f"--virtio-cmdline must be auto, on or off (got {self.virtio_cmdline!r})")
         if self.pit not in ("auto", "on", "off"):
             raise ConfigError(f"--pit must be auto, on or off (got {self.pit!r})")
-        if self.seccomp_level not in (0, 1):
-            raise ConfigError(f"--seccomp-level must be 0 or 1 (got {self.seccomp_level!r})")
+        if self.seccomp_level not in (0, 1, 2):
+            raise ConfigError(f"--seccomp-level must be 0, 1 or 2 (got {self.seccomp_level})")
         if self.entry not in ("auto", "pvh", "64"):
             raise ConfigError(f"--entry must be auto, pvh or 64 (got {self.entry!r})")
         if len(self.cmdline.encode()) + 1 > layout.CMDLINE_MAX:
@@ -305,7 +307,6 @@ class Machine:
             p = None
         vm = self.vm = Vm(cfg.kvm_path, prepared=p)
         self.t_vm_created_ns = time.monotonic_ns()
-        vm.set_seccomp(cfg.seccomp_level)
         for gpa, size in self.ram.regions[vm.ram_regions:]:
             vm.add_ram(gpa, size)
         vm.add_serial(0x3F8, 4, cfg.serial_out_fd, cfg.serial_in_fd)
@@ -405,8 +406,13 @@ class Machine:
             self.build()
         vm, cfg = self.vm, self.cfg
         deadline = None if cfg.timeout is None else time.monotonic() + cfg.timeout
+        from kvmvm import seccomp
+
+        vm.set_seccomp(cfg.seccomp_level, seccomp.test_hook())
         try:
             vm.start()
+            if cfg.seccomp_main:    # after start: the VM's threads must not inherit it
+                seccomp.filter_main_thread(cfg.seccomp_level)
             stop = None
             while stop is None:
                 # short slices: a signal (Ctrl-C, SIGTERM) is acted on when the C wait returns
@@ -461,6 +467,9 @@ def process_start_ms(t0_ns: int) -> float | None:
     ticks can be offset from CLOCK_BOOTTIME on some hosts, and the offset cancels out.
     """
     import _thread
+
+    if not os.path.exists("/proc/self/stat"):     # a jail has no /proc
+        return 0
 
     def ticks(path: str) -> int:
         with open(path) as f:

@@ -174,12 +174,13 @@ class Vm:
             check(rc, f"device at {base:#x}")
         self._py_handles.append(h)
 
+    def set_seccomp(self, level: int, test_hook: int = -1) -> None:
+        """Filter this VM's C threads (vCPUs, workers, console) at level 0, 1 or 2 (before start)."""
+        check(lib.kvmvm_vm_set_seccomp(self._vm, level, test_hook, int(bool(self._py_handles))),
+              "seccomp filters")
+
     def irq_line(self, irq: int, level: int) -> None:
         check(lib.kvmvm_vm_irq_line(self._vm, irq, level), f"irq {irq}")
-
-    def set_seccomp(self, level: int) -> None:
-        """1: device threads run under seccomp allowlists (the default); 0: no filters."""
-        check(lib.kvmvm_vm_set_seccomp(self._vm, level), "seccomp level", ValueError)
 
     # --- running ---
     def start(self) -> None:

@@ -25,6 +25,7 @@ COMMANDS = {
     "guests": "guests",
     "doctor": "doctor",
     "bench": "bench",
+    "jail": "jail",
 }
 
 

@@ -10,7 +10,8 @@ from kvmvm.cli.options import BOOT
 
 def _click_options(f):
     for o in reversed(BOOT):
-        kw = dict(help=o.help, default=o.default, multiple=o.multiple, metavar=o.metavar)
+        kw = dict(help=o.help, default=o.default, multiple=o.multiple, metavar=o.metavar,
+                  hidden=o.hidden)
         if o.kind == "flag":
             kw.update(is_flag=True)
             kw.pop("metavar")

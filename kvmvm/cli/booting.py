@@ -12,14 +12,17 @@ DEFAULT_LINUX_CMDLINE = ("console=ttyS0 8250.nr_uarts=1 reboot=acpi panic=-1 pci
 
 
 def run(kernel, initrd, cmdline, memory, cpus, timeout, entry, use_bzimage, no_acpi, as_json,
-        drives, nets, vsock, no_rng, virtio_cmdline, pit="auto", seccomp_level="1") -> int:
+        drives, nets, vsock, no_rng, virtio_cmdline, pit="auto", seccomp_level="2", jail=False,
+        jail_uid=None, jail_gid=None, jail_netns=None, jail_memory=None, jail_pids=None,
+        jail_cpu=None, jail_probe=None) -> int:
     """`kvmvm boot` itself, called by the click command and by the fast path (kvmvm.cli)."""
-    # first: its kernel waits overlap everything below (the default kernel is Linux: a PIT)
-    prepared = _prepare_vm(memory, pit == "on" or (kernel is None and pit == "auto"))
-    from kvmvm.cli import T0
-    from kvmvm.console import attached_console
-    from kvmvm.machine import Machine, MachineConfig
+    # first: its kernel waits overlap everything below (the default kernel is Linux: a PIT);
+    # never for a jailed VM, whose /dev/kvm is opened inside the jail
+    prepared = None if jail else _prepare_vm(memory, pit == "on" or (kernel is None and pit == "auto"))
+    from kvmvm.machine import MachineConfig
 
+    if as_json:     # now: the main thread's seccomp filter refuses loading C extensions later
+        import json  # noqa: F401
     if kernel is None:
         kernel, default_initrd = _default_kernel(use_bzimage)
         initrd = initrd or default_initrd
@@ -30,10 +33,36 @@ def run(kernel, initrd, cmdline, memory, cpus, timeout, entry, use_bzimage, no_a
     cfg = MachineConfig(kernel=kernel, cmdline=cmdline or "", initrd=initrd, memory_mib=memory,
                         cpus=cpus, timeout=timeout, entry=entry, acpi=not no_acpi,
                         drives=list(drives), nets=list(nets), vsock=vsock, rng=not no_rng,
-                        virtio_cmdline=virtio_cmdline, pit=pit, seccomp_level=int(seccomp_level))
+                        virtio_cmdline=virtio_cmdline, pit=pit, seccomp_level=int(seccomp_level),
+                        seccomp_main=True)
+    if not jail:
+        return _boot(cfg, as_json, prepared=prepared)
+    from kvmvm.jail import JailConfig, run as run_jailed
+    from kvmvm.machine import Machine
+
+    Machine(cfg).close()    # bad input and unsupported hosts: reported here, outside the jail
+    jc = JailConfig(netns=jail_netns, memory_mib=jail_memory, cpus=jail_cpu, probe=jail_probe)
+    if jail_uid is not None:
+        jc.uid = jail_uid
+    if jail_gid is not None:
+        jc.gid = jail_gid
+    if jail_pids is not None:
+        jc.pids = jail_pids
+    return run_jailed(cfg, jc, lambda c, after_build: _boot(c, as_json, after_build))
+
+
+def _boot(cfg, as_json: bool, after_build=None, prepared=None) -> int:
+    """Build and run one VM with the console on this terminal; the exit status."""
+    from kvmvm.cli import T0
+    from kvmvm.console import attached_console
+    from kvmvm.machine import Machine
+
     m = Machine(cfg, t0_ns=T0, prepared=prepared)
     try:
         with attached_console(cfg):
+            if after_build is not None:
+                m.build()
+                after_build()
             res = m.run()
     finally:
         m.close()

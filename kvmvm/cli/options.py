@@ -9,10 +9,11 @@ from __future__ import annotations
 
 
 class Opt:
-    __slots__ = ("flags", "dest", "kind", "default", "help", "multiple", "choices", "metavar")
+    __slots__ = ("flags", "dest", "kind", "default", "help", "multiple", "choices", "metavar",
+                 "hidden")
 
     def __init__(self, flags, dest, kind, default=None, help="", multiple=False, choices=None,
-                 metavar=None):
+                 metavar=None, hidden=False):
         self.flags = flags          # ("--cmdline", "--append")
         self.dest = dest
         self.kind = kind            # str | int | float | "flag" | "choice"
@@ -21,6 +22,7 @@ class Opt:
         self.multiple = multiple
         self.choices = choices
         self.metavar = metavar
+        self.hidden = hidden
 
 
 BOOT = [
@@ -46,13 +48,26 @@ BOOT = [
     Opt(("--vsock",), "vsock", str, None, "virtio-vsock, Firecracker-style host UDS.",
         metavar="cid=N,uds=PATH"),
     Opt(("--no-rng",), "no_rng", "flag", False, "No virtio-rng device."),
+    Opt(("--seccomp-level",), "seccomp_level", "choice", "2",
+        "seccomp filters of kvmvm's threads: 0 off, 1 system calls only, 2 with their arguments.",
+        choices=("0", "1", "2")),
+    Opt(("--jail",), "jail", "flag", False,
+        "Run the VM jailed: namespaces, a pivot_root into a folder holding only what it needs, "
+        "cgroup limits, rlimits, an unprivileged uid/gid (docs/security.md). Needs root."),
+    Opt(("--jail-uid",), "jail_uid", int, None, "uid the jailed VM runs as (default 990000)."),
+    Opt(("--jail-gid",), "jail_gid", int, None, "gid the jailed VM runs as (default 990000)."),
+    Opt(("--jail-netns",), "jail_netns", str, None,
+        "Network namespace of the jailed VM: a path to join (TAPs live there) or 'new' (empty). "
+        "Default: this one.", metavar="PATH|new"),
+    Opt(("--jail-memory",), "jail_memory", int, None,
+        "cgroup memory limit in MiB (default: --memory + 256)."),
+    Opt(("--jail-pids",), "jail_pids", int, None, "cgroup limit on threads (default 128)."),
+    Opt(("--jail-cpu",), "jail_cpu", float, None, "cgroup CPU time limit in CPUs (default: --cpus + 1)."),
+    Opt(("--jail-probe",), "jail_probe", str, None, "Test hook (KVMVM_TEST_HOOKS=1).", hidden=True),
     Opt(("--virtio-cmdline",), "virtio_cmdline", "choice", "auto",
         "List virtio devices as virtio_mmio.device= on the kernel command line: auto is off for "
         "a Linux kernel with ACPI (the DSDT lists them) and on otherwise.",
         choices=("auto", "on", "off")),
-    Opt(("--seccomp-level",), "seccomp_level", "choice", "1",
-        "1: the device threads (virtio workers, console writer) run under seccomp allowlists; "
-        "0: no filters, for debugging.", choices=("0", "1")),
 ]
 
 

@@ -143,9 +143,6 @@ int kvmvm_vm_wait(kvmvm_vm *vm, int64_t timeout_ms, struct kvmvm_stop_info *out)
 void kvmvm_vm_stop(kvmvm_vm *vm, int reason, uint64_t code);
 int kvmvm_vm_stats(kvmvm_vm *vm, struct kvmvm_stats *st);
 int64_t kvmvm_now_ns(void);
-/* 1 (the default): device threads (virtio workers, console writer) run under seccomp
-   allowlists; 0: no filters (debugging) */
-int kvmvm_vm_set_seccomp(kvmvm_vm *vm, int level);
 
 /* CPUID: fetch what KVM supports, and shape it for one vCPU of n (pure: testable without KVM) */
 int kvmvm_vm_supported_cpuid(kvmvm_vm *vm, struct kvmvm_cpuid_entry *out, int max);

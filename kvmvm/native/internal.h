@@ -103,11 +103,12 @@ struct kvmvm_vm {
     int64_t t_created_ns, t_end_ns;
 
     struct kvmvm_device *serial;     /* for its input thread */
-    int seccomp_level;               /* 1: device threads run under seccomp filters */
+
+    /* seccomp.c */
+    int seccomp_level, seccomp_hook, seccomp_py;
+    struct spawner *spawner;
 };
 
-/* seccomp.c: load the device-thread allowlist on the calling thread (0 or -errno) */
-int seccomp_device_thread(const char *name);
 
 /* Record why the VM stops (first caller wins) and kick every vCPU out of KVM_RUN. */
 void vm_request_stop(struct kvmvm_vm *vm, const struct kvmvm_stop_info *info);

@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "internal.h"
+#include "seccomp_threads.h"
 
 #define RX_CAP 4096
 #define TX_CAP (1u << 20)       /* guest output held for a slow host fd */
@@ -56,7 +57,7 @@ struct serial {
     int64_t out_deadline_ns;
     atomic_ullong *dropped;     /* the VM's counter (or a private one) */
     atomic_ullong dropped_own;
-    int seccomp;                /* the writer thread runs under the device filter */
+    struct kvmvm_vm *vm;        /* for the writer's seccomp filter */
 };
 
 /* vCPU side: queue one byte, or count it dropped when the host is not keeping up */
@@ -84,8 +85,7 @@ static void *output_thread(void *arg)
     sigdelset(&set, vm_kick_signal());
     pthread_sigmask(SIG_SETMASK, &set, NULL);
     pthread_setname_np(pthread_self(), "serial-out");
-    if (s->seccomp && seccomp_device_thread("serial-out") < 0)
-        s->out_dead = 1;    /* unfiltered output is not an option: drop it (counted) */
+    seccomp_thread_enter(s->vm, KVMVM_SC_SERIAL_OUT);
     pthread_mutex_lock(&s->lock);
     for (;;) {
         while (!s->tx_len && !s->out_stopping)
@@ -261,6 +261,7 @@ static void *input_thread(void *arg)
     struct serial *s = dev->priv;
     uint8_t buf[256];
     int eof_sent = 0;
+    seccomp_thread_enter(dev->vm, KVMVM_SC_SERIAL_IN);
     int is_tty = isatty(s->in_fd);
 
     for (;;) {
@@ -340,7 +341,6 @@ static int start_output(struct serial *s)
 int serial_start(struct kvmvm_device *dev)
 {
     struct serial *s = dev->priv;
-    s->seccomp = dev->vm && dev->vm->seccomp_level;
     int rc = start_output(s);
     if (rc == 0)
         rc = start_input(s, dev);
@@ -426,6 +426,7 @@ struct kvmvm_device *serial_new(struct kvmvm_vm *vm, int irq, int out_fd, int in
     pthread_cond_init(&s->space, NULL);
     pthread_cond_init(&s->tx_cond, NULL);
     s->dropped = vm ? &vm->serial_dropped : &s->dropped_own;
+    s->vm = vm;
     s->irq = irq;
     s->out_fd = out_fd;
     s->in_fd = in_fd;

@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "virtio.h"
+#include "seccomp_threads.h"
 
 static void wait_for_stop(struct virtio_dev *d)
 {
@@ -37,8 +38,7 @@ static void *worker_main(void *arg)
     sigfillset(&set);
     pthread_sigmask(SIG_SETMASK, &set, NULL);
     pthread_setname_np(pthread_self(), d->ops->name);   /* "virtio-net": ps -L, tests */
-    if (d->vm && d->vm->seccomp_level && seccomp_device_thread(d->ops->name) < 0)
-        virtio_set_broken(d, "worker: cannot load its seccomp filter");
+    seccomp_thread_enter(d->vm, KVMVM_SC_WORKER);
 
     /* kicks may have come before DRIVER_OK: look at every queue once */
     pthread_mutex_lock(&d->dp_lock);
@@ -110,7 +110,7 @@ int virtio_worker_start(struct virtio_dev *d)
             goto fail;
     if (d->ops->activate && (rc = d->ops->activate(d)) < 0)
         goto fail;
-    rc = -pthread_create(&d->worker, NULL, worker_main, d);
+    rc = -thread_spawn(d->vm, &d->worker, worker_main, d);
     if (rc < 0) {
         if (d->ops->deactivate)
             d->ops->deactivate(d);

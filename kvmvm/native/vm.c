@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "internal.h"
+#include "seccomp_threads.h"
 
 #define TSS_ADDR       0xfffbd000ULL
 #define IDENTITY_ADDR  0xfffbc000ULL
@@ -95,7 +96,6 @@ kvmvm_vm *kvmvm_vm_new(const char *dev_path, int *err)
     if (!vm->caps.irqchip)
         vm->caps.pit2 = 0;
     install_kick_handler();
-    vm->seccomp_level = 1;
     vm->t_created_ns = kvmvm_now_ns();
     return vm;
 fail:
@@ -388,6 +388,7 @@ static void *vcpu_thread(void *arg)
     char name[16];
     snprintf(name, sizeof(name), "vcpu%d", v->id);
     pthread_setname_np(pthread_self(), name);
+    seccomp_thread_enter(vm, KVMVM_SC_VCPU);
 
     while (!atomic_load(&vm->stopping)) {
         long long zero = 0;
@@ -412,6 +413,9 @@ int kvmvm_vm_start(kvmvm_vm *vm)
     if (vm->started || vm->nr_vcpus == 0)
         return -EINVAL;
     vm->started = 1;
+    int src = seccomp_spawner_start(vm);
+    if (src < 0)
+        return src;
     if (vm->serial) {
         int rc = serial_start(vm->serial);
         if (rc < 0)
@@ -522,6 +526,7 @@ void kvmvm_vm_free(kvmvm_vm *vm)
     }
     bus_destroy_devices(&vm->pio);
     bus_destroy_devices(&vm->mmio);
+    seccomp_spawner_stop(vm);
     for (int i = 0; i < vm->nr_vcpus; i++) {
         struct vcpu *v = &vm->vcpus[i];
         if (v->run)

@@ -47,7 +47,7 @@ CASES = [
     ("virtio-cmdline-bogus", ["--kernel", HELLO, "--virtio-cmdline", "maybe"], 2, "--virtio-cmdline"),
     ("cmdline-too-long", ["--kernel", HELLO, "--cmdline", LONG], 2, "command line is longer than"),
     ("unknown-flag", ["--kernel", HELLO, "--turbo"], 2, "--turbo"),
-    ("seccomp-level-2", ["--kernel", HELLO, "--seccomp-level", "2"], 2, "--seccomp-level"),
+    ("seccomp-level-3", ["--kernel", HELLO, "--seccomp-level", "3"], 2, "--seccomp-level"),
     ("drive-missing", ["--kernel", HELLO, "--drive", "{t}/nope.img"], 2, "image not found"),
     ("drive-fifo", ["--kernel", HELLO, "--drive", "{t}/fifo"], 2, "not a regular file or block device"),
     ("drive-dev-zero", ["--kernel", HELLO, "--drive", "/dev/zero"], 2, "not a regular file or block device"),
