@@ -26,7 +26,8 @@ GIB = 1 << 30
 
 # what the VM process imports before pivot_root: nothing outside the jail is readable after
 PRELOAD = (
-    "json", "termios", "threading", "logging", "errno", "resource", "kvmvm.machine", "kvmvm.vm",
+    "json", "termios", "threading", "logging", "errno", "resource", "mmap", "stat", "kvmvm.machine",
+    "kvmvm.vm", "kvmvm.image.index",
     "kvmvm.bindings", "kvmvm.console", "kvmvm.seccomp", "kvmvm.host", "kvmvm.devices",
     "kvmvm.devices.virtio", "kvmvm.devices.virtio.blk", "kvmvm.devices.virtio.net",
     "kvmvm.devices.virtio.rng", "kvmvm.devices.virtio.vsock", "kvmvm.boot.acpi",
