@@ -59,8 +59,8 @@ def test_tiny_guest_boots_jailed(kvm_ok, tiny_images, jroot):
 
 
 def test_kvmvm_jail_runs_an_existing_boot_command(kvm_ok, tiny_images, jroot):
-    r = kvmvm("jail", "--", "--kernel", elf("exitcode"), "--cmdline", "1", env=env(jroot))
-    assert (r.status, r.out) == (3, "exitcode 1\n"), r.err
+    r = kvmvm("jail", "--", "--kernel", elf("exitcode"), "--cmdline", "3", env=env(jroot))
+    assert (r.status, r.out) == (7, "exitcode 3\n"), r.err
 
 
 def test_blk_and_vsock_jailed(kvm_ok, tiny_images, jroot, tmp_path):
