@@ -180,3 +180,57 @@ def podman_available() -> bool:
 
 def podman(*args, **kw) -> subprocess.CompletedProcess:
     return sh("podman", *args, **kw)
+
+
+def snapshot(root: Path, skip_root: bool = True) -> dict:
+    """Everything about a tree that an image must preserve, keyed by relative path:
+    type, mode, owner, size, content hash, link target, device numbers, user./security.
+    xattrs, mtime, and a hard-link group (the first path sharing the inode)."""
+    import hashlib
+    import stat as st
+
+    out, inodes = {}, {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for n in sorted(dirnames + filenames):
+            p = os.path.join(dirpath, n)
+            rel = os.path.relpath(p, root)
+            s = os.lstat(p)
+            kind = st.S_IFMT(s.st_mode)
+            entry = {"mode": oct(s.st_mode), "uid": s.st_uid, "gid": s.st_gid}
+            if kind == st.S_IFREG:
+                entry["sha"] = hashlib.sha256(Path(p).read_bytes()).hexdigest()
+                entry["mtime"] = int(s.st_mtime)
+                key = (s.st_dev, s.st_ino)
+                entry["link_group"] = inodes.setdefault(key, rel) if s.st_nlink > 1 else None
+            elif kind == st.S_IFLNK:
+                entry["target"] = os.readlink(p)
+            elif kind in (st.S_IFCHR, st.S_IFBLK):
+                entry["rdev"] = (os.major(s.st_rdev), os.minor(s.st_rdev))
+            if kind != st.S_IFLNK:
+                try:
+                    names = sorted(x for x in os.listxattr(p, follow_symlinks=False)
+                                   if x.startswith(("user.", "security.")))
+                except OSError:
+                    names = []
+                entry["xattrs"] = {x: os.getxattr(p, x, follow_symlinks=False) for x in names}
+            out[rel] = entry
+    return out
+
+
+class mounted:
+    """A filesystem image mounted read-only on a temporary directory (root only)."""
+
+    def __init__(self, image: Path, fstype: str):
+        import tempfile
+
+        self.image, self.fstype = image, fstype
+        self.dir = Path(tempfile.mkdtemp(prefix="kvmvm-test-mnt-"))
+
+    def __enter__(self) -> Path:
+        sh("mount", "-t", self.fstype, "-o", "ro,loop", self.image, self.dir)
+        return self.dir
+
+    def __exit__(self, *exc):
+        subprocess.run(["umount", str(self.dir)], check=False)
+        self.dir.rmdir()

@@ -187,7 +187,7 @@ def import_cmd(source, name, plain, quiet, as_json):
         click.echo(json.dumps([i.to_json() for i in imgs], indent=2))
         return
     for i in imgs:
-        for n in i.names or ["<none>"]:
+        for n in i.assigned or ["<none>"]:
             click.echo(f"{n} {i.digest}")
 
 

@@ -156,15 +156,24 @@ def _registry_names(ref: str) -> list:
 
 
 def _archive_kind(p: Path) -> str:
+    end = 0
     try:
         with tarfile.open(p, "r:*") as tf:
             names = set()
             for i, m in enumerate(tf):
                 names.add(m.name.lstrip("./") if m.name not in (".", "./") else ".")
+                end = max(end, m.offset_data + (m.size if m.isfile() else 0))
                 if i >= MEMBER_LIMIT:
                     break
     except (tarfile.TarError, OSError, EOFError) as e:
+        if "unexpected end of data" in str(e):
+            raise ImageImportError(f"{p}: the archive is truncated (unexpected end of data)") from None
         raise ImageImportError(f"{p}: not a readable tar archive ({e})") from None
+    with open(p, "rb") as f:
+        magic = f.read(4)
+    compressed = magic[:2] == b"\x1f\x8b" or magic in (b"\x28\xb5\x2f\xfd", b"\xfd7zX") or magic[:3] == b"BZh"
+    if not compressed and end > p.stat().st_size:
+        raise ImageImportError(f"{p}: the archive is truncated (its last member ends past the end of the file)")
     if "oci-layout" in names and "index.json" in names:
         return "oci-archive"
     if "manifest.json" in names:

@@ -25,6 +25,7 @@ import errno
 import fcntl
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -70,6 +71,7 @@ class Image:
     os: str
     rootfs_type: str
     store: "ImageStore" = field(repr=False, default=None)
+    assigned: tuple = field(repr=False, default=())     # the names an import just gave it
 
     @property
     def id(self) -> str:
@@ -274,16 +276,18 @@ class ImageStore:
         return out
 
     def _podman_save(self, source: Source, work: Path, progress: ImportProgress) -> Source:
+        # an OCI archive keeps podman's config blob as is, so the digest is podman's image ID
+        # (a docker-archive would have it rewritten)
         pname = source.text[len("podman:"):]
         tar = work / "podman.tar"
         progress.phase(f"podman save {pname}")
-        run(["podman", "save", "--quiet", "--format", "docker-archive", "-o", tar, pname],
+        run(["podman", "save", "--quiet", "--format", "oci-archive", "-o", tar, pname],
             what=f"podman save {pname}")
-        s = Source("docker-archive", source.text, tar)
+        s = Source("oci-archive", source.text, tar)
         probe(s)
-        if len(s.images) == 1 and not s.images[0].names:
+        if len(s.images) == 1 and not s.images[0].names and looks_like_digest(pname) is None:
             with contextlib.suppress(ConfigError):
-                s.images[0].names = [familiar(pname)]     # saved by ID: no RepoTags
+                s.images[0].names = [familiar(pname)]     # saved by a short name
         return s
 
     def _skopeo_copy(self, ref: str, layout: Path, tag: str, work: Path, kind: str) -> None:
@@ -299,6 +303,9 @@ class ImageStore:
             tail = why[why.find("dial tcp"):] if "dial tcp" in why else why
             raise ImageImportError(f"{ref}: no registry is reachable from this machine ({tail[:120]}); "
                                    f"import a saved archive or podman:NAME instead")
+        m = re.search(r"[Dd]igest did not match, expected (sha256:[0-9a-f]{64})", why)
+        if m:
+            why = f"a blob does not match its digest {oci.short(m.group(1))} (corrupt archive)"
         raise ImageImportError(f"{_brief(ref)}: {why[:300]}")
 
     def _verify_progress(self, layout: Path, progress: ImportProgress):
@@ -349,7 +356,9 @@ class ImageStore:
                 for n in names:
                     all_names[n] = v.config_digest
                 self._write_names(all_names)
-                return self._load(hexd, all_names)
+                img = self._load(hexd, all_names)
+                object.__setattr__(img, "assigned", tuple(names))
+                return img
 
     def _pack(self, layout, ref, work, out, fstype, nlayers, progress) -> None:
         tree = work / "rootfs"
