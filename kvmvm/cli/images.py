@@ -24,12 +24,11 @@ class RichImportProgress(ImportProgress):
 
     def __init__(self):
         from rich.console import Console
-        from rich.progress import (BarColumn, DownloadColumn, Progress, SpinnerColumn, TextColumn,
-                                   TimeElapsedColumn)
+        from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
         self.console = Console(stderr=True, highlight=False)
         self.bar = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(bar_width=24),
-                            DownloadColumn(), TimeElapsedColumn(), console=self.console,
+                            TextColumn("{task.fields[sizes]}"), TimeElapsedColumn(), console=self.console,
                             transient=True, refresh_per_second=8)
         self.task = None
         self.name: Optional[str] = None
@@ -53,12 +52,17 @@ class RichImportProgress(ImportProgress):
         self._finish()
         self.name, self.t0 = name, time.monotonic()
         if self.task is None:
-            self.task = self.bar.add_task(name, total=total)
+            self.task = self.bar.add_task(name, total=total, sizes="")
         else:
-            self.bar.reset(self.task, total=total, description=name)
+            self.bar.reset(self.task, total=total, description=name, sizes="")
 
     def advance(self, n):
-        self.bar.update(self.task, advance=n)
+        from kvmvm.images.store import human_size
+
+        t = self.bar.tasks[0]
+        done = t.completed + n
+        of = f"/{human_size(int(t.total))}" if t.total else ""
+        self.bar.update(self.task, advance=n, sizes=f"{human_size(int(done))}{of}")
 
     def step(self, line):
         self.console.print(f"  [green]✓[/] {line}")

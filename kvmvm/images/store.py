@@ -269,7 +269,12 @@ class ImageStore:
                 ref = f"img{i}"
                 progress.phase(f"copying {_brief(si.ref)}")
                 self._skopeo_copy(si.ref, layout, ref, work, source.kind)
-                v = oci.verify(layout, oci.find_manifest(layout, ref), *self._verify_progress(layout, progress))
+                desc = oci.fix_layer_media_types(layout, ref)
+                _, man = oci.read_json_blob(layout, desc, "manifest")
+                layers = man.get("layers") if isinstance(man.get("layers"), list) else []
+                total = sum(l["size"] for l in layers if isinstance(l, dict) and isinstance(l.get("size"), int))
+                progress.phase(f"verifying {len(layers)} layer{'s' if len(layers) != 1 else ''}", total=total or None)
+                v = oci.verify(layout, desc, *self._verify_progress(layout, progress))
                 self._check_platform(v)
                 names = [name] if name is not None else list(si.names)
                 out.append(self._publish(layout, ref, v, names, work, progress))
@@ -292,7 +297,10 @@ class ImageStore:
 
     def _skopeo_copy(self, ref: str, layout: Path, tag: str, work: Path, kind: str) -> None:
         env = dict(os.environ, TMPDIR=str(work))
-        argv = [which("skopeo"), "copy", "--quiet", ref, f"oci:{layout}:{tag}"]
+        # uncompressed layers stay uncompressed: compressing them only to unpack them again
+        # cost most of an import's time (measured in docs/images.md)
+        argv = [which("skopeo"), "copy", "--quiet", "--dest-oci-accept-uncompressed-layers",
+                ref, f"oci:{layout}:{tag}"]
         import subprocess
 
         p = subprocess.run(argv, capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL)

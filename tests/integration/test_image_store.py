@@ -143,10 +143,11 @@ def podman_tree(built):
         subprocess.run(["podman", "rmi", "-f", name], capture_output=True)
 
 
-@pytest.mark.parametrize("fstype", ["erofs", "ext4"])
-def test_rootfs_matches_podman(built, podman_tree, tmp_path, fstype):
+@pytest.mark.parametrize("fstype,kind", [("erofs", "layout"), ("ext4", "layout"), ("erofs", "docker_archive")])
+def test_rootfs_matches_podman(built, podman_tree, tmp_path, fstype, kind):
+    # a docker-archive's layers arrive uncompressed (under skopeo's "+gzip" media types)
     store = ImageStore(tmp_path / "images", rootfs_type=fstype)
-    (img,) = store.import_(str(built["layout"]))
+    (img,) = store.import_(str(built[kind]))
     assert img.rootfs.name == f"rootfs.{fstype}"
     with fx.mounted(img.rootfs, fstype) as mnt:
         ours = fx.snapshot(mnt)
