@@ -155,19 +155,22 @@ def list_images(as_json: bool, no_trunc: bool, quiet: bool) -> None:
         click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
 
 
+def _list_options(f):
+    f = click.option("--quiet", "-q", is_flag=True, help="Digests only.")(f)
+    f = click.option("--no-trunc", is_flag=True, help="Full digests.")(f)
+    return click.option("--json", "as_json", is_flag=True,
+                        help="A JSON list: digest, names, size, created, rootfs, ...")(f)
+
+
 @click.command("images")
-@click.option("--json", "as_json", is_flag=True, help="A JSON list: digest, names, size, created, rootfs, ...")
-@click.option("--no-trunc", is_flag=True, help="Full digests.")
-@click.option("--quiet", "-q", is_flag=True, help="Digests only.")
+@_list_options
 def cli(as_json, no_trunc, quiet):
     """List container images (the same as kvmvm image ls)."""
     list_images(as_json, no_trunc, quiet)
 
 
 @click.command("ls")
-@click.option("--json", "as_json", is_flag=True, help="A JSON list: digest, names, size, created, rootfs, ...")
-@click.option("--no-trunc", is_flag=True, help="Full digests.")
-@click.option("--quiet", "-q", is_flag=True, help="Digests only.")
+@_list_options
 def ls_cmd(as_json, no_trunc, quiet):
     """List container images: REPOSITORY TAG DIGEST SIZE CREATED."""
     list_images(as_json, no_trunc, quiet)

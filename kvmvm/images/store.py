@@ -370,6 +370,9 @@ class ImageStore:
 
     def _pack(self, layout, ref, work, out, fstype, nlayers, progress) -> None:
         tree = work / "rootfs"
+        if rootfs.rootless():
+            progress.note("not running as root: every file will be owned by this user and device "
+                          "nodes will be empty files (import as root for exact ownership)")
         progress.phase(f"applying {nlayers} layer{'s' if nlayers != 1 else ''} (umoci)")
         try:
             rootfs.unpack(layout, ref, tree)

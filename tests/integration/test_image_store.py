@@ -112,6 +112,24 @@ def test_podman_sources(built, store, tmp_path):
         subprocess.run(["podman", "rmi", "-f", f"{name}:1", f"{name}-imported:2"], capture_output=True)
 
 
+def test_multi_image_archive(built, store, tmp_path):
+    """podman save -m: one docker-archive with two images imports both, each with its name."""
+    a, b = (f"localhost/kvmvm-test-multi-{os.getpid()}-{x}:1" for x in "ab")
+    tar = tmp_path / "busybox.tar"
+    with tarfile.open(tar, "w") as tf:
+        tf.add(fx.BUSYBOX, "bin/busybox")
+    try:
+        fx.sh("skopeo", "copy", "--quiet", f"oci:{built['layout']}:{fx.TAG}", f"containers-storage:{a}")
+        fx.podman("import", "-q", tar, b)
+        fx.podman("save", "-q", "-m", "--format", "docker-archive", "-o", tmp_path / "multi.tar", a, b)
+        imgs = store.import_(str(tmp_path / "multi.tar"))
+    finally:
+        subprocess.run(["podman", "rmi", "-f", a, b], capture_output=True)
+    assert sorted(n for i in imgs for n in i.names) == sorted(x.split("/", 1)[1] for x in (a, b))
+    assert len({i.digest for i in imgs}) == 2
+    assert all(i.rootfs.is_file() for i in imgs)
+
+
 def test_podman_source_missing_image(store):
     with pytest.raises(ImageImportError, match="podman save kvmvm-no-such-image"):
         store.import_("podman:kvmvm-no-such-image:0")
