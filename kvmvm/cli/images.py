@@ -184,8 +184,9 @@ def ls_cmd(as_json, no_trunc, quiet):
 @click.option("--json", "as_json", is_flag=True, help="Print the imported images as JSON.")
 def import_cmd(source, name, plain, quiet, as_json):
     """Import container images from SOURCE: a docker-archive or OCI archive (podman save,
-    docker save, skopeo), an OCI layout directory, podman:NAME (local podman storage), or a
-    registry reference (docker://REF, through skopeo). Prints "NAME:TAG sha256:..." per image."""
+    docker save, skopeo; - reads one from stdin), an OCI layout directory, podman:NAME (local
+    podman storage), or a registry reference (docker://REF, through skopeo).
+    Prints "NAME:TAG sha256:..." per image."""
     from kvmvm.images import ImageStore
 
     with progress_for(plain, quiet or as_json) as progress:

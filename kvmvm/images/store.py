@@ -252,6 +252,8 @@ class ImageStore:
                 progress: Optional[ImportProgress] = None) -> list[Image]:
         """Import every image of `src` (see refs.parse_source); returns them in order."""
         progress = progress or ImportProgress()
+        if src == "-":
+            return self._import_stdin(name, progress)
         source = parse_source(src)
         if name is not None:
             name = familiar(name)
@@ -279,6 +281,22 @@ class ImageStore:
                 names = [name] if name is not None else list(si.names)
                 out.append(self._publish(layout, ref, v, names, work, progress))
         return out
+
+    def _import_stdin(self, name: Optional[str], progress: ImportProgress) -> list[Image]:
+        """`podman save IMG | kvmvm image import -`: the archive is spooled to the store's tmp/."""
+        import sys
+
+        self.tmp.mkdir(parents=True, exist_ok=True)
+        with self._staging() as spool:
+            tar = spool / "stdin.tar"
+            progress.phase("reading the archive from stdin")
+            with open(tar, "wb") as f:
+                for buf in iter(lambda: sys.stdin.buffer.read(1 << 20), b""):
+                    f.write(buf)
+                    progress.advance(len(buf))
+            if tar.stat().st_size == 0:
+                raise ConfigError("import -: nothing on stdin (pipe an archive in: podman save IMAGE | kvmvm image import -)")
+            return self.import_(str(tar), name=name, progress=progress)
 
     def _podman_save(self, source: Source, work: Path, progress: ImportProgress) -> Source:
         # an OCI archive keeps podman's config blob as is, so the digest is podman's image ID
