@@ -347,6 +347,11 @@ def test_prune_dangling_and_interrupted(built, store):
             "cm = s._staging(); w = cm.__enter__(); (w / 'half').write_bytes(b'x' * 4096); os._exit(9)")
     subprocess.run([sys.executable, "-c", code, str(store.root)], check=False)
     assert len(_leftovers(store)) == 1
+    with store.resolve(old.digest).use():          # a VM still runs the unnamed image
+        held = store.prune()
+    assert held.images == [] and store.resolve(old.digest).rootfs.exists()
+    assert _leftovers(store) == []
+    subprocess.run([sys.executable, "-c", code, str(store.root)], check=False)      # another one
     res = store.prune()
     assert res.images == [old.digest]
     assert res.blobs > 0 and res.bytes > 0
