@@ -477,8 +477,8 @@ class ImageStore:
                 os.rename(idir, gone / hexd)
         if gone is not None:
             _rmtree(gone)
-        with contextlib.suppress(FileNotFoundError):
-            (self.locks / f"{hexd}.lock").unlink()
+        # locks/<hex>.lock stays: unlinking a lock file that another process waits on would
+        # let a third one lock a new file of the same name
 
     def _collect_blobs(self) -> tuple[int, int]:
         """Remove blobs no image refers to (store lock held); (count, bytes)."""
