@@ -27,6 +27,7 @@ import json
 import os
 import re
 import shutil
+import subprocess
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -257,7 +258,8 @@ class ImageStore:
         source = parse_source(src)
         if name is not None:
             name = familiar(name)
-        which("skopeo"), which("umoci"), which("mkfs.erofs" if self.rootfs_type == "erofs" else "mkfs.ext4")
+        for tool in ("skopeo", "umoci", "mkfs.erofs" if self.rootfs_type == "erofs" else "mkfs.ext4"):
+            which(tool)                 # a missing one is named before any work is done
         self.reclaim()
         out = []
         with self._staging() as work:
@@ -319,8 +321,6 @@ class ImageStore:
         # cost most of an import's time (measured in docs/images.md)
         argv = [which("skopeo"), "copy", "--quiet", "--dest-oci-accept-uncompressed-layers",
                 ref, f"oci:{layout}:{tag}"]
-        import subprocess
-
         p = subprocess.run(argv, capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL)
         if p.returncode == 0:
             return
