@@ -24,6 +24,8 @@ COMMANDS = {
     "kernel": "kernel",
     "guests": "guests",
     "doctor": "doctor",
+    "images": "images",
+    "volume": "volume",
     "bench": "bench",
     "jail": "jail",
 }

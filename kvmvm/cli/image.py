@@ -10,7 +10,7 @@ from kvmvm.cli import kernel as _kernel
 
 @click.group("image")
 def cli():
-    """Guest images (`image build` / `image list`: deprecated, see `kvmvm kernel`)."""
+    """Container images: import, ls, rm, prune (`image build` / `image list`: deprecated, see `kvmvm kernel`)."""
 
 
 def _alias(name: str, target: click.Command) -> click.Command:
@@ -24,3 +24,10 @@ def _alias(name: str, target: click.Command) -> click.Command:
 
 cli.add_command(_alias("build", _kernel.build_cmd))
 cli.add_command(_alias("list", _kernel.list_cmd))
+
+
+# container images: kvmvm image import|ls|rm|prune (kvmvm/cli/images.py)
+from kvmvm.cli.images import COMMANDS as _IMAGE_COMMANDS  # noqa: E402
+
+for _c in _IMAGE_COMMANDS:
+    cli.add_command(_c)
