@@ -214,6 +214,20 @@ static const char *disk_fields(const struct jdoc *d, int o, char *dev, char *typ
     return NULL;
 }
 
+/* nameserver lines from /proc/net/pnp (kernel IP autoconfiguration), or 0 */
+static int read_pnp(char *out, size_t cap)
+{
+    int fd = open("/proc/net/pnp", O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return 0;
+    ssize_t n = read(fd, out, cap - 1);
+    close(fd);
+    if (n <= 0)
+        return 0;
+    out[n] = 0;
+    return strstr(out, "nameserver") ? (int)n : 0;
+}
+
 const char *container_setup(const struct jdoc *d, char *why, size_t cap)
 {
     char dev[64], type[16], path[4096], target[4200], text[16384];
@@ -307,6 +321,10 @@ const char *container_setup(const struct jdoc *d, char *why, size_t cap)
     if ((t = json_get(d, 0, "resolv")) >= 0) {
         if (json_str(d, t, text, sizeof(text)) < 0)
             return snprintf(why, cap, "resolv: a string is required"), why;
+        if ((bad = etc_file("resolv.conf", text, readonly, why, cap)))
+            return bad;
+    } else if (read_pnp(text, sizeof(text)) > 0) {
+        /* the kernel's DHCP (ip=dhcp) learnt name servers: /proc/net/pnp is resolv.conf syntax */
         if ((bad = etc_file("resolv.conf", text, readonly, why, cap)))
             return bad;
     }

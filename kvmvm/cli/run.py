@@ -116,7 +116,8 @@ def run(interactive, tty, env, env_file, workdir, user, entrypoint, hostname, cp
     else:
         from kvmvm.images import ImageStore
 
-        img = ImageStore().resolve(image)
+        fstype = os.environ.get("KVMVM_ROOTFS_TYPE")     # erofs (default) or ext4
+        img = (ImageStore(rootfs_type=fstype) if fstype else ImageStore()).resolve(image)
         config = dict(img.config.get("config") or {}) if "config" in (img.config or {}) else dict(img.config or {})
         rootfs_path, rootfs_type = str(img.rootfs), img.rootfs_type
         use = getattr(img, "use", None)

@@ -149,3 +149,14 @@ def test_bad_flags_exit_125_with_one_line(args, why):
 def test_pvm_host_refuses_in_one_line():
     r = _kvmvm_run("alpine", "true")
     assert r.returncode == 125 and "PVM" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_agent_initramfs_holds_the_agent_as_init(tmp_path):
+    from kvmvm.agent import initramfs
+    from kvmvm.image.initramfs import read_newc
+
+    path = initramfs.build(tmp_path)
+    ents = {e.path: e for e in read_newc(path.read_bytes())}
+    assert ents["init"].data == initramfs.agent_binary().read_bytes() and ents["init"].mode == 0o755
+    assert ents["dev/console"].kind == "c" and ents["dev/console"].rdev == (5, 1)
+    assert initramfs.build(tmp_path) == path          # cached by the agent's bytes
