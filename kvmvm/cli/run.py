@@ -252,6 +252,7 @@ def _run_vm(rd, proc, rootfs_path, rootfs_type, *, memory_mib, cpus, mounts, net
                             _say(f"the VM ended before the container's process did ({vm.end_message()})"
                                  f"{vm._console_hint()}")
                             return KVMVM_FAILED
+            vm.t["exec_started"] = getattr(st, "t_started_ns", 0)
             vm.t["exit"] = getattr(st, "t_done_ns", 0)
             r = st.result
             if r.get("op") == "error":
