@@ -307,7 +307,7 @@ class Session:
             err.extend(st.take(p.STDERR))
             return st.done
 
-        self._wait(drained, timeout, f"exec {argv[0]!r}")
+        self._wait(drained, timeout, f"exec {argv[:1]!r}")
         if st.result.get("op") == "error":
             raise AgentError(st.result["reason"], st.result.get("code", 0))
         return st.exit_status, bytes(out), bytes(err)
