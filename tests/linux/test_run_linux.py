@@ -9,7 +9,6 @@ uses a private XDG_RUNTIME_DIR, which must be empty again after any ending.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import pty
 import shutil
@@ -245,3 +244,81 @@ def test_sigterm_timeout_and_kill9_leave_nothing(image, xdg):
 def test_kvmvm_failures_are_125_with_one_line(image, xdg, args, why):
     r = run(xdg, *[image[0] if a == "IMAGE" else a for a in args])
     assert r.returncode == 125 and why in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+SERVER = """
+import socket
+s = socket.socket()
+s.bind(("127.0.0.1", 0))
+s.listen(4)
+print(s.getsockname()[1], flush=True)
+while True:
+    c, _ = s.accept()
+    c.sendall(b"hello-from-the-host\\n")
+    c.close()
+"""
+
+CLIENT = """
+import socket, sys, time
+deadline = time.monotonic() + 120
+while True:
+    try:
+        c = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=5)
+        data = c.recv(100)
+        if data:
+            print(data.decode().strip())
+            break
+    except OSError:
+        pass
+    if time.monotonic() > deadline:
+        print("no answer")
+        break
+    time.sleep(0.5)
+"""
+
+
+@pytest.fixture
+def netns():
+    """A network namespace with a veth that has an address and a default route (passt
+    copies its guest's address and gateway from that), and nothing outside reachable."""
+    name = f"kvmvm-run{os.getpid()}"
+    ip = lambda *a: subprocess.run(["ip", *a], check=True, capture_output=True)  # noqa: E731
+    ip("netns", "add", name)
+    try:
+        ip("-n", name, "link", "set", "lo", "up")
+        ip("-n", name, "link", "add", "v0", "type", "veth", "peer", "name", "v1")
+        ip("-n", name, "addr", "add", "10.0.2.15/24", "dev", "v0")
+        ip("-n", name, "link", "set", "v0", "up")
+        ip("-n", name, "link", "set", "v1", "up")
+        ip("-n", name, "route", "add", "default", "via", "10.0.2.2")
+        yield name
+    finally:
+        subprocess.run(["ip", "netns", "del", name], capture_output=True)
+
+
+def test_net_user_outbound_and_published_port(image, xdg, netns):
+    ns = ["ip", "netns", "exec", netns]
+    env = dict(os.environ, XDG_RUNTIME_DIR=xdg)
+    server = subprocess.Popen([*ns, sys.executable, "-c", SERVER], stdout=subprocess.PIPE, text=True)
+    try:
+        port = int(server.stdout.readline())
+        # outbound: the gateway is the host's loopback (passt); DNS comes from DHCP
+        r = subprocess.run([*ns, *KVMVM, "run", "--net", "user", image[0], "sh", "-c",
+                            f"nc 10.0.2.2 {port}; grep -c nameserver /etc/resolv.conf"],
+                           capture_output=True, text=True, timeout=TIMEOUT, env=env)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.splitlines()[0] == "hello-from-the-host", r.stdout
+        # -p: a server in the container, reached from the host side
+        vm = subprocess.Popen([*ns, *KVMVM, "run", "--net", "user", "-p", "18080:8080", image[0], "sh", "-c",
+                               "echo hello-from-the-guest | nc -l -p 8080"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        c = subprocess.run([*ns, sys.executable, "-c", CLIENT, "18080"], capture_output=True, text=True,
+                           timeout=TIMEOUT)
+        out, err = vm.communicate(timeout=TIMEOUT)
+        assert c.stdout.strip() == "hello-from-the-guest", (c.stdout, err)
+        assert vm.returncode == 0, err
+    finally:
+        server.kill()
+        server.wait()
+    left = subprocess.run(["pgrep", "-x", "passt"], capture_output=True, text=True).stdout.split()
+    assert left == [] or all(not Path(f"/proc/{p}").exists() for p in left)
