@@ -239,7 +239,7 @@ class Session:
     # --- blocking helpers ---
     def pump(self, timeout: float | None) -> None:
         """Wait up to `timeout` for the socket, then read/write what it allows."""
-        sel = selectors.DefaultSelector()
+        sel = selectors.PollSelector()
         try:
             ev = selectors.EVENT_READ | (selectors.EVENT_WRITE if self.wbuf else 0)
             sel.register(self.sock, ev)

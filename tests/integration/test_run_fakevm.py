@@ -116,3 +116,13 @@ def test_image_config_flags_reach_the_process(env, tmp_path):
             "--hostname", "hn", "--", "sh", "-c", 'echo "$A|$FROM_FILE|$HOSTNAME"; pwd; id -u')
     assert r.returncode == 0, r.stderr
     assert r.stdout.decode().splitlines() == ["b c|1|hn", str(tmp_path), "65534"]
+
+
+def test_files_and_dev_null_as_stdio(env, tmp_path):
+    src, dst = tmp_path / "in", tmp_path / "out"
+    src.write_bytes(b"".join(b"%d\n" % i for i in range(100000)))
+    with open(src, "rb") as i, open(dst, "wb") as o:
+        assert subprocess.run([*FAKE, "-i", "--", "wc", "-l"], stdin=i, stdout=o, env=env, timeout=60).returncode == 0
+    assert dst.read_bytes().strip() == b"100000"
+    with open(os.devnull, "rb") as i, open(os.devnull, "wb") as o:
+        assert subprocess.run([*FAKE, "-i", "--", "cat"], stdin=i, stdout=o, env=env, timeout=60).returncode == 0

@@ -302,9 +302,9 @@ def test_net_user_outbound_and_published_port(image, xdg, netns):
     server = subprocess.Popen([*ns, sys.executable, "-c", SERVER], stdout=subprocess.PIPE, text=True)
     try:
         port = int(server.stdout.readline())
-        # outbound: the gateway is the host's loopback (passt); DNS comes from DHCP
+        # outbound: the gateway address is the host's loopback (passt maps it)
         r = subprocess.run([*ns, *KVMVM, "run", "--net", "user", image[0], "sh", "-c",
-                            f"nc 10.0.2.2 {port}; grep -c nameserver /etc/resolv.conf"],
+                            f"nc 10.0.2.2 {port}"],
                            capture_output=True, text=True, timeout=TIMEOUT, env=env)
         assert r.returncode == 0, r.stderr
         assert r.stdout.splitlines()[0] == "hello-from-the-host", r.stdout
