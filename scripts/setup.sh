@@ -36,3 +36,4 @@ fi
 .venv/bin/python -m compileall -q kvmvm .venv/lib/python3*/site-packages >/dev/null 2>&1 || true
 make -s -C guest-images/tiny >&2
 make -s -C guest-images/tools >&2
+make -s -C guest-images/agent >&2

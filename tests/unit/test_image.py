@@ -120,7 +120,9 @@ def test_shipped_fragment_has_the_essentials():
                 "CONFIG_VIRTIO_VSOCKETS", "CONFIG_HW_RANDOM_VIRTIO", "CONFIG_DEVMEM",
                 "CONFIG_BLK_DEV_INITRD", "CONFIG_RD_GZIP", "CONFIG_EXT4_FS", "CONFIG_OVERLAY_FS",
                 "CONFIG_DEVTMPFS", "CONFIG_CGROUPS", "CONFIG_MEMCG", "CONFIG_USER_NS",
-                "CONFIG_X86_X2APIC", "CONFIG_SMP", "CONFIG_FUTEX", "CONFIG_EPOLL"]:
+                "CONFIG_X86_X2APIC", "CONFIG_SMP", "CONFIG_FUTEX", "CONFIG_EPOLL",
+                "CONFIG_EROFS_FS", "CONFIG_EROFS_FS_ZIP", "CONFIG_TMPFS_XATTR", "CONFIG_UNIX98_PTYS",
+                "CONFIG_CGROUP_PIDS", "CONFIG_CFS_BANDWIDTH", "CONFIG_EXT4_FS_SECURITY"]:
         assert frag.get(sym) == "y", sym
     for sym in ["CONFIG_MODULES", "CONFIG_RANDOMIZE_BASE"]:
         assert sym in frag and frag[sym] is None, sym
