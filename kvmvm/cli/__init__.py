@@ -20,6 +20,8 @@ COMMANDS = {
     "run": "run",
     "image": "image",
     "bench": "bench",
+    "vm": "vm",
+    "restore": "restore",
 }
 
 

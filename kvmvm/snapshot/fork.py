@@ -14,7 +14,7 @@ import os
 import time
 
 from kvmvm.errors import ConfigError
-from kvmvm.snapshot.persist import CONFIG_FIELDS, apply_overrides, assemble
+from kvmvm.snapshot.persist import CONFIG_FIELDS, announce_genid, apply_overrides, assemble
 
 
 def _child_config(m, k: int, *, serial_out_fd: int, vsock_uds: str | None, net_override: dict | None,
@@ -42,8 +42,6 @@ def _child_config(m, k: int, *, serial_out_fd: int, vsock_uds: str | None, net_o
 def fork(m, n: int, *, serial_out_fds: list[int] | None = None, vsock_uds: list[str] | None = None,
          net_override: list[dict] | None = None, drives: list[list] | None = None) -> list:
     """n running children of the running Machine m (which keeps running)."""
-    from kvmvm.boot import layout
-
     if not isinstance(n, int) or n < 1:
         raise ConfigError(f"fork: n must be a positive number (got {n!r})")
     if m.vm is None or not m.started:
@@ -71,14 +69,11 @@ def fork(m, n: int, *, serial_out_fds: list[int] | None = None, vsock_uds: list[
             m.vm.remap_ram_file(i, fd)      # the parent shares the same pages from now on
         t_mem = time.monotonic_ns()
         for k in range(n):
-            kid = assemble(type(m), cfgs[k], fds, state, None, what="fork", start=False)
-            kid.vm.write(layout.VMGENID_GPA, os.urandom(16))   # a new VM generation ID
-            kids.append(kid)
+            # each child gets a new VM generation ID (assemble writes it)
+            kids.append(assemble(type(m), cfgs[k], fds, state, None, what="fork", start=False))
         for kid in kids:
             kid.start()
-            if kid.vm.caps.irqchip:     # the GED's edge: Linux re-reads the ID and reseeds
-                kid.vm.irq_line(layout.VMGENID_GED_IRQ, 1)
-                kid.vm.irq_line(layout.VMGENID_GED_IRQ, 0)
+            announce_genid(kid)
         t_end = time.monotonic_ns()
         m.fork_ms = {"memory": round((t_mem - t0) / 1e6, 3), "total": round((t_end - t0) / 1e6, 3),
                      "per_child": round((t_end - t_mem) / 1e6 / n, 3)}
