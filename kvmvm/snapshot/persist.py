@@ -66,8 +66,8 @@ def save(m, out_dir: str, *, resume: bool = False) -> fmt.Snapshot:
 
 def apply_overrides(cfgd: dict, *, net_override: dict | None = None, vsock_uds: str | None = None,
                     drives: list | None = None) -> dict:
-    """The snapshot's device specs with new backends: net_override maps ethN (or the old
-    TAP name) to a TAP; vsock_uds replaces the vsock socket path; drives replaces the list."""
+    """The snapshot's device specs with new backends: net_override maps ethN or netN (the
+    N-th network device) or the old TAP name to a TAP; vsock_uds replaces the vsock socket path; drives replaces the list."""
     from kvmvm.devices.virtio import parse_options
 
     cfgd = dict(cfgd)
@@ -75,7 +75,7 @@ def apply_overrides(cfgd: dict, *, net_override: dict | None = None, vsock_uds: 
         nets, used = [], set()
         for i, spec in enumerate(cfgd.get("nets") or []):
             opts = parse_options(spec, "--net", "tap")
-            for key in (f"eth{i}", opts.get("tap")):
+            for key in (f"eth{i}", f"net{i}", opts.get("tap")):
                 if key in net_override:
                     opts["tap"] = net_override[key]
                     used.add(key)
