@@ -4,25 +4,14 @@ from __future__ import annotations
 
 import click
 
+from kvmvm.cli.boot import click_options
 from kvmvm.cli.options import RESTORE
 from kvmvm.cli.restoring import run
 
 
-def _click_options(f):
-    for o in reversed(RESTORE):
-        kw = dict(help=o.help, default=o.default, multiple=o.multiple, metavar=o.metavar)
-        if o.kind == "flag":
-            kw.update(is_flag=True)
-            kw.pop("metavar")
-        else:
-            kw.update(type=o.kind)
-        f = click.option(*o.flags, o.dest, **kw)(f)
-    return f
-
-
 @click.command("restore")
 @click.argument("snapdir")
-@_click_options
+@click_options(RESTORE)
 def cli(snapdir, **kw):
     """Restore a snapshot and run it to its end, console on this terminal.
 

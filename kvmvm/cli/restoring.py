@@ -3,9 +3,6 @@
 
 from __future__ import annotations
 
-import os
-import sys
-
 from kvmvm.errors import ConfigError
 
 
@@ -26,6 +23,7 @@ class _Console:
 
 
 def run(snapdir, net_override=(), vsock_uds=None, timeout=None, as_json=False) -> int:
+    from kvmvm.cli.booting import report
     from kvmvm.console import attached_console
     from kvmvm.machine import Machine
 
@@ -42,12 +40,4 @@ def run(snapdir, net_override=(), vsock_uds=None, timeout=None, as_json=False) -
         finally:
             m.close()
     res.timings_ms["restore_vmm"] = m.restore_vmm_ms
-    if as_json:
-        import json
-
-        sys.stdout.flush()
-        sys.stdout.write(json.dumps(res.to_dict()) + "\n")
-    if res.outcome != "ok" or os.environ.get("KVMVM_VERBOSE") == "1":
-        sys.stdout.flush()
-        sys.stderr.write(f"kvmvm: {res.message}\n")
-    return res.status
+    return report(res, as_json)
