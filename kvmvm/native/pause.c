@@ -78,6 +78,8 @@ int kvmvm_vm_pause(kvmvm_vm *vm, int64_t timeout_ms)
         }
     }
     virtio_park_all(vm, 1);
+    if (vm->serial)
+        serial_drain_output(vm->serial, 1000);
     vm->paused = 1;
     return 0;
 }
