@@ -109,6 +109,7 @@ struct kvmvm_vm {
     int nr_parked;
     int paused;
     pthread_cond_t pause_cond;
+    pthread_mutex_t pause_lock;     /* one pause/resume at a time (API thread, Python) */
 };
 
 int vm_register_ram(struct kvmvm_vm *vm, int slot);

@@ -66,6 +66,7 @@ kvmvm_vm *kvmvm_vm_new(const char *dev_path, int *err)
     pthread_mutex_init(&vm->lock, NULL);
     pthread_cond_init(&vm->cond, NULL);
     pthread_cond_init(&vm->pause_cond, NULL);
+    pthread_mutex_init(&vm->pause_lock, NULL);
 
     vm->kvm_fd = open(dev_path ? dev_path : "/dev/kvm", O_RDWR | O_CLOEXEC);
     if (vm->kvm_fd < 0) { e = -errno; goto fail; }
@@ -470,6 +471,7 @@ void kvmvm_vm_free(kvmvm_vm *vm)
             close(vm->mem.r[i].fd);
     }
     pthread_cond_destroy(&vm->pause_cond);
+    pthread_mutex_destroy(&vm->pause_lock);
     pthread_rwlock_destroy(&vm->pio.lock);
     pthread_rwlock_destroy(&vm->mmio.lock);
     free(vm);
