@@ -66,6 +66,13 @@ def _boot(cfg, as_json: bool, after_build=None, prepared=None) -> int:
             res = m.run()
     finally:
         m.close()
+    return report(res, as_json)
+
+
+def report(res, as_json: bool) -> int:
+    """The end of a run: JSON when asked, the outcome's line unless all went well."""
+    from kvmvm.cli import T0
+
     out, err = sys.stdout, sys.stderr     # None when the process started with them closed
     if as_json and out is not None:
         import json

@@ -67,6 +67,8 @@ kvmvm_vm *kvmvm_vm_new(const char *dev_path, int *err)
     bus_init_embedded(&vm->mmio);
     pthread_mutex_init(&vm->lock, NULL);
     pthread_cond_init(&vm->cond, NULL);
+    pthread_cond_init(&vm->pause_cond, NULL);
+    pthread_mutex_init(&vm->pause_lock, NULL);
 
     vm->kvm_fd = open(dev_path ? dev_path : "/dev/kvm", O_RDWR | O_CLOEXEC);
     if (vm->kvm_fd < 0) { e = -errno; goto fail; }
@@ -177,10 +179,17 @@ int kvmvm_vm_caps(kvmvm_vm *vm, struct kvmvm_caps *caps)
 
 int kvmvm_vm_add_ram(kvmvm_vm *vm, uint64_t gpa, uint64_t size)
 {
-    int slot = kvmvm_gmem_add(&vm->mem, gpa, size);
+    return vm_register_ram(vm, kvmvm_gmem_add(&vm->mem, gpa, size));
+}
+
+/* Hand a just-added guest-memory region (slot, or -errno) to KVM; on failure the region
+   is unmapped again. */
+int vm_register_ram(struct kvmvm_vm *vm, int slot)
+{
     if (slot < 0)
         return slot;
     struct gmem_region *r = &vm->mem.r[slot];
+    uint64_t gpa = r->gpa, size = r->size;
     struct kvm_userspace_memory_region region = {
         .slot = slot,
         .guest_phys_addr = gpa,
@@ -190,6 +199,8 @@ int kvmvm_vm_add_ram(kvmvm_vm *vm, uint64_t gpa, uint64_t size)
     if (ioctl(vm->vm_fd, KVM_SET_USER_MEMORY_REGION, &region) < 0) {
         int e = -errno;
         munmap(r->map, r->map_len);
+        if (r->fd >= 0)
+            close(r->fd);
         vm->mem.nr--;
         return e;
     }
@@ -361,6 +372,7 @@ void vm_request_stop(struct kvmvm_vm *vm, const struct kvmvm_stop_info *info)
     }
     pthread_mutex_lock(&vm->lock);
     pthread_cond_broadcast(&vm->cond);
+    pthread_cond_broadcast(&vm->pause_cond);    /* parked vCPUs end too */
     pthread_mutex_unlock(&vm->lock);
 }
 
@@ -391,6 +403,10 @@ static void *vcpu_thread(void *arg)
     seccomp_thread_enter(vm, KVMVM_SC_VCPU);
 
     while (!atomic_load(&vm->stopping)) {
+        if (atomic_load(&vm->pause_req)) {
+            vcpu_park(v);
+            continue;
+        }
         long long zero = 0;
         atomic_compare_exchange_strong(&vm->t_first_run_ns, &zero, kvmvm_now_ns());
         int rc = ioctl(v->fd, KVM_RUN, 0);
@@ -539,8 +555,13 @@ void kvmvm_vm_free(kvmvm_vm *vm)
     if (vm->kvm_fd >= 0)
         close(vm->kvm_fd);
     /* guest RAM goes last: no vCPU or device can touch it any more */
-    for (int i = 0; i < vm->mem.nr; i++)
+    for (int i = 0; i < vm->mem.nr; i++) {
         munmap(vm->mem.r[i].map, vm->mem.r[i].map_len);
+        if (vm->mem.r[i].fd >= 0)
+            close(vm->mem.r[i].fd);
+    }
+    pthread_cond_destroy(&vm->pause_cond);
+    pthread_mutex_destroy(&vm->pause_lock);
     pthread_rwlock_destroy(&vm->pio.lock);
     pthread_rwlock_destroy(&vm->mmio.lock);
     free(vm);
