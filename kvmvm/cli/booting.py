@@ -12,7 +12,7 @@ DEFAULT_LINUX_CMDLINE = ("console=ttyS0 8250.nr_uarts=1 reboot=acpi panic=-1 pci
 
 
 def run(kernel, initrd, cmdline, memory, cpus, timeout, entry, use_bzimage, no_acpi, as_json,
-        drives, nets, vsock, no_rng, virtio_cmdline) -> int:
+        drives, nets, vsock, no_rng, virtio_cmdline, api_sock=None) -> int:
     """`kvmvm boot` itself, called by the click command and by the fast path (kvmvm.cli)."""
     from kvmvm.cli import T0
     from kvmvm.console import attached_console
@@ -30,10 +30,17 @@ def run(kernel, initrd, cmdline, memory, cpus, timeout, entry, use_bzimage, no_a
                         drives=list(drives), nets=list(nets), vsock=vsock, rng=not no_rng,
                         virtio_cmdline=virtio_cmdline)
     m = Machine(cfg, t0_ns=T0)
+    api = None
     try:
         with attached_console(cfg):
+            if api_sock:
+                from kvmvm.api import serve_machine
+
+                api = serve_machine(api_sock, m)[0]
             res = m.run()
     finally:
+        if api is not None:
+            api.close()
         m.close()
     if as_json:
         import json
