@@ -20,6 +20,7 @@ COMMANDS = {
     "run": "run",
     "image": "image",
     "bench": "bench",
+    "firecracker": "firecracker",
 }
 
 
@@ -30,6 +31,10 @@ def _has_module(name: str) -> bool:
 
 def _fast(argv: list[str]):
     """kvmvm boot without click, when the arguments are plain; None otherwise."""
+    if argv[:1] == ["firecracker"]:
+        from kvmvm.cli.firecracker import main as firecracker_main
+
+        return firecracker_main(argv[1:])
     if argv[:1] != ["boot"]:
         return None
     from kvmvm.cli.options import BOOT, parse
