@@ -69,13 +69,13 @@ def _expected(kind) -> str:
         return "a string"
     if kind == "bool":
         return "a boolean"
-    if kind in _UINT_MAX:
-        return kind
     if isinstance(kind, tuple):
         return "one of " + ", ".join(f"`{k}`" for k in kind)
     if isinstance(kind, dict):
         return "a struct"
-    return "a sequence"
+    if isinstance(kind, list):
+        return "a sequence"
+    return kind
 
 
 def check_value(v, kind, where: str = ""):
@@ -89,7 +89,7 @@ def check_value(v, kind, where: str = ""):
         if not isinstance(v, bool):
             raise bad
         return v
-    if kind in _UINT_MAX:
+    if isinstance(kind, str) and kind in _UINT_MAX:
         if isinstance(v, bool) or not isinstance(v, int):
             raise bad
         if v < 0:

@@ -49,6 +49,10 @@ class Router:
         except ApiError as e:
             self._done(entry, True, method, path, body, e.status, e.message)
             return e.status, {"fault_message": e.message}
+        except Exception as e:      # a bug in kvmvm: Firecracker's 500 shape, the server lives on
+            msg = f"Internal error: {type(e).__name__}: {e}"
+            self._done(entry, True, method, path, body, 500, msg)
+            return 500, {"fault_message": msg}
         self._done(entry, False, method, path, body, 200 if payload is not None else 204, None)
         return (200, payload) if payload is not None else (204, None)
 

@@ -30,6 +30,7 @@ _REASONS = {200: "OK", 204: "No Content", 400: "Bad Request", 404: "Not Found",
 
 class _Handler(socketserver.StreamRequestHandler):
     def handle(self) -> None:
+        threading.current_thread().name = "fc_api"     # Firecracker's thread name in log lines
         while self._one_request():
             pass
 
