@@ -170,6 +170,7 @@ def main(argv: list[str]) -> int:
                 vmm.logger.info(f"API server listening on {opts['api_sock']}.")
             _wait(vmm)
     finally:
+        _ignore_signals()           # a late SIGTERM must not cut the clean-up short
         if server is not None:
             server.close()
         vmm.stop()
@@ -183,6 +184,13 @@ def main(argv: list[str]) -> int:
         sys.stdout.flush()
         sys.stderr.write(f"kvmvm: {res.message}\n")
     return res.status
+
+
+def _ignore_signals() -> None:
+    import signal
+
+    for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+        signal.signal(sig, signal.SIG_IGN)
 
 
 def _put(router, path: str, body: dict) -> None:

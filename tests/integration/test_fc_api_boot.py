@@ -1,0 +1,201 @@
+"""Firecracker's API driving real tiny guests: `kvmvm firecracker` booted through the API as
+Firecracker's getting-started guide does, --config-file, and `kvmvm boot --api-sock`.
+Every response is checked against the swagger (tests/apischema.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from kvmvm.api.errors import NOT_AFTER_BOOT
+from kvmvm.machine import Machine
+from tests.fcclient import FcClient, wait_socket
+
+FC = [sys.executable, "-m", "kvmvm", "firecracker"]
+CAD_STATUS = (0x2A << 1) | 1      # the kbd guest's debug-exit status after Ctrl+Alt+Del
+CAN_PAUSE = hasattr(Machine, "pause")
+
+
+def _spawn(cmd, tmp_path, **kw):
+    out = open(tmp_path / "stdout.txt", "wb")
+    p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.PIPE, **kw)
+    p.stdout_path = tmp_path / "stdout.txt"
+    return p
+
+
+def _end(p, timeout=10):
+    try:
+        p.wait(timeout)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    return p.returncode
+
+
+@pytest.fixture
+def fc(tmp_path, kvm_ok, tiny_images):
+    sock = str(tmp_path / "fc.sock")
+    p = _spawn(FC + ["--api-sock", sock, "--id", "itest"], tmp_path)
+    wait_socket(sock, p)
+    c = FcClient(sock)
+    c.proc = p
+    yield c
+    c.close()
+    if p.poll() is None:
+        p.send_signal(signal.SIGTERM)
+    _end(p)
+    assert not os.path.exists(sock), "API socket left behind"
+
+
+def _pause_resume(api):
+    if not CAN_PAUSE:
+        msg = api.fault("PATCH", "/vm", {"state": "Paused"})
+        assert msg.startswith("kvmvm does not support pausing")
+        return
+    api.ok("PATCH", "/vm", {"state": "Paused"})
+    assert api.ok("GET", "/")["state"] == "Paused"
+    api.ok("PATCH", "/vm", {"state": "Paused"})             # idempotent, as Firecracker
+    api.ok("PATCH", "/vm", {"state": "Resumed"})
+    assert api.ok("GET", "/")["state"] == "Running"
+
+
+def test_getting_started_boot_pause_flush_ctrl_alt_del(fc, tmp_path, tiny_images):
+    log, metrics = tmp_path / "fc.log", tmp_path / "metrics.json"
+    fc.ok("PUT", "/logger", {"log_path": str(log), "level": "Info", "show_level": True})
+    fc.ok("PUT", "/metrics", {"metrics_path": str(metrics)})
+    fc.ok("PUT", "/boot-source", {"kernel_image_path": str(tiny_images / "kbd.elf"),
+                                  "boot_args": "console=ttyS0 reboot=k panic=1"})
+    fc.ok("PUT", "/machine-config", {"vcpu_count": 1, "mem_size_mib": 64})
+    fc.ok("PUT", "/entropy", {})
+    assert fc.ok("GET", "/")["state"] == "Not started"
+    t = time.monotonic()
+    fc.ok("PUT", "/actions", {"action_type": "InstanceStart"})
+    assert time.monotonic() - t < 5
+    assert fc.ok("GET", "/") == {"id": "itest", "state": "Running", "vmm_version": fc.ok("GET", "/")["vmm_version"],
+                                 "app_name": "kvmvm"}
+    assert fc.fault("PUT", "/actions", {"action_type": "InstanceStart"}) == NOT_AFTER_BOOT
+    assert fc.fault("PUT", "/boot-source", {"kernel_image_path": "x"}) == NOT_AFTER_BOOT
+    assert fc.fault("PUT", "/machine-config", {"vcpu_count": 2, "mem_size_mib": 64}) == NOT_AFTER_BOOT
+    cfg = fc.ok("GET", "/vm/config")
+    assert cfg["machine-config"]["mem_size_mib"] == 64 and cfg["entropy"] == {}
+    assert "snapshots" in fc.fault("PUT", "/snapshot/create", {"mem_file_path": str(tmp_path / "m"),
+                                                                "snapshot_path": str(tmp_path / "s")})
+    _pause_resume(fc)
+    time.sleep(0.3)                       # let the guest poll the controller a while
+    fc.ok("PUT", "/actions", {"action_type": "FlushMetrics"})
+    m = json.loads(metrics.read_text().splitlines()[-1])
+    assert m["vcpu"]["exit_io_in_out"] > 0          # the guest's polling of the i8042
+    assert m["put_api_requests"]["actions_count"] >= 2
+    fc.ok("PUT", "/actions", {"action_type": "SendCtrlAltDel"})
+    assert _end(fc.proc) == CAD_STATUS
+    out = fc.proc.stdout_path.read_text()
+    assert "kbd: ctrl-alt-del" in out, out
+    text = log.read_text()
+    assert ":INFO] Successfully started microvm." in text
+    assert 'Put request on "/actions" with body' in text
+
+
+def test_instance_start_errors_are_400_and_leave_it_configurable(fc, tmp_path, tiny_images):
+    kernel = tmp_path / "vmlinux"
+    kernel.write_bytes((tiny_images / "exitcode.elf").read_bytes())
+    fc.ok("PUT", "/boot-source", {"kernel_image_path": str(kernel)})
+    kernel.unlink()
+    msg = fc.fault("PUT", "/actions", {"action_type": "InstanceStart"})
+    assert msg.startswith("Start microVM error: kernel image not found"), msg
+    kernel.write_bytes(b"not a kernel")
+    msg = fc.fault("PUT", "/actions", {"action_type": "InstanceStart"})
+    assert msg.startswith("Start microVM error:") and "not an ELF or bzImage" in msg, msg
+    assert fc.ok("GET", "/")["state"] == "Not started"
+    fc.ok("PUT", "/boot-source", {"kernel_image_path": str(tiny_images / "exitcode.elf"), "boot_args": "4"})
+    fc.ok("PUT", "/actions", {"action_type": "InstanceStart"})
+    assert _end(fc.proc) == 9
+
+
+def test_exit_status_and_serial_file(fc, tmp_path, tiny_images):
+    fc.ok("PUT", "/boot-source", {"kernel_image_path": str(tiny_images / "exitcode.elf"), "boot_args": "9"})
+    fc.ok("PUT", "/serial", {"serial_out_path": str(tmp_path / "console.txt")})
+    fc.ok("PUT", "/actions", {"action_type": "InstanceStart"})
+    assert _end(fc.proc) == (9 << 1) | 1
+    assert (tmp_path / "console.txt").read_text() == "exitcode 9\n"
+
+
+def test_config_file_same_json_as_vm_config(fc, tmp_path, tiny_images):
+    disk = tmp_path / "disk.img"
+    disk.write_bytes(b"\0" * 4096)
+    fc.ok("PUT", "/boot-source", {"kernel_image_path": str(tiny_images / "exitcode.elf"), "boot_args": "3"})
+    fc.ok("PUT", "/machine-config", {"vcpu_count": 2, "mem_size_mib": 32})
+    fc.ok("PUT", "/drives/data", {"drive_id": "data", "path_on_host": str(disk), "is_root_device": False,
+                                  "is_read_only": True})
+    cfg = fc.ok("GET", "/vm/config")
+    path = tmp_path / "vm.json"
+    path.write_text(json.dumps(cfg))
+    p = _spawn(FC + ["--no-api", "--config-file", str(path)], tmp_path)
+    assert _end(p) == 7, p.stderr.read()
+    assert "exitcode 3" in p.stdout_path.read_text()
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(dict(cfg, **{"machine-config": {"vcpu_count": 1}})))
+    p = _spawn(FC + ["--no-api", "--config-file", str(bad)], tmp_path)
+    assert _end(p) == 2
+    err = p.stderr.read().decode()
+    assert err.count("\n") == 1 and "missing field `mem_size_mib`" in err, err
+
+
+def test_config_file_with_api_serves_the_running_vm(tmp_path, kvm_ok, tiny_images):
+    cfg = {"boot-source": {"kernel_image_path": str(tiny_images / "kbd.elf")},
+           "machine-config": {"vcpu_count": 1, "mem_size_mib": 32}}
+    (tmp_path / "vm.json").write_text(json.dumps(cfg))
+    sock = str(tmp_path / "fc.sock")
+    p = _spawn(FC + ["--api-sock", sock, "--config-file", str(tmp_path / "vm.json")], tmp_path)
+    wait_socket(sock, p)
+    c = FcClient(sock)
+    assert c.ok("GET", "/")["state"] == "Running"
+    c.ok("PUT", "/actions", {"action_type": "SendCtrlAltDel"})
+    c.close()
+    assert _end(p) == CAD_STATUS
+    assert not os.path.exists(sock)
+
+
+@pytest.mark.parametrize("args,word", [(["--seccomp-filter", "f"], "--seccomp-filter"),
+                                       (["--enable-pci"], "--enable-pci"),
+                                       (["--no-api"], "--config-file"),
+                                       (["--id", "bad id"], "--id")])
+def test_flags_refused_with_one_line(tmp_path, args, word):
+    p = subprocess.run(FC + args, capture_output=True, text=True, timeout=30)
+    assert p.returncode == 2
+    assert p.stderr.count("\n") == 1 and word in p.stderr, p.stderr
+
+
+def test_sigterm_ends_vm_and_removes_socket(fc, tiny_images):
+    fc.ok("PUT", "/boot-source", {"kernel_image_path": str(tiny_images / "halt.elf")})
+    fc.ok("PUT", "/actions", {"action_type": "InstanceStart"})
+    t = time.monotonic()
+    fc.proc.send_signal(signal.SIGTERM)
+    assert _end(fc.proc) == 130
+    assert time.monotonic() - t < 3
+
+
+def test_kvmvm_boot_api_sock(tmp_path, kvm_ok, tiny_images):
+    sock = str(tmp_path / "boot.sock")
+    p = _spawn([sys.executable, "-m", "kvmvm", "boot", "--kernel", str(tiny_images / "halt.elf"),
+                "--memory", "32", "--api-sock", sock], tmp_path)
+    wait_socket(sock, p)
+    c = FcClient(sock)
+    assert c.ok("GET", "/")["state"] == "Running"
+    cfg = c.ok("GET", "/vm/config")
+    assert cfg["boot-source"]["kernel_image_path"].endswith("halt.elf")
+    assert cfg["machine-config"]["mem_size_mib"] == 32
+    assert c.fault("PUT", "/boot-source", {"kernel_image_path": "x"}) == NOT_AFTER_BOOT
+    assert c.fault("PUT", "/actions", {"action_type": "InstanceStart"}) == NOT_AFTER_BOOT
+    _pause_resume(c)
+    c.ok("PUT", "/actions", {"action_type": "FlushMetrics"})
+    c.close()
+    p.send_signal(signal.SIGTERM)
+    assert _end(p) == 130
+    assert not os.path.exists(sock)
