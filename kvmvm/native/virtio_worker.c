@@ -13,11 +13,34 @@
 
 #include "virtio.h"
 
+/* On a stop_fd event: 1 when it was a pause (the worker slept until resumed), 0 to end */
+static int worker_parks(struct virtio_dev *d)
+{
+    pthread_mutex_lock(&d->park_lock);
+    if (!d->park_req) {
+        pthread_mutex_unlock(&d->park_lock);
+        return 0;
+    }
+    uint64_t cnt;
+    if (read(d->stop_fd, &cnt, sizeof(cnt)) < 0) { /* EAGAIN: already consumed */ }
+    d->parked = 1;
+    pthread_cond_broadcast(&d->park_cond);
+    while (d->park_req)
+        pthread_cond_wait(&d->park_cond, &d->park_lock);
+    d->parked = 0;
+    pthread_mutex_unlock(&d->park_lock);
+    return 1;
+}
+
 static void wait_for_stop(struct virtio_dev *d)
 {
     struct pollfd p = { .fd = d->stop_fd, .events = POLLIN };
-    while (poll(&p, 1, -1) < 0 && errno == EINTR)
-        ;
+    for (;;) {
+        if (poll(&p, 1, -1) < 0 && errno == EINTR)
+            continue;
+        if (!worker_parks(d))
+            return;
+    }
 }
 
 static void *worker_main(void *arg)
@@ -46,8 +69,11 @@ static void *worker_main(void *arg)
         }
         for (int i = 0; i < n && !virtio_broken(d); i++) {
             uint64_t tag = ev[i].data.u64;
-            if (tag == VIRTIO_TAG_STOP)
+            if (tag == VIRTIO_TAG_STOP) {
+                if (worker_parks(d))
+                    continue;
                 return NULL;
+            }
             if (tag < (uint64_t)d->ops->nqueues) {
                 uint64_t cnt = 0;
                 if (read(d->kick_fd[tag], &cnt, sizeof(cnt)) == sizeof(cnt))
@@ -113,10 +139,28 @@ fail:
     return rc;
 }
 
+void virtio_worker_park(struct virtio_dev *d, int park)
+{
+    if (!d->running)
+        return;
+    pthread_mutex_lock(&d->park_lock);
+    d->park_req = park;
+    if (park) {
+        uint64_t one = 1;
+        if (write(d->stop_fd, &one, sizeof(one)) < 0) { /* cannot fail on a fresh eventfd */ }
+        while (!d->parked)
+            pthread_cond_wait(&d->park_cond, &d->park_lock);
+    } else {
+        pthread_cond_broadcast(&d->park_cond);
+    }
+    pthread_mutex_unlock(&d->park_lock);
+}
+
 void virtio_worker_stop(struct virtio_dev *d)
 {
     if (!d->running)
         return;
+    virtio_worker_park(d, 0);   /* a parked worker wakes and sees the stop */
     uint64_t one = 1;
     if (write(d->stop_fd, &one, sizeof(one)) < 0) { /* cannot fail on a fresh eventfd */ }
     pthread_join(d->worker, NULL);
