@@ -117,8 +117,7 @@ class Vmm:
         m = None
         try:
             m = Machine(cfg, t0_ns=self.t0_ns)
-            m.build()
-            m.vm.start()
+            m.start()
         except KvmvmError as e:
             if m is not None:
                 m.close()
@@ -126,6 +125,10 @@ class Vmm:
         self.machine = m
         self.state = RUNNING
         self.logger.info("Successfully started microvm.")
+        self.watch()
+
+    def watch(self) -> None:
+        """Watch the running VM for its end, in a thread."""
         threading.Thread(target=self._watch, name="fc_vmm_wait", daemon=True).start()
 
     def _watch(self) -> None:
@@ -175,25 +178,54 @@ class Vmm:
         if cfg.rng:
             self.entropy = {}
 
+    def restored_from(self, fc: dict, overrides_by_iface: dict, vsock_uds: str | None) -> None:
+        """GET /vm/config after a snapshot load: the devices as saved (boot-source left out,
+        as Firecracker does for restored VMs), with the overrides applied."""
+        self.machine_config = dict(default_machine_config(), **fc.get("machine-config", {}))
+        self.drives = {d["drive_id"]: d for d in fc.get("drives", [])}
+        self.nets = {}
+        for n in fc.get("network-interfaces", []):
+            n = dict(n)
+            if n["iface_id"] in overrides_by_iface:
+                n["host_dev_name"] = overrides_by_iface[n["iface_id"]]
+            self.nets[n["iface_id"]] = n
+        self.vsock = dict(fc["vsock"]) if fc.get("vsock") else None
+        if self.vsock and vsock_uds:
+            self.vsock["uds_path"] = vsock_uds
+        self.entropy = fc.get("entropy")
+
     def pause(self) -> None:
         self.postboot()
-        fn = getattr(self.machine, "pause", None)
-        if fn is None:
-            raise unsupported("pausing a microVM yet (it comes with kvmvm's snapshot support)")
+        self._ended_check()
         if self.state != PAUSED:
-            fn()
+            self._call("pause", "Failed to pause the vCPUs")
             self.state = PAUSED
             self.logger.info("Vmm is paused.")
 
     def resume(self) -> None:
         self.postboot()
-        fn = getattr(self.machine, "resume", None)
-        if fn is None:
-            raise unsupported("resuming a microVM yet (it comes with kvmvm's snapshot support)")
+        self._ended_check()
         if self.state == PAUSED:
-            fn()
+            m = self.machine
+            if not getattr(m, "started", True):     # restored with resume_vm false: first start
+                self._call("start", "Failed to start the vCPUs")
+                self.watch()
+            else:
+                self._call("resume", "Failed to resume the vCPUs")
             self.state = RUNNING
             self.logger.info("Vmm is resumed.")
+
+    def _ended_check(self) -> None:
+        if self.result is not None or getattr(self.machine, "vm", None) is None:
+            raise ApiError("The microVM has already stopped.")
+
+    def _call(self, verb: str, what: str) -> None:
+        from kvmvm.errors import KvmvmError
+
+        try:
+            getattr(self.machine, verb)()
+        except KvmvmError as e:
+            raise ApiError(f"{what}: {e}") from None
 
     def ctrl_alt_del(self) -> None:
         self.postboot()

@@ -85,8 +85,9 @@ def test_getting_started_boot_pause_flush_ctrl_alt_del(fc, tmp_path, tiny_images
     assert fc.fault("PUT", "/machine-config", {"vcpu_count": 2, "mem_size_mib": 64}) == NOT_AFTER_BOOT
     cfg = fc.ok("GET", "/vm/config")
     assert cfg["machine-config"]["mem_size_mib"] == 64 and cfg["entropy"] == {}
-    assert "snapshots" in fc.fault("PUT", "/snapshot/create", {"mem_file_path": str(tmp_path / "m"),
-                                                                "snapshot_path": str(tmp_path / "s")})
+    assert fc.fault("PUT", "/snapshot/create", {"mem_file_path": str(tmp_path / "m"),
+                                                 "snapshot_path": str(tmp_path / "s")}).startswith(
+        "Create snapshot error: the microVM must be paused")
     _pause_resume(fc)
     time.sleep(0.3)                       # let the guest poll the controller a while
     fc.ok("PUT", "/actions", {"action_type": "FlushMetrics"})
@@ -100,6 +101,45 @@ def test_getting_started_boot_pause_flush_ctrl_alt_del(fc, tmp_path, tiny_images
     text = log.read_text()
     assert ":INFO] Successfully started microvm." in text
     assert 'Put request on "/actions" with body' in text
+
+
+def test_snapshot_create_and_load_in_a_fresh_process(fc, tmp_path, tiny_images):
+    fc.ok("PUT", "/boot-source", {"kernel_image_path": str(tiny_images / "kbd.elf")})
+    fc.ok("PUT", "/machine-config", {"vcpu_count": 1, "mem_size_mib": 32})
+    fc.ok("PUT", "/entropy", {})
+    fc.ok("PUT", "/actions", {"action_type": "InstanceStart"})
+    time.sleep(0.2)
+    fc.ok("PATCH", "/vm", {"state": "Paused"})
+    snap, mem = tmp_path / "snapshot_file", tmp_path / "mem_file"
+    fc.ok("PUT", "/snapshot/create", {"snapshot_path": str(snap), "mem_file_path": str(mem),
+                                      "snapshot_type": "Full"})
+    assert mem.is_file() and mem.stat().st_size == 32 << 20
+    assert "diff snapshots" in fc.fault("PUT", "/snapshot/create", {
+        "snapshot_path": str(snap), "mem_file_path": str(mem), "snapshot_type": "Diff"})
+    fc.proc.send_signal(signal.SIGTERM)
+    assert _end(fc.proc) == 130
+    moved = tmp_path / "elsewhere.mem"
+    mem.rename(moved)                       # clients name the memory file at load time
+    sock = str(tmp_path / "fc2.sock")
+    p = _spawn(FC + ["--api-sock", sock], tmp_path)
+    wait_socket(sock, p)
+    c = FcClient(sock)
+    try:
+        c.ok("PUT", "/snapshot/load", {"snapshot_path": str(snap), "mem_backend": {
+            "backend_type": "File", "backend_path": str(moved)}, "resume_vm": False})
+        assert c.ok("GET", "/")["state"] == "Paused"
+        cfg = c.ok("GET", "/vm/config")
+        assert cfg["machine-config"]["mem_size_mib"] == 32 and "boot-source" not in cfg
+        assert c.fault("PUT", "/actions", {"action_type": "InstanceStart"}) == NOT_AFTER_BOOT
+        c.ok("PATCH", "/vm", {"state": "Resumed"})
+        assert c.ok("GET", "/")["state"] == "Running"
+        c.ok("PUT", "/actions", {"action_type": "SendCtrlAltDel"})
+        assert _end(p) == CAD_STATUS
+    finally:
+        c.close()
+        if p.poll() is None:
+            p.kill()
+    assert "kbd: ctrl-alt-del" in p.stdout_path.read_text()
 
 
 def test_instance_start_errors_are_400_and_leave_it_configurable(fc, tmp_path, tiny_images):

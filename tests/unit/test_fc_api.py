@@ -235,7 +235,14 @@ def test_actions_and_state_machine_before_boot(api, tmp_path):
     assert api.fault("PATCH", "/vm", {"state": "Stopped"}, valid=False).startswith(DESER + "unknown variant")
     assert api.fault("PUT", "/snapshot/create", {"mem_file_path": "m", "snapshot_path": "s"}) == NOT_BEFORE_BOOT
     assert api.fault("PUT", "/snapshot/load", {"snapshot_path": "s"}).startswith(DESER)
-    assert "snapshots" in api.fault("PUT", "/snapshot/load", {"snapshot_path": "s", "mem_file_path": "m"})
+    assert api.fault("PUT", "/snapshot/load", {"snapshot_path": "nonexistent", "mem_file_path": "m"}) \
+        .startswith("Load snapshot error:")
+    for extra, what in (({"track_dirty_pages": True}, "dirty page"), ({"clock_realtime": True}, "clock_realtime")):
+        msg = api.fault("PUT", "/snapshot/load", dict({"snapshot_path": "s", "mem_file_path": "m"}, **extra))
+        assert msg.startswith("kvmvm does not support") and what in msg
+    msg = api.fault("PUT", "/snapshot/load", {"snapshot_path": "s", "mem_backend": {"backend_type": "Uffd",
+                                                                                    "backend_path": "u"}})
+    assert "Uffd" in msg
     api.ok("PUT", "/boot-source", {"kernel_image_path": KERNEL})
     assert api.fault("PUT", "/snapshot/load", {"snapshot_path": "s", "mem_file_path": "m"}) == \
         "Loading a microVM snapshot not allowed after configuring boot-specific resources."
