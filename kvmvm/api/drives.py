@@ -61,7 +61,9 @@ def patch_drive(vmm, body, rest):
     if "rate_limiter" in cfg:
         raise unsupported("rate limiters on drives")
     if "path_on_host" in cfg:
-        raise unsupported("changing a running drive's backing file (path_on_host) yet")
+        path = cfg["path_on_host"]
+        check_path(path, vmm.drives[did].get("is_read_only", False))
+        vmm.swap_drive(did, path)
 
 
 ROUTES = [

@@ -77,9 +77,8 @@ class Vmm:
         if bs is None:
             raise ApiError("Cannot start microvm without kernel configuration.")
         args = bs.get("boot_args", DEFAULT_BOOT_ARGS)
-        drives = sorted(self.drives.values(), key=lambda d: not d["is_root_device"])
         specs = []
-        for d in drives:
+        for d in self.ordered_drives():
             specs.append(f"{d['path_on_host']}{',ro' if d['is_read_only'] else ''},id={d['drive_id'][:20]}")
             if d["is_root_device"]:
                 root = f"PARTUUID={d['partuuid']}" if d.get("partuuid") else "/dev/vda"
@@ -95,6 +94,29 @@ class Vmm:
             vsock=f"cid={vs['guest_cid']},uds={vs['uds_path']}" if vs else None,
             rng=self.entropy is not None, serial_out_fd=self._serial_out_fd(),
             serial_in_fd=self.serial_in_fd)
+
+    def ordered_drives(self) -> list[dict]:
+        """The drives in the VM's slot order: the root device first (/dev/vda)."""
+        return sorted(self.drives.values(), key=lambda d: not d.get("is_root_device", False))
+
+    def swap_drive(self, drive_id: str, path: str) -> None:
+        """PATCH /drives path_on_host on a running VM: the new file, a config interrupt."""
+        import errno
+
+        from kvmvm.bindings import lib
+
+        ids = [d["drive_id"] for d in self.ordered_drives()]
+        slots = [s for s in self.machine.virtio if s.name == "blk"]
+        if drive_id not in ids or len(slots) != len(ids):
+            raise ApiError(f"Invalid block device ID: {drive_id}")
+        self._ended_check()
+        rc = lib.kvmvm_vm_virtio_blk_swap(self.machine.vm._vm, slots[ids.index(drive_id)].base,
+                                          path.encode())
+        if rc < 0:
+            raise ApiError(f"Unable to patch the block device: {path}: {os.strerror(-rc)}"
+                           if rc != -errno.ENODEV else f"Invalid block device ID: {drive_id}")
+        self.drives[drive_id]["path_on_host"] = path
+        self.logger.info(f"Drive {drive_id} now backed by {path}.")
 
     def _serial_out_fd(self) -> int:
         path = (self.serial or {}).get("serial_out_path")
@@ -259,7 +281,7 @@ class Vmm:
         out: dict = {}
         if self.boot_source is not None:
             out["boot-source"] = dict(self.boot_source)
-        out["drives"] = [dict(d) for d in self.drives.values()]
+        out["drives"] = [dict(d) for d in self.ordered_drives()]
         out["machine-config"] = dict(self.machine_config)
         out["network-interfaces"] = [dict(n) for n in self.nets.values()]
         if self.vsock is not None:

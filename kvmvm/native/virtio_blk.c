@@ -2,6 +2,7 @@
  * virtio-blk (device 2) over a raw image file: read, write, flush (fdatasync: what the
  * guest flushed is on disk), get-id. A read-only drive answers writes with IOERR.
  */
+#define _GNU_SOURCE     /* dup3 */
 #include <errno.h>
 #include <fcntl.h>
 #include <stdlib.h>
@@ -201,4 +202,35 @@ int kvmvm_vm_add_virtio_blk(kvmvm_vm *vm, uint64_t base, int irq, int flags,
     uint64_t features = (1ull << VIRTIO_BLK_F_FLUSH) | (1ull << VIRTIO_BLK_F_SEG_MAX) |
                         (b->ro ? 1ull << VIRTIO_BLK_F_RO : 0);
     return virtio_mmio_add(vm, base, irq, flags, &blk_ops, b, features);
+}
+
+int kvmvm_vm_virtio_blk_swap(kvmvm_vm *vm, uint64_t base, const char *path)
+{
+    struct virtio_dev *d = virtio_find(vm, base);
+    struct stat st;
+    if (!d || d->ops != &blk_ops)
+        return -ENODEV;
+    struct blk *b = d->priv;
+    int fd = open(path, (b->ro ? O_RDONLY : O_RDWR) | O_CLOEXEC);
+    if (fd < 0)
+        return -errno;
+    if (fstat(fd, &st) < 0 || !(S_ISREG(st.st_mode) || S_ISBLK(st.st_mode))) {
+        int e = S_ISDIR(st.st_mode) ? -EISDIR : -EINVAL;
+        close(fd);
+        return e;
+    }
+    /* dup3 swaps the file behind b->fd atomically for the worker thread */
+    if (dup3(fd, b->fd, O_CLOEXEC) < 0) {
+        int e = -errno;
+        close(fd);
+        return e;
+    }
+    close(fd);
+    __atomic_store_n(&b->sectors, (uint64_t)st.st_size / SECTOR, __ATOMIC_RELEASE);
+    pthread_mutex_lock(&d->lock);
+    d->config_generation++;
+    pthread_mutex_unlock(&d->lock);
+    if (atomic_load(&d->status) & VIRTIO_STATUS_DRIVER_OK)
+        virtio_interrupt(d, VIRTIO_INT_CONFIG);
+    return 0;
 }

@@ -239,3 +239,29 @@ def test_kvmvm_boot_api_sock(tmp_path, kvm_ok, tiny_images):
     p.send_signal(signal.SIGTERM)
     assert _end(p) == 130
     assert not os.path.exists(sock)
+
+
+def test_patch_drive_swaps_the_backing_file(fc, tmp_path, tiny_images):
+    one, two = tmp_path / "one.img", tmp_path / "two.img"
+    one.write_bytes(b"first disk".ljust(4096, b"\0"))
+    two.write_bytes(b"second disk, larger".ljust(8192, b"\0"))
+    fc.ok("PUT", "/boot-source", {"kernel_image_path": str(tiny_images / "blk-watch.elf")})
+    fc.ok("PUT", "/drives/data", {"drive_id": "data", "path_on_host": str(one), "is_root_device": False,
+                                  "is_read_only": True})
+    assert fc.fault("PATCH", "/drives/data", {"drive_id": "data", "path_on_host": str(two)}) == \
+        "The requested operation is not supported before starting the microVM."
+    fc.ok("PUT", "/actions", {"action_type": "InstanceStart"})
+    deadline = time.monotonic() + 10
+    while "blk-watch: 8 first disk" not in fc.proc.stdout_path.read_text():
+        assert time.monotonic() < deadline and fc.proc.poll() is None, fc.proc.stdout_path.read_text()
+        time.sleep(0.05)
+    assert "cannot open" in fc.fault("PATCH", "/drives/data", {"drive_id": "data",
+                                                              "path_on_host": str(tmp_path / "none")})
+    assert fc.fault("PATCH", "/drives/nodrive", {"drive_id": "nodrive", "path_on_host": str(two)}) == \
+        "Invalid block device ID: nodrive"
+    assert "rate limiters" in fc.fault("PATCH", "/drives/data", {
+        "drive_id": "data", "rate_limiter": {"ops": {"size": 10, "refill_time": 100}}})
+    fc.ok("PATCH", "/drives/data", {"drive_id": "data", "path_on_host": str(two)})
+    assert fc.ok("GET", "/vm/config")["drives"][0]["path_on_host"] == str(two)
+    assert _end(fc.proc) == (0x21 << 1) | 1
+    assert "blk-watch: 16 second disk, larger" in fc.proc.stdout_path.read_text()
