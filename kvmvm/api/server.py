@@ -17,6 +17,7 @@ import socket
 import socketserver
 import stat
 import threading
+import time
 
 from kvmvm.errors import ConfigError
 
@@ -121,18 +122,41 @@ class ApiServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
         except OSError as e:
             raise ConfigError(f"cannot bind the API socket {path}: {e.strerror}") from None
         self._thread = None
+        self._closing = False
 
     def start(self) -> "ApiServer":
-        """Serve in a daemon thread."""
-        self._thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.2},
-                                        name="fc_api", daemon=True)
+        """Serve in a daemon thread: accept() blocks (no polling interval to wait out on
+        close), each connection gets its own thread."""
+        self._thread = threading.Thread(target=self._accept_loop, name="fc_api_accept", daemon=True)
         self._thread.start()
         return self
 
+    def _accept_loop(self) -> None:
+        while not self._closing:
+            try:
+                request, addr = self.get_request()      # a blocking accept()
+            except OSError:
+                if self._closing:
+                    return
+                time.sleep(0.05)                        # e.g. out of fds: retry, do not spin
+                continue
+            try:
+                self.process_request(request, addr)    # a thread per connection
+            except Exception:   # noqa: BLE001 - e.g. no thread could start: drop this one
+                self.shutdown_request(request)
+
+    def handle_error(self, request, client_address) -> None:
+        pass    # a client that went away mid-request is not the server's problem
+
     def close(self) -> None:
         """Stop serving and remove the socket."""
+        self._closing = True
         if self._thread is not None:
-            self.shutdown()
+            try:
+                self.socket.shutdown(socket.SHUT_RDWR)   # wakes the blocked accept()
+            except OSError:
+                pass
+            self._thread.join(2.0)
             self._thread = None
         self.server_close()
         try:

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 
 from kvmvm.api.errors import ApiError, unsupported
 from kvmvm.api.fields import opt, parse_body, req
@@ -57,6 +55,8 @@ def _header(snap_dir: str) -> dict:
 
 
 def _remove(path: str) -> None:
+    import shutil
+
     if os.path.isdir(path) and not os.path.islink(path):
         shutil.rmtree(path)
     elif os.path.lexists(path):
@@ -64,6 +64,8 @@ def _remove(path: str) -> None:
 
 
 def create(vmm, cfg: dict) -> None:
+    import shutil
+
     from kvmvm.errors import KvmvmError
     from kvmvm.snapshot import format as fmt
 
@@ -106,6 +108,9 @@ def create(vmm, cfg: dict) -> None:
 
 
 def load(vmm, cfg: dict) -> None:
+    import shutil
+    import tempfile
+
     from kvmvm.errors import KvmvmError
     from kvmvm.machine import Machine
 

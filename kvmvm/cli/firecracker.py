@@ -168,6 +168,7 @@ def main(argv: list[str]) -> int:
 
                 server = serve(opts["api_sock"], vmm, opts.get("max_payload"))
                 vmm.logger.info(f"API server listening on {opts['api_sock']}.")
+                _preload_in_background()
             _wait(vmm)
     finally:
         _ignore_signals()           # a late SIGTERM must not cut the clean-up short
@@ -217,6 +218,27 @@ def _boot_from_file(router, vmm, path: str) -> None:
         raise ConfigError(f"config file {path}: not valid JSON: {e}") from None
     apply_config(router, data)
     _put(router, "/actions", {"action_type": "InstanceStart"})
+
+
+def _preload_in_background() -> None:
+    """Import what InstanceStart needs (the C core, loaders, devices) while the API waits
+    for its configuration, so the start itself does not pay for it."""
+    import threading
+
+    def preload():
+        import importlib
+
+        for name in ("kvmvm.machine", "kvmvm.bindings", "kvmvm.vm", "kvmvm.boot.elf",
+                     "kvmvm.boot.bzimage", "kvmvm.boot.acpi", "kvmvm.boot.pvh",
+                     "kvmvm.boot.bootparams", "kvmvm.boot.mptable", "kvmvm.devices",
+                     "kvmvm.devices.virtio.blk", "kvmvm.devices.virtio.net",
+                     "kvmvm.devices.virtio.vsock", "kvmvm.devices.virtio.rng"):
+            try:
+                importlib.import_module(name)
+            except Exception:   # noqa: BLE001 - InstanceStart reports any real problem
+                return
+
+    threading.Thread(target=preload, name="fc_preload", daemon=True).start()
 
 
 def _wait(vmm) -> None:
