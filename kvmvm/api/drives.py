@@ -33,8 +33,6 @@ def put_drive(vmm, body, rest):
     vmm.preboot()
     if "socket" in cfg:
         raise unsupported("vhost-user block devices (socket)")
-    if "rate_limiter" in cfg:
-        raise unsupported("rate limiters on drives")
     if cfg.get("io_engine", "Sync") != "Sync":
         raise unsupported("the Async (io_uring) block IO engine")
     if cfg.get("cache_type", "Unsafe") != "Unsafe":
@@ -59,7 +57,7 @@ def patch_drive(vmm, body, rest):
     if did not in vmm.drives:
         raise ApiError(f"Invalid block device ID: {did}")
     if "rate_limiter" in cfg:
-        raise unsupported("rate limiters on drives")
+        vmm.set_drive_rate_limiter(did, cfg["rate_limiter"])
     if "path_on_host" in cfg:
         path = cfg["path_on_host"]
         check_path(path, vmm.drives[did].get("is_read_only", False))

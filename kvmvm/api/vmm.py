@@ -99,19 +99,43 @@ class Vmm:
         """The drives in the VM's slot order: the root device first (/dev/vda)."""
         return sorted(self.drives.values(), key=lambda d: not d.get("is_root_device", False))
 
+    def _blk_slot(self, m, drive_id: str):
+        ids = [d["drive_id"] for d in self.ordered_drives()]
+        slots = [s for s in m.virtio if s.name == "blk"]
+        if drive_id not in ids or len(slots) != len(ids):
+            raise ApiError(f"Invalid block device ID: {drive_id}")
+        return slots[ids.index(drive_id)]
+
+    def _blk_rate_limit(self, m, drive_id: str, rl: dict) -> None:
+        from kvmvm.bindings import ffi, lib
+
+        def bucket(tb):
+            if not tb:
+                return ffi.NULL
+            b = ffi.new("struct kvmvm_token_bucket *")
+            b.size, b.one_time_burst, b.refill_time_ms = tb["size"], tb.get("one_time_burst", 0), tb["refill_time"]
+            return b
+
+        rc = lib.kvmvm_vm_virtio_blk_rate_limit(m.vm._vm, self._blk_slot(m, drive_id).base,
+                                                bucket(rl.get("bandwidth")), bucket(rl.get("ops")))
+        if rc < 0:
+            raise ApiError(f"Invalid block device ID: {drive_id}")
+
+    def set_drive_rate_limiter(self, drive_id: str, rl: dict) -> None:
+        """PATCH /drives rate_limiter on a running VM: new buckets, full, from now."""
+        self._ended_check()
+        self._blk_rate_limit(self.machine, drive_id, rl)
+        self.drives[drive_id]["rate_limiter"] = rl
+
     def swap_drive(self, drive_id: str, path: str) -> None:
         """PATCH /drives path_on_host on a running VM: the new file, a config interrupt."""
         import errno
 
         from kvmvm.bindings import lib
 
-        ids = [d["drive_id"] for d in self.ordered_drives()]
-        slots = [s for s in self.machine.virtio if s.name == "blk"]
-        if drive_id not in ids or len(slots) != len(ids):
-            raise ApiError(f"Invalid block device ID: {drive_id}")
+        slot = self._blk_slot(self.machine, drive_id)
         self._ended_check()
-        rc = lib.kvmvm_vm_virtio_blk_swap(self.machine.vm._vm, slots[ids.index(drive_id)].base,
-                                          path.encode())
+        rc = lib.kvmvm_vm_virtio_blk_swap(self.machine.vm._vm, slot.base, path.encode())
         if rc < 0:
             raise ApiError(f"Unable to patch the block device: {path}: {os.strerror(-rc)}"
                            if rc != -errno.ENODEV else f"Invalid block device ID: {drive_id}")
@@ -139,6 +163,10 @@ class Vmm:
         m = None
         try:
             m = Machine(cfg, t0_ns=self.t0_ns)
+            m.build()
+            for d in self.drives.values():
+                if d.get("rate_limiter"):
+                    self._blk_rate_limit(m, d["drive_id"], d["rate_limiter"])
             m.start()
         except KvmvmError as e:
             if m is not None:

@@ -7,10 +7,12 @@
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include "virtio.h"
+#include "rate_limiter.h"
 
 #define VIRTIO_BLK_F_SEG_MAX  2
 #define VIRTIO_BLK_F_RO       5
@@ -28,12 +30,14 @@
 #define SECTOR 512ull
 #define BLK_QUEUE_MAX 256
 #define BLK_ID_BYTES 20
+#define BLK_TAG_RATE_LIMIT 0x100     /* the rate limiter's timerfd in the worker's epoll */
 
 struct blk {
     int fd;
     int ro;
     uint64_t sectors;
     char id[BLK_ID_BYTES];
+    struct rate_limiter rl;
     struct iovec iov[VIRTQ_MAX_SEGS];
 };
 
@@ -149,6 +153,13 @@ static void blk_notify(struct virtio_dev *d, int qi)
     int rc, done = 0;
 
     while ((rc = virtq_pop(q, c)) > 0) {
+        /* the data bytes (a read's or a write's), for the bandwidth bucket */
+        uint64_t bytes = (c->out_len > sizeof(struct blk_req_hdr) ? c->out_len - sizeof(struct blk_req_hdr) : 0) +
+                         (c->in_len > 1 ? c->in_len - 1 : 0);
+        if (!rl_consume(&b->rl, bytes)) {
+            virtq_unpop(q);     /* retried when the rate limiter's timer fires */
+            break;
+        }
         virtq_push(q, c->head, blk_request(d, b, c));
         atomic_fetch_add_explicit(&d->requests, 1, memory_order_relaxed);
         done++;
@@ -159,6 +170,23 @@ static void blk_notify(struct virtio_dev *d, int qi)
         virtio_queue_done(d, qi);
 }
 
+static int blk_activate(struct virtio_dev *d)
+{
+    struct blk *b = d->priv;
+    return virtio_worker_watch(d, b->rl.timer_fd, EPOLLIN, BLK_TAG_RATE_LIMIT);
+}
+
+static void blk_fd_event(struct virtio_dev *d, uint64_t tag, uint32_t events)
+{
+    struct blk *b = d->priv;
+    (void)events;
+    if (tag != BLK_TAG_RATE_LIMIT)
+        return;
+    rl_timer_ack(&b->rl);
+    if (d->q[0].size)
+        blk_notify(d, 0);
+}
+
 static void blk_destroy(struct virtio_dev *d)
 {
     struct blk *b = d->priv;
@@ -166,6 +194,7 @@ static void blk_destroy(struct virtio_dev *d)
         return;
     if (b->fd >= 0)
         close(b->fd);
+    rl_destroy(&b->rl);
     free(b);
 }
 
@@ -176,7 +205,9 @@ static const struct virtio_dev_ops blk_ops = {
     .queue_max = BLK_QUEUE_MAX,
     .config_len = 24,
     .config_read = blk_config_read,
+    .activate = blk_activate,
     .queue_notify = blk_notify,
+    .fd_event = blk_fd_event,
     .destroy = blk_destroy,
 };
 
@@ -188,11 +219,17 @@ int kvmvm_vm_add_virtio_blk(kvmvm_vm *vm, uint64_t base, int irq, int flags,
     if (!b)
         return -ENOMEM;
     b->ro = !!readonly;
+    int rc = rl_init(&b->rl);
+    if (rc < 0) {
+        free(b);
+        return rc;
+    }
     b->fd = open(path, (readonly ? O_RDONLY : O_RDWR) | O_CLOEXEC);
     if (b->fd < 0 || fstat(b->fd, &st) < 0) {
         int e = -errno;
         if (b->fd >= 0)
             close(b->fd);
+        rl_destroy(&b->rl);
         free(b);
         return e;
     }
@@ -232,5 +269,16 @@ int kvmvm_vm_virtio_blk_swap(kvmvm_vm *vm, uint64_t base, const char *path)
     pthread_mutex_unlock(&d->lock);
     if (atomic_load(&d->status) & VIRTIO_STATUS_DRIVER_OK)
         virtio_interrupt(d, VIRTIO_INT_CONFIG);
+    return 0;
+}
+
+int kvmvm_vm_virtio_blk_rate_limit(kvmvm_vm *vm, uint64_t base,
+                                   const struct kvmvm_token_bucket *bandwidth,
+                                   const struct kvmvm_token_bucket *ops)
+{
+    struct virtio_dev *d = virtio_find(vm, base);
+    if (!d || d->ops != &blk_ops)
+        return -ENODEV;
+    rl_set(&((struct blk *)d->priv)->rl, bandwidth, ops);
     return 0;
 }

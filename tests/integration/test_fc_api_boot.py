@@ -259,9 +259,45 @@ def test_patch_drive_swaps_the_backing_file(fc, tmp_path, tiny_images):
                                                               "path_on_host": str(tmp_path / "none")})
     assert fc.fault("PATCH", "/drives/nodrive", {"drive_id": "nodrive", "path_on_host": str(two)}) == \
         "Invalid block device ID: nodrive"
-    assert "rate limiters" in fc.fault("PATCH", "/drives/data", {
-        "drive_id": "data", "rate_limiter": {"ops": {"size": 10, "refill_time": 100}}})
     fc.ok("PATCH", "/drives/data", {"drive_id": "data", "path_on_host": str(two)})
     assert fc.ok("GET", "/vm/config")["drives"][0]["path_on_host"] == str(two)
     assert _end(fc.proc) == (0x21 << 1) | 1
     assert "blk-watch: 16 second disk, larger" in fc.proc.stdout_path.read_text()
+
+
+def _bench_drive(fc, tmp_path, tiny_images, count: int, rate_limiter=None):
+    disk = tmp_path / "bench.img"
+    disk.write_bytes(b"\0" * (1 << 20))
+    fc.ok("PUT", "/boot-source", {"kernel_image_path": str(tiny_images / "virtio-blk-bench.elf"),
+                                  "boot_args": f"count={count} size=4096"})
+    drive = {"drive_id": "bench", "path_on_host": str(disk), "is_root_device": False, "is_read_only": True}
+    if rate_limiter:
+        drive["rate_limiter"] = rate_limiter
+    fc.ok("PUT", "/drives/bench", drive)
+
+
+@pytest.mark.parametrize("limiter", [{"ops": {"size": 10, "refill_time": 500}},
+                                     {"bandwidth": {"size": 10 * 4096, "refill_time": 500}}],
+                         ids=["ops", "bandwidth"])
+def test_drive_rate_limiter_holds_requests_back(fc, tmp_path, tiny_images, limiter):
+    # 10 reads of 4 KiB at once (a full bucket), then 20/s: 40 reads need at least 1.5 s
+    _bench_drive(fc, tmp_path, tiny_images, 40, limiter)
+    t = time.monotonic()
+    fc.ok("PUT", "/actions", {"action_type": "InstanceStart"})
+    status = _end(fc.proc, 30)
+    elapsed = time.monotonic() - t
+    out = fc.proc.stdout_path.read_text()
+    assert status == 0 and "bench: 40 requests" in out, out
+    assert elapsed >= 1.4, f"40 rate-limited reads took only {elapsed:.2f} s"
+
+
+def test_drive_rate_limiter_patched_while_running(fc, tmp_path, tiny_images):
+    # one op, then one per 100 s: the guest's second read waits until the PATCH lifts it
+    _bench_drive(fc, tmp_path, tiny_images, 5, {"ops": {"size": 1, "refill_time": 100000}})
+    fc.ok("PUT", "/actions", {"action_type": "InstanceStart"})
+    time.sleep(0.5)
+    assert fc.proc.poll() is None, fc.proc.stdout_path.read_text()
+    fc.ok("PATCH", "/drives/bench", {"drive_id": "bench",
+                                     "rate_limiter": {"ops": {"size": 0, "refill_time": 0}}})
+    assert _end(fc.proc, 10) == 0
+    assert "bench: 5 requests" in fc.proc.stdout_path.read_text()

@@ -128,8 +128,14 @@ def test_drives(api, disk, tmp_path):
     assert api.fault("PUT", "/drives/", root, valid=False) == "The ID cannot be empty."
     assert "cannot open" in api.fault("PUT", "/drives/x", dict(root, drive_id="x", is_root_device=False,
                                                                 path_on_host=str(tmp_path / "none")))
-    rl = {"bandwidth": {"size": 1000, "refill_time": 100}}
-    for extra, what in (({"rate_limiter": rl}, "rate limiters"), ({"io_engine": "Async"}, "Async"),
+    rl = {"bandwidth": {"size": 1000, "refill_time": 100}, "ops": {"size": 10, "refill_time": 100,
+                                                                  "one_time_burst": 5}}
+    api.ok("PUT", "/drives/limited", dict(root, drive_id="limited", is_root_device=False, rate_limiter=rl))
+    assert api.ok("GET", "/vm/config")["drives"][2]["rate_limiter"] == rl
+    assert api.fault("PUT", "/drives/x", dict(root, drive_id="x", is_root_device=False,
+                                              rate_limiter={"ops": {"size": 10}}), valid=False) == \
+        DESER + "missing field `refill_time`."
+    for extra, what in (({"io_engine": "Async"}, "Async"),
                         ({"cache_type": "Writeback"}, "Writeback")):
         msg = api.fault("PUT", "/drives/x", dict(root, drive_id="x", is_root_device=False, **extra))
         assert msg.startswith("kvmvm does not support") and what in msg
