@@ -22,8 +22,6 @@ def put_net(vmm, body, rest):
     if cfg["iface_id"] != iid:
         raise ApiError(ID_MISMATCH)
     vmm.preboot()
-    if "rx_rate_limiter" in cfg or "tx_rate_limiter" in cfg:
-        raise unsupported("rate limiters on network interfaces")
     if "mtu" in cfg:
         raise unsupported("advertising an MTU (VIRTIO_NET_F_MTU)")
     tap = cfg["host_dev_name"]
@@ -50,8 +48,7 @@ def patch_net(vmm, body, rest):
     vmm.postboot()
     if iid not in vmm.nets:
         raise ApiError(f"Invalid network interface ID: {iid}")
-    if "rx_rate_limiter" in cfg or "tx_rate_limiter" in cfg:
-        raise unsupported("rate limiters on network interfaces")
+    vmm.set_net_rate_limiters(iid, cfg)
 
 
 ROUTES = [

@@ -19,6 +19,17 @@ NOT_STARTED, RUNNING, PAUSED = "Not started", "Running", "Paused"
 DEFAULT_BOOT_ARGS = "reboot=k panic=1 pci=off nomodule 8250.nr_uarts=0 i8042.noaux i8042.nomux i8042.dumbkbd"
 
 
+def _bucket(tb: dict | None):
+    """A TokenBucket of the API as the C core's struct (NULL: no limit)."""
+    from kvmvm.bindings import ffi
+
+    if not tb:
+        return ffi.NULL
+    b = ffi.new("struct kvmvm_token_bucket *")
+    b.size, b.one_time_burst, b.refill_time_ms = tb["size"], tb.get("one_time_burst", 0), tb["refill_time"]
+    return b
+
+
 def default_machine_config() -> dict:
     return {"vcpu_count": 1, "mem_size_mib": 128, "smt": False, "track_dirty_pages": False,
             "huge_pages": "None"}
@@ -107,19 +118,38 @@ class Vmm:
         return slots[ids.index(drive_id)]
 
     def _blk_rate_limit(self, m, drive_id: str, rl: dict) -> None:
-        from kvmvm.bindings import ffi, lib
-
-        def bucket(tb):
-            if not tb:
-                return ffi.NULL
-            b = ffi.new("struct kvmvm_token_bucket *")
-            b.size, b.one_time_burst, b.refill_time_ms = tb["size"], tb.get("one_time_burst", 0), tb["refill_time"]
-            return b
+        from kvmvm.bindings import lib
 
         rc = lib.kvmvm_vm_virtio_blk_rate_limit(m.vm._vm, self._blk_slot(m, drive_id).base,
-                                                bucket(rl.get("bandwidth")), bucket(rl.get("ops")))
+                                                _bucket(rl.get("bandwidth")), _bucket(rl.get("ops")))
         if rc < 0:
             raise ApiError(f"Invalid block device ID: {drive_id}")
+
+    def _net_rate_limit(self, m, iface_id: str, cfg: dict) -> None:
+        """rx_rate_limiter / tx_rate_limiter present in cfg onto the running device."""
+        from kvmvm.bindings import lib
+
+        ids = list(self.nets)
+        slots = [s for s in m.virtio if s.name == "net"]
+        if iface_id not in ids or len(slots) != len(ids):
+            raise ApiError(f"Invalid network interface ID: {iface_id}")
+        base = slots[ids.index(iface_id)].base
+        for key, rx in (("rx_rate_limiter", 1), ("tx_rate_limiter", 0)):
+            rl = cfg.get(key)
+            if rl is None:
+                continue
+            rc = lib.kvmvm_vm_virtio_net_rate_limit(m.vm._vm, base, rx, _bucket(rl.get("bandwidth")),
+                                                    _bucket(rl.get("ops")))
+            if rc < 0:
+                raise ApiError(f"Invalid network interface ID: {iface_id}")
+
+    def set_net_rate_limiters(self, iface_id: str, cfg: dict) -> None:
+        """PATCH /network-interfaces on a running VM."""
+        self._ended_check()
+        self._net_rate_limit(self.machine, iface_id, cfg)
+        for key in ("rx_rate_limiter", "tx_rate_limiter"):
+            if key in cfg:
+                self.nets[iface_id][key] = cfg[key]
 
     def set_drive_rate_limiter(self, drive_id: str, rl: dict) -> None:
         """PATCH /drives rate_limiter on a running VM: new buckets, full, from now."""
@@ -167,6 +197,8 @@ class Vmm:
             for d in self.drives.values():
                 if d.get("rate_limiter"):
                     self._blk_rate_limit(m, d["drive_id"], d["rate_limiter"])
+            for n in self.nets.values():
+                self._net_rate_limit(m, n["iface_id"], n)
             m.start()
         except KvmvmError as e:
             if m is not None:

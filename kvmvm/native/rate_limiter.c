@@ -18,26 +18,28 @@ static void tb_set(struct token_bucket *b, const struct kvmvm_token_bucket *c)
     b->size = c->size;
     b->refill_ns = c->refill_time_ms * 1000000ull;
     b->burst = c->one_time_burst;
-    b->budget = c->size;
+    b->budget = (int64_t)c->size;
     b->last_ns = kvmvm_now_ns();
 }
 
 static void tb_refill(struct token_bucket *b, int64_t now)
 {
-    if (!b->size)
+    if (!b->size || now <= b->last_ns)
         return;
-    uint64_t dt = now > b->last_ns ? (uint64_t)(now - b->last_ns) : 0;
-    if (dt >= b->refill_ns) {
-        b->budget = b->size;
+    uint64_t dt = (uint64_t)(now - b->last_ns);
+    /* 128-bit products: no overflow for any size and elapsed time */
+    unsigned __int128 add = (unsigned __int128)dt * b->size / b->refill_ns;
+    if (add == 0)
+        return;
+    unsigned __int128 room = (unsigned __int128)((int64_t)b->size - b->budget);
+    if (add >= room) {
+        b->budget = (int64_t)b->size;
         b->last_ns = now;
         return;
     }
-    uint64_t add = (uint64_t)((unsigned __int128)dt * b->size / b->refill_ns);
-    if (add == 0)
-        return;
     /* advance last_ns by exactly the time those tokens took, keeping the remainder */
-    b->last_ns += (int64_t)((unsigned __int128)add * b->refill_ns / b->size);
-    b->budget = b->budget + add > b->size ? b->size : b->budget + add;
+    b->last_ns += (int64_t)(add * b->refill_ns / b->size);
+    b->budget += (int64_t)add;
 }
 
 /* 0 when n tokens are there now, else the nanoseconds until they are */
@@ -48,9 +50,9 @@ static uint64_t tb_wait(const struct token_bucket *b, uint64_t n)
     n -= b->burst;
     if (n > b->size)
         n = b->size;        /* over-sized: wait for a full bucket */
-    if (b->budget >= n)
+    if (b->budget >= (int64_t)n)
         return 0;
-    return (uint64_t)((unsigned __int128)(n - b->budget) * b->refill_ns / b->size) + 1;
+    return (uint64_t)((unsigned __int128)(uint64_t)((int64_t)n - b->budget) * b->refill_ns / b->size) + 1;
 }
 
 static void tb_take(struct token_bucket *b, uint64_t n)
@@ -60,7 +62,7 @@ static void tb_take(struct token_bucket *b, uint64_t n)
     uint64_t from_burst = n < b->burst ? n : b->burst;
     b->burst -= from_burst;
     n -= from_burst;
-    b->budget = n >= b->budget ? 0 : b->budget - n;
+    b->budget -= (int64_t)n;
 }
 
 int rl_init(struct rate_limiter *rl)
@@ -119,6 +121,33 @@ int rl_consume(struct rate_limiter *rl, uint64_t bytes)
     }
     pthread_mutex_unlock(&rl->lock);
     return ok;
+}
+
+int rl_ready(struct rate_limiter *rl)
+{
+    pthread_mutex_lock(&rl->lock);
+    int ok = 1;
+    if (rl->bw.size || rl->ops.size) {
+        int64_t now = kvmvm_now_ns();
+        tb_refill(&rl->bw, now);
+        tb_refill(&rl->ops, now);
+        uint64_t w1 = tb_wait(&rl->bw, 1), w2 = tb_wait(&rl->ops, 1);
+        ok = w1 == 0 && w2 == 0;
+        if (!ok) {
+            rl->throttled++;
+            arm(rl, w1 > w2 ? w1 : w2);
+        }
+    }
+    pthread_mutex_unlock(&rl->lock);
+    return ok;
+}
+
+void rl_take(struct rate_limiter *rl, uint64_t bytes)
+{
+    pthread_mutex_lock(&rl->lock);
+    tb_take(&rl->bw, bytes);
+    tb_take(&rl->ops, 1);
+    pthread_mutex_unlock(&rl->lock);
 }
 
 void rl_timer_ack(struct rate_limiter *rl)

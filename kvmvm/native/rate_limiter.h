@@ -10,13 +10,13 @@
 #include <stdint.h>
 
 #include "internal.h"
-#include "api_blk.h"
+#include "api_ratelimit.h"
 
 struct token_bucket {
     uint64_t size;              /* 0: this bucket does not limit */
     uint64_t refill_ns;
     uint64_t burst;             /* what is left of the one-time burst */
-    uint64_t budget;            /* tokens now, at most size */
+    int64_t budget;             /* tokens now, at most size; below 0 after rl_take's debt */
     int64_t last_ns;
 };
 
@@ -34,6 +34,11 @@ void rl_set(struct rate_limiter *rl, const struct kvmvm_token_bucket *bw,
             const struct kvmvm_token_bucket *ops);
 /* 1: the request (bytes, one op) may go now and was counted; 0: wait for the timer */
 int rl_consume(struct rate_limiter *rl, uint64_t bytes);
+/* for a receive path that learns the size only after reading: 1 when every bucket has a
+   token now (the caller then reads and calls rl_take), 0 with the timer armed */
+int rl_ready(struct rate_limiter *rl);
+/* take tokens already spent (a bucket may go into debt, repaid by later refills) */
+void rl_take(struct rate_limiter *rl, uint64_t bytes);
 /* the timer fired: clear it */
 void rl_timer_ack(struct rate_limiter *rl);
 

@@ -15,6 +15,7 @@
 #include <linux/if_tun.h>
 
 #include "virtio.h"
+#include "rate_limiter.h"
 
 #define VIRTIO_NET_F_MAC     5
 #define VIRTIO_NET_F_STATUS  16
@@ -23,10 +24,13 @@
 #define RXQ                  0
 #define TXQ                  1
 #define TAP_TAG              0x10000
+#define RX_RL_TAG            0x10001   /* the rate limiters' timerfds */
+#define TX_RL_TAG            0x10002
 
 struct net {
     int tap_fd;
     int rx_watching;
+    struct rate_limiter rx_rl, tx_rl;
     uint8_t mac[6];
     struct iovec iov[VIRTQ_MAX_SEGS];
 };
@@ -56,6 +60,12 @@ static void net_rx(struct virtio_dev *d, struct net *n)
     int rc, done = 0;
 
     while ((rc = virtq_pop(q, c)) > 0) {
+        if (!rl_ready(&n->rx_rl)) {     /* out of tokens: the TAP waits for the timer */
+            virtq_unpop(q);
+            rx_watch(d, n, 0);
+            rc = 0;
+            goto out;
+        }
         int cnt = chain_iov(c, 1, 0, c->in_len, n->iov, VIRTQ_MAX_SEGS);
         ssize_t r = c->in_len >= NET_HDR_LEN ? readv(n->tap_fd, n->iov, cnt) : -2;
         if (r == -2) {      /* a buffer too small for the header: hand it back unused */
@@ -68,6 +78,7 @@ static void net_rx(struct virtio_dev *d, struct net *n)
             break;          /* EAGAIN: nothing more to read */
         }
         virtq_push(q, c->head, (uint32_t)r);
+        rl_take(&n->rx_rl, r > NET_HDR_LEN ? (uint64_t)r - NET_HDR_LEN : 0);
         atomic_fetch_add_explicit(&d->requests, 1, memory_order_relaxed);
         atomic_fetch_add_explicit(&d->bytes_in, (uint64_t)r, memory_order_relaxed);
         done++;
@@ -77,6 +88,7 @@ static void net_rx(struct virtio_dev *d, struct net *n)
         return;
     }
     rx_watch(d, n, rc > 0);     /* rc == 0: out of buffers, wait for the guest's kick */
+out:
     if (done)
         virtio_queue_done(d, RXQ);
 }
@@ -88,6 +100,10 @@ static void net_tx(struct virtio_dev *d, struct net *n)
     int rc, done = 0;
 
     while ((rc = virtq_pop(q, c)) > 0) {
+        if (!rl_consume(&n->tx_rl, c->out_len > NET_HDR_LEN ? c->out_len - NET_HDR_LEN : 0)) {
+            virtq_unpop(q);     /* sent when the rate limiter's timer fires */
+            break;
+        }
         if (c->out_len > NET_HDR_LEN) {
             int cnt = chain_iov(c, 0, 0, c->out_len, n->iov, VIRTQ_MAX_SEGS);
             /* a full TAP queue drops the frame, as a wire would */
@@ -115,14 +131,28 @@ static void net_notify(struct virtio_dev *d, int q)
 
 static void net_fd_event(struct virtio_dev *d, uint64_t tag, uint32_t events)
 {
-    if (tag == TAP_TAG)
-        net_rx(d, d->priv);
+    struct net *n = d->priv;
+    if (tag == TAP_TAG) {
+        net_rx(d, n);
+    } else if (tag == RX_RL_TAG) {
+        rl_timer_ack(&n->rx_rl);
+        if (d->q[RXQ].size)
+            net_rx(d, n);
+    } else if (tag == TX_RL_TAG) {
+        rl_timer_ack(&n->tx_rl);
+        if (d->q[TXQ].size)
+            net_tx(d, n);
+    }
 }
 
 static int net_activate(struct virtio_dev *d)
 {
     struct net *n = d->priv;
+    int rc;
     n->rx_watching = 1;
+    if ((rc = virtio_worker_watch(d, n->rx_rl.timer_fd, EPOLLIN, RX_RL_TAG)) < 0 ||
+        (rc = virtio_worker_watch(d, n->tx_rl.timer_fd, EPOLLIN, TX_RL_TAG)) < 0)
+        return rc;
     return virtio_worker_watch(d, n->tap_fd, EPOLLIN, TAP_TAG);
 }
 
@@ -133,6 +163,8 @@ static void net_destroy(struct virtio_dev *d)
         return;
     if (n->tap_fd >= 0)
         close(n->tap_fd);   /* a TAP that TUNSETIFF created (not persistent) goes away here */
+    rl_destroy(&n->rx_rl);
+    rl_destroy(&n->tx_rl);
     free(n);
 }
 
@@ -176,12 +208,33 @@ int kvmvm_vm_add_virtio_net(kvmvm_vm *vm, uint64_t base, int irq, int flags,
     struct net *n = calloc(1, sizeof(*n));
     if (!n)
         return -ENOMEM;
+    int rc = rl_init(&n->rx_rl);
+    if (rc == 0 && (rc = rl_init(&n->tx_rl)) < 0)
+        rl_destroy(&n->rx_rl);
+    if (rc < 0) {
+        free(n);
+        return rc;
+    }
     n->tap_fd = tap_open(tap);
     if (n->tap_fd < 0) {
         int e = n->tap_fd;
+        rl_destroy(&n->rx_rl);
+        rl_destroy(&n->tx_rl);
         free(n);
         return e;
     }
     memcpy(n->mac, mac, 6);
     return virtio_mmio_add(vm, base, irq, flags, &net_ops, n, 1ull << VIRTIO_NET_F_MAC);
+}
+
+int kvmvm_vm_virtio_net_rate_limit(kvmvm_vm *vm, uint64_t base, int rx,
+                                   const struct kvmvm_token_bucket *bandwidth,
+                                   const struct kvmvm_token_bucket *ops)
+{
+    struct virtio_dev *d = virtio_find(vm, base);
+    if (!d || d->ops != &net_ops)
+        return -ENODEV;
+    struct net *n = d->priv;
+    rl_set(rx ? &n->rx_rl : &n->tx_rl, bandwidth, ops);
+    return 0;
 }

@@ -160,10 +160,11 @@ def test_network_interfaces(api):
     assert "not a valid TAP name" in api.fault("PUT", "/network-interfaces/eth1",
                                                {"iface_id": "eth1", "host_dev_name": "x" * 16})
     rl = {"ops": {"size": 10, "refill_time": 1000, "one_time_burst": 5}}
-    assert "rate limiters" in api.fault("PUT", "/network-interfaces/eth1",
-                                        {"iface_id": "eth1", "host_dev_name": "tap1", "rx_rate_limiter": rl})
-    assert "MTU" in api.fault("PUT", "/network-interfaces/eth1",
-                              {"iface_id": "eth1", "host_dev_name": "tap1", "mtu": 1400})
+    api.ok("PUT", "/network-interfaces/eth1", {"iface_id": "eth1", "host_dev_name": "tap1",
+                                               "rx_rate_limiter": rl, "tx_rate_limiter": rl})
+    assert api.ok("GET", "/vm/config")["network-interfaces"][1]["tx_rate_limiter"] == rl
+    assert "MTU" in api.fault("PUT", "/network-interfaces/eth2",
+                              {"iface_id": "eth2", "host_dev_name": "tap2", "mtu": 1400})
     assert api.fault("PATCH", "/network-interfaces/eth0", {"iface_id": "eth0", "rx_rate_limiter": rl}) == \
         NOT_BEFORE_BOOT
 

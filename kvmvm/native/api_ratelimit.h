@@ -1,5 +1,5 @@
 /*
- * virtio-blk backing-file changes and rate limits (cffi-visible; no #include, no #ifdef).
+ * virtio-blk backing-file changes, and rate limits for virtio-blk and virtio-net (cffi-visible; no #include, no #ifdef).
  * 0 / -errno.
  */
 /* one token bucket as Firecracker's API gives it; size or refill_time_ms 0: no limit */
@@ -18,5 +18,10 @@ int kvmvm_vm_virtio_blk_swap(kvmvm_vm *vm, uint64_t base, const char *path);
 /* Set (or, with NULL / zero buckets, clear) the drive's bandwidth (bytes) and ops buckets,
    before or while the guest runs. */
 int kvmvm_vm_virtio_blk_rate_limit(kvmvm_vm *vm, uint64_t base,
+                                   const struct kvmvm_token_bucket *bandwidth,
+                                   const struct kvmvm_token_bucket *ops);
+
+/* The same for a network interface's receive (rx 1) or transmit (rx 0) direction. */
+int kvmvm_vm_virtio_net_rate_limit(kvmvm_vm *vm, uint64_t base, int rx,
                                    const struct kvmvm_token_bucket *bandwidth,
                                    const struct kvmvm_token_bucket *ops);
