@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 
 from kvmvm.api.errors import ApiError, unsupported
-from kvmvm.api.fields import RATE_LIMITER, opt, parse_body, req
-from kvmvm.api.ids import ID_MISMATCH, path_id
+from kvmvm.api.fields import RATE_LIMITER, opt, req
+from kvmvm.api.ids import parse_for_id
 
 DRIVE = {"drive_id": req("str"), "partuuid": opt("str"), "is_root_device": req("bool"),
          "cache_type": opt(("Unsafe", "Writeback")), "is_read_only": opt("bool"),
@@ -26,10 +26,7 @@ def check_path(path: str, read_only: bool) -> None:
 
 
 def put_drive(vmm, body, rest):
-    did = path_id(rest)
-    cfg = parse_body(body, DRIVE)
-    if cfg["drive_id"] != did:
-        raise ApiError(ID_MISMATCH)
+    did, cfg = parse_for_id(rest, body, DRIVE, "drive_id")
     vmm.preboot()
     if "socket" in cfg:
         raise unsupported("vhost-user block devices (socket)")
@@ -49,10 +46,7 @@ def put_drive(vmm, body, rest):
 
 
 def patch_drive(vmm, body, rest):
-    did = path_id(rest)
-    cfg = parse_body(body, PARTIAL_DRIVE)
-    if cfg["drive_id"] != did:
-        raise ApiError(ID_MISMATCH)
+    did, cfg = parse_for_id(rest, body, PARTIAL_DRIVE, "drive_id")
     vmm.postboot()
     if did not in vmm.drives:
         raise ApiError(f"Invalid block device ID: {did}")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 
 from kvmvm.api.errors import ApiError, unsupported
-from kvmvm.api.fields import RATE_LIMITER, opt, parse_body, req
-from kvmvm.api.ids import ID_MISMATCH, path_id
+from kvmvm.api.fields import RATE_LIMITER, opt, req
+from kvmvm.api.ids import parse_for_id
 
 NETWORK_INTERFACE = {"iface_id": req("str"), "host_dev_name": req("str"), "guest_mac": opt("str"),
                      "mtu": opt("u16"), "rx_rate_limiter": opt(RATE_LIMITER),
@@ -17,10 +17,7 @@ _MAC = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
 
 
 def put_net(vmm, body, rest):
-    iid = path_id(rest)
-    cfg = parse_body(body, NETWORK_INTERFACE)
-    if cfg["iface_id"] != iid:
-        raise ApiError(ID_MISMATCH)
+    iid, cfg = parse_for_id(rest, body, NETWORK_INTERFACE, "iface_id")
     vmm.preboot()
     if "mtu" in cfg:
         raise unsupported("advertising an MTU (VIRTIO_NET_F_MTU)")
@@ -41,10 +38,7 @@ def put_net(vmm, body, rest):
 
 
 def patch_net(vmm, body, rest):
-    iid = path_id(rest)
-    cfg = parse_body(body, PARTIAL)
-    if cfg["iface_id"] != iid:
-        raise ApiError(ID_MISMATCH)
+    iid, cfg = parse_for_id(rest, body, PARTIAL, "iface_id")
     vmm.postboot()
     if iid not in vmm.nets:
         raise ApiError(f"Invalid network interface ID: {iid}")
