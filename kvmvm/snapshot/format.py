@@ -154,3 +154,18 @@ def load(snap_dir: str) -> tuple[Snapshot, bytes]:
             raise _fail(snap_dir, f"memory file {r['file']} is truncated ({size} bytes; the "
                                   f"region has {r.get('size')})")
     return snap, data
+
+
+def fc_snapshot_dir(snapshot_path: str, mem_file_path: str | None) -> str:
+    """The snapshot directory for Firecracker's PUT /snapshot/create or /snapshot/load
+    fields: kvmvm's snapshot is a directory (a header, a state file, one memory file per RAM
+    region), so snapshot_path names it, and mem_file_path must be the same directory or a
+    file inside it."""
+    d = os.path.abspath(snapshot_path)
+    if mem_file_path:
+        m = os.path.abspath(mem_file_path)
+        if m != d and os.path.dirname(m) != d:
+            raise SnapshotError(f"mem_file_path {mem_file_path} must be the snapshot directory "
+                                f"{snapshot_path} or a file in it (kvmvm keeps one memory file per "
+                                f"RAM region there)")
+    return d

@@ -66,8 +66,8 @@ def save(m, out_dir: str, *, resume: bool = False) -> fmt.Snapshot:
 
 def apply_overrides(cfgd: dict, *, net_override: dict | None = None, vsock_uds: str | None = None,
                     drives: list | None = None) -> dict:
-    """The snapshot's device specs with new backends: net_override maps ethN (or the old
-    TAP name) to a TAP; vsock_uds replaces the vsock socket path; drives replaces the list."""
+    """The snapshot's device specs with new backends: net_override maps ethN or netN (the
+    N-th network device) or the old TAP name to a TAP; vsock_uds replaces the vsock socket path; drives replaces the list."""
     from kvmvm.devices.virtio import parse_options
 
     cfgd = dict(cfgd)
@@ -75,7 +75,7 @@ def apply_overrides(cfgd: dict, *, net_override: dict | None = None, vsock_uds: 
         nets, used = [], set()
         for i, spec in enumerate(cfgd.get("nets") or []):
             opts = parse_options(spec, "--net", "tap")
-            for key in (f"eth{i}", opts.get("tap")):
+            for key in (f"eth{i}", f"net{i}", opts.get("tap")):
                 if key in net_override:
                     opts["tap"] = net_override[key]
                     used.add(key)
@@ -98,9 +98,20 @@ def apply_overrides(cfgd: dict, *, net_override: dict | None = None, vsock_uds: 
     return cfgd
 
 
+def announce_genid(m) -> None:
+    """An edge on the ACPI Generic Event Device: the guest re-reads its VM generation ID
+    (Linux's vmgenid driver then reseeds its RNG)."""
+    from kvmvm.boot import layout
+
+    if m.vm.caps.irqchip:
+        m.vm.irq_line(layout.VMGENID_GED_IRQ, 1)
+        m.vm.irq_line(layout.VMGENID_GED_IRQ, 0)
+
+
 def assemble(cls, cfg, ram_fds: list[int], state: bytes, guest_cpuid: list | None, *,
-             what: str, start: bool):
-    """A Machine of class cls with cfg's devices, RAM from ram_fds and the given state."""
+             what: str, start: bool, new_genid: bool = True):
+    """A Machine of class cls with cfg's devices, RAM from ram_fds and the given state; a
+    new VM generation ID unless new_genid is false (every copy is a new VM to its guest)."""
     from kvmvm.boot import layout
 
     m = cls.__new__(cls)
@@ -117,8 +128,12 @@ def assemble(cls, cfg, ram_fds: list[int], state: bytes, guest_cpuid: list | Non
         if guest_cpuid is not None:
             check_cpuid(what, guest_cpuid, m.vm.vcpu_cpuid(0))
         m.vm.load_state(state)
+        if new_genid:
+            m.vm.write(layout.VMGENID_GPA, os.urandom(16))
         if start:
             m.start()
+            if new_genid:
+                announce_genid(m)
     except BaseException:
         m.close()
         raise
