@@ -1,14 +1,20 @@
-"""PUT /actions: InstanceStart, SendCtrlAltDel, FlushMetrics."""
+"""PUT /actions: InstanceStart, SendCtrlAltDel, FlushMetrics; and `Stop`, a kvmvm
+extension (Firecracker has no stop: its clients kill the process), used by `kvmvm vm stop`."""
 
 from __future__ import annotations
 
-from kvmvm.api.fields import parse_body, req
+from kvmvm.api.fields import load_json, parse_struct, req
 
 ACTION = {"action_type": req(("FlushMetrics", "InstanceStart", "SendCtrlAltDel"))}
+KVMVM_STOP = {"action_type": "Stop"}
 
 
 def put_actions(vmm, body, rest):
-    action = parse_body(body, ACTION)["action_type"]
+    obj = load_json(body)
+    if obj == KVMVM_STOP:
+        vmm.stop_vm()
+        return
+    action = parse_struct(obj, ACTION)["action_type"]
     if action == "InstanceStart":
         vmm.start()
     elif action == "SendCtrlAltDel":

@@ -5,7 +5,8 @@ Firecracker writes two files; kvmvm's snapshot is a directory. `snapshot_path` n
 directory, and its memory file is moved to `mem_file_path` (the directory keeps a symbolic
 link to it), so a client that moves or names the memory file at load time still works:
 load assembles a directory of links with the memory file the request names. The API-level
-configuration (drive and interface ids) rides along in `firecracker.json`.
+configuration (drive and interface ids) rides along in `firecracker.json`. When both
+paths name the same directory (`kvmvm vm snapshot` does that), the memory stays inside it.
 """
 
 from __future__ import annotations
@@ -77,6 +78,17 @@ def create(vmm, cfg: dict) -> None:
     vmm._ended_check()
     snap_dir = os.path.abspath(cfg["snapshot_path"])
     mem = os.path.abspath(cfg["mem_file_path"])
+    if snap_dir == mem:         # kvmvm's own layout: the memory stays in the directory
+        try:
+            vmm.machine.snapshot(snap_dir, resume=False)
+            with open(os.path.join(snap_dir, FC_CONFIG), "w") as f:
+                json.dump(vmm.full_config(), f)
+        except KvmvmError as e:
+            raise ApiError(f"Create snapshot error: {e}") from None
+        except OSError as e:
+            raise ApiError(f"Create snapshot error: {e.filename or snap_dir}: {e.strerror}") from None
+        vmm.logger.info(f"Snapshot created: {snap_dir}.")
+        return
     if os.path.isdir(snap_dir) and not os.path.exists(os.path.join(snap_dir, fmt.HEADER_FILE)):
         raise ApiError(f"Create snapshot error: {snap_dir} is a directory that is not a kvmvm snapshot")
     tmp = f"{snap_dir}.tmp-{os.getpid()}"
@@ -127,7 +139,8 @@ def load(vmm, cfg: dict) -> None:
     snap_dir = os.path.abspath(cfg["snapshot_path"])
     if not os.path.isdir(snap_dir):
         raise ApiError(f"Load snapshot error: {snap_dir} is not a kvmvm snapshot directory")
-    if not os.path.isfile(mem):
+    same = os.path.abspath(mem) == snap_dir      # kvmvm's own layout (both name the directory)
+    if not same and not os.path.isfile(mem):
         raise ApiError(f"Load snapshot error: cannot open the memory file {mem}")
     header = _header(snap_dir)
     fc = {}
@@ -146,9 +159,10 @@ def load(vmm, cfg: dict) -> None:
     try:
         for entry in os.listdir(snap_dir):
             os.symlink(os.path.join(snap_dir, entry), os.path.join(tmp, entry))
-        name = header["memory"][0]["file"]
-        os.unlink(os.path.join(tmp, name))
-        os.symlink(os.path.abspath(mem), os.path.join(tmp, name))
+        if not same:
+            name = header["memory"][0]["file"]
+            os.unlink(os.path.join(tmp, name))
+            os.symlink(os.path.abspath(mem), os.path.join(tmp, name))
         m = Machine.restore(tmp, net_override=overrides or None, vsock_uds=vsock_uds,
                             serial_out_fd=vmm._serial_out_fd(), serial_in_fd=vmm.serial_in_fd,
                             start=resume)

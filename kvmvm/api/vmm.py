@@ -321,6 +321,14 @@ class Vmm:
         if rc < 0:
             raise ApiError(f"Cannot send Ctrl+Alt+Del: {os.strerror(-rc)}")
 
+    def stop_vm(self) -> None:
+        """The `Stop` action (a kvmvm extension): the VM ends within a second, paused or
+        not; the process then exits as after SIGTERM (status 130)."""
+        self.postboot()
+        self._ended_check()
+        self.machine.stop()
+        self.logger.info("Vmm is stopping on request.")
+
     def stop(self) -> None:
         """End the VM now (the CLI's SIGTERM / Ctrl-C; not part of Firecracker's API)."""
         m = self.machine

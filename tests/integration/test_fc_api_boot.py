@@ -20,6 +20,7 @@ from tests.fcclient import FcClient, wait_socket
 FC = [sys.executable, "-m", "kvmvm", "firecracker"]
 CAD_STATUS = (0x2A << 1) | 1      # the kbd guest's debug-exit status after Ctrl+Alt+Del
 CAN_PAUSE = hasattr(Machine, "pause")
+KVMVM = [sys.executable, "-m", "kvmvm"]
 
 
 def _spawn(cmd, tmp_path, **kw):
@@ -301,3 +302,47 @@ def test_drive_rate_limiter_patched_while_running(fc, tmp_path, tiny_images):
                                      "rate_limiter": {"ops": {"size": 0, "refill_time": 0}}})
     assert _end(fc.proc, 10) == 0
     assert "bench: 5 requests" in fc.proc.stdout_path.read_text()
+
+
+def test_kvmvm_vm_client_against_kvmvm_boot_api_sock(tmp_path, kvm_ok, tiny_images):
+    """The snapshot work's `kvmvm vm` client against this server: pause, resume, snapshot
+    (a kvmvm snapshot directory), stop; then the snapshot restored through the API."""
+    sock = str(tmp_path / "boot.sock")
+    p = _spawn(KVMVM + ["boot", "--kernel", str(tiny_images / "kbd.elf"), "--memory", "32",
+                        "--api-sock", sock], tmp_path)
+    wait_socket(sock, p)
+
+    def vm(*args):
+        r = subprocess.run(KVMVM + ["vm", *args], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        return r.stdout
+
+    c = FcClient(sock)
+    vm("pause", sock)
+    assert c.ok("GET", "/")["state"] == "Paused"
+    vm("resume", sock)
+    assert c.ok("GET", "/")["state"] == "Running"
+    snap = tmp_path / "snap"
+    assert vm("snapshot", sock, "--out", str(snap)).strip() == str(snap)
+    assert c.ok("GET", "/")["state"] == "Paused"
+    assert (snap / "firecracker.json").is_file()
+    c.close()
+    vm("stop", sock)
+    assert _end(p) == 130
+    assert not os.path.exists(sock)
+    # the directory snapshot loads through the API too (both paths name it)
+    sock2 = str(tmp_path / "fc.sock")
+    p = _spawn(FC + ["--api-sock", sock2], tmp_path)
+    wait_socket(sock2, p)
+    c = FcClient(sock2)
+    c.ok("PUT", "/snapshot/load", {"snapshot_path": str(snap), "mem_file_path": str(snap),
+                                   "resume_vm": True})
+    assert c.ok("GET", "/")["state"] == "Running"
+    c.ok("PUT", "/actions", {"action_type": "SendCtrlAltDel"})
+    c.close()
+    assert _end(p) == CAD_STATUS
+
+
+def test_stop_action_is_post_boot(fc):
+    assert fc.fault("PUT", "/actions", {"action_type": "Stop"}, valid=False) == \
+        "The requested operation is not supported before starting the microVM."
