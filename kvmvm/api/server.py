@@ -24,6 +24,7 @@ from kvmvm.errors import ConfigError
 MAX_PAYLOAD = 51200          # Firecracker's --http-api-max-payload-size default
 MAX_LINE = 8192
 MAX_HEADERS = 64
+MAX_CONNECTIONS = 64         # each holds a thread; a flood of idle connections is refused
 _REASONS = {200: "OK", 204: "No Content", 400: "Bad Request", 404: "Not Found",
             405: "Method Not Allowed", 413: "Payload Too Large", 500: "Internal Server Error",
             501: "Not Implemented", 505: "HTTP Version Not Supported"}
@@ -123,6 +124,15 @@ class ApiServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
             raise ConfigError(f"cannot bind the API socket {path}: {e.strerror}") from None
         self._thread = None
         self._closing = False
+        self._count_lock = threading.Lock()
+        self._connections = 0
+
+    def process_request_thread(self, request, client_address):
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            with self._count_lock:
+                self._connections -= 1
 
     def start(self) -> "ApiServer":
         """Serve in a daemon thread: accept() blocks (no polling interval to wait out on
@@ -140,9 +150,18 @@ class ApiServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
                     return
                 time.sleep(0.05)                        # e.g. out of fds: retry, do not spin
                 continue
+            with self._count_lock:
+                full = self._connections >= MAX_CONNECTIONS
+                if not full:
+                    self._connections += 1
+            if full:
+                self.shutdown_request(request)
+                continue
             try:
                 self.process_request(request, addr)    # a thread per connection
             except Exception:   # noqa: BLE001 - e.g. no thread could start: drop this one
+                with self._count_lock:
+                    self._connections -= 1
                 self.shutdown_request(request)
 
     def handle_error(self, request, client_address) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import socket
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -322,6 +323,33 @@ def test_concurrent_clients(api):
     for t in threads:
         t.join()
     assert results == [200] * 160
+
+
+def test_connection_flood_is_bounded(api):
+    from kvmvm.api.server import MAX_CONNECTIONS
+
+    idle = []
+    for _ in range(MAX_CONNECTIONS):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.connect(api.path)
+        idle.append(s)
+    extra = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    extra.settimeout(5)
+    extra.connect(api.path)
+    assert extra.recv(10) == b""            # closed by the server: no thread for it
+    extra.close()
+    for s in idle:
+        s.close()
+    deadline = time.monotonic() + 5
+    while True:                             # the idle ones' threads end; service resumes
+        try:
+            c = FcClient(api.path)
+            assert c.get("/")[0] == 200
+            c.close()
+            break
+        except (ConnectionError, OSError):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
 
 
 def test_stale_socket_is_reclaimed_and_live_one_refused(tmp_path):
