@@ -8,12 +8,13 @@ commands that serve the API, so `kvmvm boot`'s start-up does not pay for it.
 from __future__ import annotations
 
 
-def serve(path: str, vmm, max_payload: int | None = None):
-    """Bind `path` and serve `vmm` in a daemon thread; returns the ApiServer (`.close()`)."""
+def serve(path: str, vmm, max_payload: int | None = None, sock=None):
+    """Serve `vmm` on `path` (or on `sock`, from kvmvm.api.listen.listen(path)) in a daemon
+    thread; returns the ApiServer (`.close()` stops it and removes the socket)."""
     from kvmvm.api.router import Router
     from kvmvm.api.server import MAX_PAYLOAD, ApiServer
 
-    return ApiServer(path, Router(vmm), max_payload or MAX_PAYLOAD).start()
+    return ApiServer(path, Router(vmm), max_payload or MAX_PAYLOAD, sock).start()
 
 
 def serve_machine(path: str, machine, instance_id: str = "anonymous-instance"):

@@ -10,7 +10,6 @@ the API's start-up together.
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import socket
@@ -18,8 +17,6 @@ import socketserver
 import stat
 import threading
 import time
-
-from kvmvm.errors import ConfigError
 
 MAX_PAYLOAD = 51200          # Firecracker's --http-api-max-payload-size default
 MAX_LINE = 8192
@@ -113,15 +110,17 @@ class ApiServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     allow_reuse_address = False
     request_queue_size = 64
 
-    def __init__(self, path: str, dispatch, max_payload: int = MAX_PAYLOAD):
+    def __init__(self, path: str, dispatch, max_payload: int = MAX_PAYLOAD, sock=None):
+        """Serve on `sock` (kvmvm.api.listen.listen(path), bound early) or bind path now."""
+        from kvmvm.api.listen import listen
+
         self.path = path
         self.dispatch = dispatch
         self.max_payload = max_payload
-        reclaim_socket(path)
-        try:
-            super().__init__(path, _Handler)
-        except OSError as e:
-            raise ConfigError(f"cannot bind the API socket {path}: {e.strerror}") from None
+        sock = sock or listen(path, self.request_queue_size)
+        super().__init__(path, _Handler, bind_and_activate=False)
+        self.socket.close()
+        self.socket = sock
         self._thread = None
         self._closing = False
         self._count_lock = threading.Lock()
@@ -183,27 +182,3 @@ class ApiServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
                 os.unlink(self.path)
         except OSError:
             pass
-
-
-def reclaim_socket(path: str) -> None:
-    """Remove a stale socket left by a VMM that died; refuse a live one or a non-socket."""
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(st.st_mode):
-        raise ConfigError(f"API socket path {path} exists and is not a socket")
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        s.connect(path)
-    except OSError as e:
-        if e.errno in (errno.ECONNREFUSED, errno.ENOENT):
-            try:
-                os.unlink(path)
-            except FileNotFoundError:
-                pass
-            return
-        raise ConfigError(f"API socket {path}: {e.strerror}") from None
-    finally:
-        s.close()
-    raise ConfigError(f"API socket {path} is in use by another process")

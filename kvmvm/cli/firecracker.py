@@ -139,6 +139,27 @@ def main(argv: list[str]) -> int:
 
         sys.stdout.write(f"kvmvm {__version__} (Firecracker API v{FIRECRACKER_API_VERSION})\n")
         return 0
+    listener = None
+    if not opts.get("no_api"):     # connectable at once; requests wait in the backlog
+        from kvmvm.api.listen import listen
+
+        listener = listen(opts["api_sock"])
+    try:
+        return _run(opts, listener)
+    finally:
+        if listener is not None and listener.fileno() >= 0:   # never handed to a server
+            listener.close()
+            _unlink(opts["api_sock"])
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def _run(opts: dict, listener) -> int:
     from kvmvm.api.router import Router
     from kvmvm.api.vmm import Vmm
     from kvmvm.console import attached_console
@@ -166,7 +187,7 @@ def main(argv: list[str]) -> int:
             if not opts.get("no_api"):
                 from kvmvm.api import serve
 
-                server = serve(opts["api_sock"], vmm, opts.get("max_payload"))
+                server = serve(opts["api_sock"], vmm, opts.get("max_payload"), listener)
                 vmm.logger.info(f"API server listening on {opts['api_sock']}.")
                 _preload_in_background()
             _wait(vmm)
