@@ -57,6 +57,7 @@ class Vmm:
         self.metrics = Metrics(self)
         self.machine = None
         self.attached = False          # kvmvm boot --api-sock: the CLI runs the machine
+        self.boot_timer = False        # --boot-timer: log the guest's boot time when it signals
         self.result = None
         self.ended = threading.Event()
         self._serial_fd = -1
@@ -218,8 +219,11 @@ class Vmm:
 
         m = self.machine
         stop = None
+        boot_logged = not self.boot_timer
         while stop is None:
-            stop = m.vm.wait(0.5)
+            stop = m.vm.wait(0.5 if boot_logged else 0.05)
+            if not boot_logged:
+                boot_logged = self._log_boot_time(m)
         outcome, status, msg = outcome_of(stop, None)
         stats = m.vm.stats()
         res = Result(outcome, stop.reason, status, msg, stop.code, stop.rip,
@@ -230,6 +234,16 @@ class Vmm:
             self.result = res
             self.logger.info(f"Vmm is stopping: {msg}.")
         self.ended.set()
+
+    def _log_boot_time(self, m) -> bool:
+        """Firecracker's --boot-timer line, once the guest wrote the boot-timer register."""
+        t = m.vm.stats()["t_boot_signal_ns"]
+        if not t:
+            return False
+        us = max(0, (t - self.t0_ns) // 1000)
+        with self.lock:
+            self.logger.info(f"Guest-boot-time = {us:>6} us {us // 1000} ms")
+        return True
 
     def attach(self, machine) -> None:
         """kvmvm boot --api-sock: serve a machine the CLI built and runs."""

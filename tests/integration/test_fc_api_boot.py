@@ -193,10 +193,16 @@ def test_config_file_with_api_serves_the_running_vm(tmp_path, kvm_ok, tiny_image
            "machine-config": {"vcpu_count": 1, "mem_size_mib": 32}}
     (tmp_path / "vm.json").write_text(json.dumps(cfg))
     sock = str(tmp_path / "fc.sock")
-    p = _spawn(FC + ["--api-sock", sock, "--config-file", str(tmp_path / "vm.json")], tmp_path)
+    log = tmp_path / "fc.log"
+    p = _spawn(FC + ["--api-sock", sock, "--config-file", str(tmp_path / "vm.json"), "--boot-timer",
+                     "--log-path", str(log), "--level", "Info"], tmp_path)
     wait_socket(sock, p)
     c = FcClient(sock)
     assert c.ok("GET", "/")["state"] == "Running"
+    deadline = time.monotonic() + 10
+    while "Guest-boot-time =" not in log.read_text():       # the guest wrote the boot timer
+        assert time.monotonic() < deadline, log.read_text()
+        time.sleep(0.05)
     c.ok("PUT", "/actions", {"action_type": "SendCtrlAltDel"})
     c.close()
     assert _end(p) == CAD_STATUS
