@@ -120,7 +120,7 @@ class ApiServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
         sock = sock or listen(path, self.request_queue_size)
         super().__init__(path, _Handler, bind_and_activate=False)
         self.socket.close()
-        self.socket = sock
+        self.socket = sock.take()
         self._thread = None
         self._closing = False
         self._count_lock = threading.Lock()
