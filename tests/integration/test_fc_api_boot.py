@@ -352,3 +352,38 @@ def test_kvmvm_vm_client_against_kvmvm_boot_api_sock(tmp_path, kvm_ok, tiny_imag
 def test_stop_action_is_post_boot(fc):
     assert fc.fault("PUT", "/actions", {"action_type": "Stop"}, valid=False) == \
         "The requested operation is not supported before starting the microVM."
+
+
+def test_getting_started_with_curl(tmp_path, kvm_ok, tiny_images):
+    """Firecracker's getting-started guide, with curl as it is written there."""
+    sock = str(tmp_path / "firecracker.socket")
+    disk = tmp_path / "rootfs.ext4"
+    disk.write_bytes(b"\0" * 65536)
+    p = _spawn(FC + ["--api-sock", sock], tmp_path)
+    wait_socket(sock, p)
+
+    def curl(method, path, data=None):
+        cmd = ["curl", "-sS", "-X", method, "--unix-socket", sock, f"http://localhost{path}",
+               "-H", "Accept: application/json", "-H", "Content-Type: application/json",
+               "-w", "\\n%{http_code}"]
+        if data is not None:
+            cmd += ["-d", json.dumps(data)]
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+        assert r.returncode == 0, r.stderr
+        body, _, code = r.stdout.rpartition("\n")
+        return int(code), body
+
+    assert curl("PUT", "/logger", {"log_path": str(tmp_path / "fc.log"), "level": "Debug",
+                                   "show_level": True, "show_log_origin": True}) == (204, "")
+    assert curl("PUT", "/boot-source", {"kernel_image_path": str(tiny_images / "exitcode.elf"),
+                                        "boot_args": "5 console=ttyS0 reboot=k panic=1"}) == (204, "")
+    assert curl("PUT", "/drives/rootfs", {"drive_id": "rootfs", "path_on_host": str(disk),
+                                          "is_root_device": True, "is_read_only": False}) == (204, "")
+    code, body = curl("PUT", "/machine-config", {"vcpu_count": 2})
+    assert code == 400 and "missing field `mem_size_mib`" in json.loads(body)["fault_message"]
+    code, body = curl("GET", "/machine-config")
+    assert code == 200 and json.loads(body)["vcpu_count"] == 1
+    assert curl("PUT", "/actions", {"action_type": "InstanceStart"}) == (204, "")
+    assert _end(p) == 11
+    assert "exitcode 5" in p.stdout_path.read_text()
+    assert not os.path.exists(sock)
