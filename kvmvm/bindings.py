@@ -12,8 +12,30 @@ import itertools
 import os
 import threading
 
-from kvmvm._native import ffi, lib
 from kvmvm.errors import BusError, GuestMemoryError, KvmError
+
+
+
+def _load_native():
+    """kvmvm._native, or the build named by KVMVM_NATIVE (an ASan build of the C core that
+    the adversarial tests run under: scripts/asan.sh)."""
+    path = os.environ.get("KVMVM_NATIVE")
+    if not path:
+        from kvmvm._native import ffi, lib
+
+        return ffi, lib
+    import importlib.machinery
+    import importlib.util
+    import sys
+
+    loader = importlib.machinery.ExtensionFileLoader("kvmvm._native", path)
+    mod = importlib.util.module_from_spec(importlib.util.spec_from_loader("kvmvm._native", loader))
+    loader.exec_module(mod)
+    sys.modules["kvmvm._native"] = mod
+    return mod.ffi, mod.lib
+
+
+ffi, lib = _load_native()
 
 STOP_REASONS = {
     lib.KVMVM_STOP_NONE: "running",

@@ -1,16 +1,19 @@
 #!/usr/bin/env bash
 # kvmvm's test tiers, after scripts/setup.sh made .venv:
 #   host   tiny guests, on the local /dev/kvm whatever it is (PVM included)
+#   asan   the adversarial tiny guests again, against an AddressSanitizer build of the C core
+#          (scripts/asan.sh; only when no test paths are given)
 #   linux  Linux guests, on a standard KVM: the local /dev/kvm when it can run Linux guests,
 #          else inside the kvmhost L1 (QEMU TCG emulating AMD SVM; see tests/kvmhost/)
 # Usage: scripts/test.sh [pytest args]   (given paths replace the default ones; both tiers get the args)
-# Environment: KVMVM_TIERS=host,linux (which tiers), KVMVM_LINUX_TIER_TIMEOUT=seconds (L1, default 1800),
+# Environment: KVMVM_TIERS=host,asan,linux (which tiers), KVMVM_LINUX_TIER_TIMEOUT=seconds (L1, default 1800),
 #              CI=true: nothing is skipped for lack of KVM.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
 REPORTS=build/test-reports
-TIERS=${KVMVM_TIERS:-host,linux}
+TIERS=${KVMVM_TIERS:-host,asan,linux}
+ASAN_PATHS=(tests/integration/test_hostile.py tests/integration/test_virtio.py tests/integration/test_snapshot.py)
 LINUX_TIMEOUT=${KVMVM_LINUX_TIER_TIMEOUT:-1200}
 # one linux-tier test may not take longer than this (a hung nested guest fails, not stalls)
 LINUX_TEST_TIMEOUT=${KVMVM_LINUX_TEST_TIMEOUT:-420}
@@ -25,7 +28,7 @@ export KVMVM_REQUIRE_LINUX_KVM=1
 [ "${CI:-}" = true ] && export KVMVM_REQUIRE_KVM=1
 
 mkdir -p "$REPORTS"
-rm -f "$REPORTS"/host.xml "$REPORTS"/linux.xml "$REPORTS"/kvmhost.json
+rm -f "$REPORTS"/host.xml "$REPORTS"/asan.xml "$REPORTS"/linux.xml "$REPORTS"/kvmhost.json
 
 # Paths among the arguments replace the default test paths; they also decide which tiers apply.
 paths=() ; opts=()
@@ -58,13 +61,21 @@ check() {  # tier rc
 }
 narrowed=full; [ $# -gt 0 ] && narrowed=narrowed
 
-host_s=- ; linux_s=- ; linux_where=- ; image_s=-
+host_s=- ; asan_s=- ; linux_s=- ; linux_where=- ; image_s=-
 if [[ ,$TIERS, == *,host,* ]] && [ ${#host_paths[@]} -gt 0 ]; then
   echo "== test.sh: host tier" >&2
   t=$(now)
   "$PY" -m pytest -m host --junitxml="$REPORTS/host.xml" "${opts[@]}" "${host_paths[@]}"
   check host $? $narrowed
   host_s=$(since $t)
+fi
+
+if [[ ,$TIERS, == *,asan,* ]] && [ ${#paths[@]} -eq 0 ]; then
+  echo "== test.sh: asan tier (adversarial guests, C core built with AddressSanitizer)" >&2
+  t=$(now)
+  scripts/asan.sh run "$PY" -m pytest -m host --junitxml="$REPORTS/asan.xml" "${opts[@]}" "${ASAN_PATHS[@]}"
+  check asan $?
+  asan_s=$(since $t)
 fi
 
 if [[ ,$TIERS, == *,linux,* ]] && [ ${#linux_paths[@]} -gt 0 ]; then
@@ -101,19 +112,19 @@ if [[ ,$TIERS, == *,linux,* ]] && [ ${#linux_paths[@]} -gt 0 ]; then
 fi
 
 # Per-tier times, then one closing line of counts over both tiers (from the JUnit reports).
-"$PY" - "$REPORTS" "$host_s" "$linux_s" "$linux_where" "$(since $t_start)" "${#failed[@]}" "$image_s" <<'EOF'
+"$PY" - "$REPORTS" "$host_s" "$linux_s" "$linux_where" "$(since $t_start)" "${#failed[@]}" "$image_s" "$asan_s" <<'EOF'
 import json, sys, xml.etree.ElementTree as ET
 from pathlib import Path
-reports, host_s, linux_s, where, total_s, tier_failures, image_s = sys.argv[1:]
+reports, host_s, linux_s, where, total_s, tier_failures, image_s, asan_s = sys.argv[1:]
 fmt = lambda s: "-" if s == "-" else f"{float(s):.1f} s"
 l1 = "-"
 kj = Path(reports, "kvmhost.json")
 if kj.is_file():
     r = json.loads(kj.read_text())
     l1 = f"{r['ready_s']:.1f} s" if r.get("ready_s") else "-"
-print(f"test.sh: times: host tier {fmt(host_s)} | guest kernel build {fmt(image_s)} | L1 start {l1} | linux tier {fmt(linux_s)} ({where}) | total {fmt(total_s)}")
+print(f"test.sh: times: host tier {fmt(host_s)} | asan tier {fmt(asan_s)} | guest kernel build {fmt(image_s)} | L1 start {l1} | linux tier {fmt(linux_s)} ({where}) | total {fmt(total_s)}")
 passed = failed = skipped = 0
-for tier, ran in (("host", host_s), ("linux", linux_s)):
+for tier, ran in (("host", host_s), ("asan", asan_s), ("linux", linux_s)):
     x = Path(reports, f"{tier}.xml")
     if ran == "-":
         continue

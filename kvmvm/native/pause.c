@@ -11,8 +11,6 @@
 #include "internal.h"
 #include "api_state.h"
 
-static int kick_signal(void) { return SIGRTMIN + 2; }   /* the same one vm.c installs */
-
 void vcpu_park(struct vcpu *v)
 {
     struct kvmvm_vm *vm = v->vm;
@@ -40,7 +38,19 @@ int kvmvm_vm_paused(kvmvm_vm *vm)
     return vm->paused;
 }
 
-int kvmvm_vm_pause(kvmvm_vm *vm, int64_t timeout_ms)
+static int do_resume(struct kvmvm_vm *vm)
+{
+    if (vm->paused)
+        virtio_park_all(vm, 0);
+    vm->paused = 0;
+    pthread_mutex_lock(&vm->lock);
+    atomic_store(&vm->pause_req, 0);
+    pthread_cond_broadcast(&vm->pause_cond);
+    pthread_mutex_unlock(&vm->lock);
+    return 0;
+}
+
+static int do_pause(struct kvmvm_vm *vm, int64_t timeout_ms)
 {
     struct timespec ts;
     int rc = 0;
@@ -61,7 +71,7 @@ int kvmvm_vm_pause(kvmvm_vm *vm, int64_t timeout_ms)
             vm->vcpus[i].run->immediate_exit = 1;
         for (int i = 0; i < vm->nr_vcpus; i++)
             if (vm->vcpus[i].thread_started)
-                pthread_kill(vm->vcpus[i].thread, kick_signal());
+                pthread_kill(vm->vcpus[i].thread, vm_kick_signal());
         clock_gettime(CLOCK_REALTIME, &ts);
         ts.tv_sec += timeout_ms / 1000;
         ts.tv_nsec += (timeout_ms % 1000) * 1000000L;
@@ -73,23 +83,29 @@ int kvmvm_vm_pause(kvmvm_vm *vm, int64_t timeout_ms)
             rc = ESHUTDOWN;
         pthread_mutex_unlock(&vm->lock);
         if (rc) {
-            kvmvm_vm_resume(vm);
+            do_resume(vm);
             return -rc;
         }
     }
     virtio_park_all(vm, 1);
+    if (vm->serial)
+        serial_drain_output(vm->serial, 1000);
     vm->paused = 1;
     return 0;
 }
 
+int kvmvm_vm_pause(kvmvm_vm *vm, int64_t timeout_ms)
+{
+    pthread_mutex_lock(&vm->pause_lock);
+    int rc = do_pause(vm, timeout_ms);
+    pthread_mutex_unlock(&vm->pause_lock);
+    return rc;
+}
+
 int kvmvm_vm_resume(kvmvm_vm *vm)
 {
-    if (vm->paused)
-        virtio_park_all(vm, 0);
-    vm->paused = 0;
-    pthread_mutex_lock(&vm->lock);
-    atomic_store(&vm->pause_req, 0);
-    pthread_cond_broadcast(&vm->pause_cond);
-    pthread_mutex_unlock(&vm->lock);
-    return 0;
+    pthread_mutex_lock(&vm->pause_lock);
+    int rc = do_resume(vm);
+    pthread_mutex_unlock(&vm->pause_lock);
+    return rc;
 }

@@ -8,8 +8,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <linux/fs.h>
 
 #include "virtio.h"
 #include "rate_limiter.h"
@@ -94,8 +96,9 @@ static int in_range(struct blk *b, uint64_t sector, uint64_t len)
 }
 
 /* one request: returns the bytes written into the guest's buffers */
-static uint32_t blk_request(struct virtio_dev *d, struct blk *b, struct virtq_chain *c)
+static int64_t blk_request(struct virtio_dev *d, struct virtq_chain *c, void *arg)
 {
+    struct blk *b = arg;
     struct blk_req_hdr h;
     uint8_t status = VIRTIO_BLK_S_IOERR;
     uint64_t data_in = 0;
@@ -142,32 +145,24 @@ static uint32_t blk_request(struct virtio_dev *d, struct blk *b, struct virtq_ch
     }
 out:
     chain_write(c, in_data, &status, 1);
-    return (uint32_t)(data_in + 1);
+    return (int64_t)data_in + 1;
+}
+
+/* blk_request behind the rate limiter: a request without its tokens waits in the ring */
+static int64_t blk_limited(struct virtio_dev *d, struct virtq_chain *c, void *arg)
+{
+    struct blk *b = arg;
+    /* the data bytes (a read's or a write's), for the bandwidth bucket */
+    uint64_t bytes = (c->out_len > sizeof(struct blk_req_hdr) ? c->out_len - sizeof(struct blk_req_hdr) : 0) +
+                     (c->in_len > 1 ? c->in_len - 1 : 0);
+    if (!rl_consume(&b->rl, bytes))
+        return VIRTIO_RETRY;    /* retried when the rate limiter's timer fires */
+    return blk_request(d, c, arg);
 }
 
 static void blk_notify(struct virtio_dev *d, int qi)
 {
-    struct blk *b = d->priv;
-    struct virtq *q = &d->q[qi];
-    struct virtq_chain *c = d->chain;
-    int rc, done = 0;
-
-    while ((rc = virtq_pop(q, c)) > 0) {
-        /* the data bytes (a read's or a write's), for the bandwidth bucket */
-        uint64_t bytes = (c->out_len > sizeof(struct blk_req_hdr) ? c->out_len - sizeof(struct blk_req_hdr) : 0) +
-                         (c->in_len > 1 ? c->in_len - 1 : 0);
-        if (!rl_consume(&b->rl, bytes)) {
-            virtq_unpop(q);     /* retried when the rate limiter's timer fires */
-            break;
-        }
-        virtq_push(q, c->head, blk_request(d, b, c));
-        atomic_fetch_add_explicit(&d->requests, 1, memory_order_relaxed);
-        done++;
-    }
-    if (rc < 0)
-        virtio_bad_chain(d, qi, rc);
-    else if (done)
-        virtio_queue_done(d, qi);
+    virtio_drain(d, qi, blk_limited, d->priv);
 }
 
 static int blk_activate(struct virtio_dev *d)
@@ -233,7 +228,15 @@ int kvmvm_vm_add_virtio_blk(kvmvm_vm *vm, uint64_t base, int irq, int flags,
         free(b);
         return e;
     }
-    b->sectors = (uint64_t)st.st_size / SECTOR;
+    uint64_t bytes = (uint64_t)st.st_size;
+    /* a block device's st_size is 0: ask the device */
+    if (S_ISBLK(st.st_mode) && ioctl(b->fd, BLKGETSIZE64, &bytes) < 0) {
+        int e = -errno;
+        close(b->fd);
+        free(b);
+        return e;
+    }
+    b->sectors = bytes / SECTOR;
     if (serial)     /* not NUL-terminated when 20 long, as virtio allows */
         memcpy(b->id, serial, strnlen(serial, BLK_ID_BYTES));
     uint64_t features = (1ull << VIRTIO_BLK_F_FLUSH) | (1ull << VIRTIO_BLK_F_SEG_MAX) |

@@ -1,7 +1,7 @@
 /*
  * virtio-net (device 1) over a TAP device opened with IFF_TAP | IFF_NO_PI | IFF_VNET_HDR:
- * the 12-byte virtio_net_hdr travels unchanged between the rings and the TAP. No offloads,
- * so every frame fits the MTU. The TAP is watched for input only while the guest has
+ * the 12-byte virtio_net_hdr travels between the rings and the TAP. No offloads, so every
+ * frame fits the MTU and the guest's header is replaced with zeros on the way out. The TAP is watched for input only while the guest has
  * receive buffers posted; otherwise it would wake the worker for nothing.
  */
 #include <errno.h>
@@ -26,13 +26,16 @@
 #define TAP_TAG              0x10000
 #define RX_RL_TAG            0x10001   /* the rate limiters' timerfds */
 #define TX_RL_TAG            0x10002
+#define NET_IOV_MAX          1024   /* what readv/writev take */
+#define NET_FRAME_MAX        65550  /* an Ethernet frame of the largest MTU TAP allows */
 
 struct net {
     int tap_fd;
     int rx_watching;
+    int rx_limited;                 /* the last drain stopped on the rx rate limiter */
     struct rate_limiter rx_rl, tx_rl;
     uint8_t mac[6];
-    struct iovec iov[VIRTQ_MAX_SEGS];
+    struct iovec iov[NET_IOV_MAX];
 };
 
 static void net_config_read(struct virtio_dev *d, uint32_t off, uint8_t *data, uint32_t len)
@@ -52,73 +55,61 @@ static void rx_watch(struct virtio_dev *d, struct net *n, int on)
     virtio_worker_modify(d, n->tap_fd, on ? EPOLLIN : 0, TAP_TAG);
 }
 
-/* move frames from the TAP into posted receive buffers */
+/* one frame from the TAP into a posted receive buffer */
+static int64_t rx_one(struct virtio_dev *d, struct virtq_chain *c, void *arg)
+{
+    struct net *n = arg;
+    if (c->in_len < NET_HDR_LEN)
+        return 0;           /* too small for the header: handed back unused */
+    if (!rl_ready(&n->rx_rl)) {     /* out of tokens: the TAP waits for the timer */
+        n->rx_limited = 1;
+        return VIRTIO_RETRY;
+    }
+    int cnt = chain_iov(c, 1, 0, c->in_len, n->iov, NET_IOV_MAX);
+    ssize_t r = readv(n->tap_fd, n->iov, cnt);
+    if (r < 0)
+        return VIRTIO_RETRY;    /* EAGAIN: nothing more to read */
+    rl_take(&n->rx_rl, r > NET_HDR_LEN ? (uint64_t)r - NET_HDR_LEN : 0);
+    atomic_fetch_add_explicit(&d->bytes_in, (uint64_t)r, memory_order_relaxed);
+    return r;
+}
+
 static void net_rx(struct virtio_dev *d, struct net *n)
 {
-    struct virtq *q = &d->q[RXQ];
-    struct virtq_chain *c = d->chain;
-    int rc, done = 0;
-
-    while ((rc = virtq_pop(q, c)) > 0) {
-        if (!rl_ready(&n->rx_rl)) {     /* out of tokens: the TAP waits for the timer */
-            virtq_unpop(q);
-            rx_watch(d, n, 0);
-            rc = 0;
-            goto out;
-        }
-        int cnt = chain_iov(c, 1, 0, c->in_len, n->iov, VIRTQ_MAX_SEGS);
-        ssize_t r = c->in_len >= NET_HDR_LEN ? readv(n->tap_fd, n->iov, cnt) : -2;
-        if (r == -2) {      /* a buffer too small for the header: hand it back unused */
-            virtq_push(q, c->head, 0);
-            done++;
-            continue;
-        }
-        if (r < 0) {
-            virtq_unpop(q);
-            break;          /* EAGAIN: nothing more to read */
-        }
-        virtq_push(q, c->head, (uint32_t)r);
-        rl_take(&n->rx_rl, r > NET_HDR_LEN ? (uint64_t)r - NET_HDR_LEN : 0);
-        atomic_fetch_add_explicit(&d->requests, 1, memory_order_relaxed);
-        atomic_fetch_add_explicit(&d->bytes_in, (uint64_t)r, memory_order_relaxed);
-        done++;
-    }
-    if (rc < 0) {
-        virtio_bad_chain(d, RXQ, rc);
+    n->rx_limited = 0;
+    int why = virtio_drain(d, RXQ, rx_one, n);
+    if (why == DRAIN_BROKEN || why == DRAIN_STOP)
         return;
-    }
-    rx_watch(d, n, rc > 0);     /* rc == 0: out of buffers, wait for the guest's kick */
-out:
-    if (done)
-        virtio_queue_done(d, RXQ);
+    /* out of buffers: wait for the guest's kick; out of tokens: for the limiter's timer */
+    rx_watch(d, n, why != DRAIN_EMPTY && !n->rx_limited);
+}
+
+/*
+ * One frame to the TAP. No offloads were negotiated, so the guest's virtio_net_hdr has
+ * nothing to say: the TAP gets a zeroed header instead of the guest's bytes (a guest could
+ * otherwise ask the host kernel for GSO or checksum work on its behalf).
+ */
+static int64_t tx_one(struct virtio_dev *d, struct virtq_chain *c, void *arg)
+{
+    static const uint8_t zero_hdr[NET_HDR_LEN];
+    struct net *n = arg;
+    uint64_t len = c->out_len > NET_HDR_LEN ? c->out_len - NET_HDR_LEN : 0;
+    if (len == 0 || len > NET_FRAME_MAX)
+        return 0;           /* no frame, or larger than any MTU we offer: dropped */
+    if (!rl_consume(&n->tx_rl, len))
+        return VIRTIO_RETRY;    /* sent when the rate limiter's timer fires */
+    n->iov[0].iov_base = (void *)zero_hdr;
+    n->iov[0].iov_len = NET_HDR_LEN;
+    int cnt = chain_iov(c, 0, NET_HDR_LEN, len, n->iov + 1, NET_IOV_MAX - 1);
+    /* a full TAP queue drops the frame, as a wire would */
+    if (writev(n->tap_fd, n->iov, cnt + 1) > 0)
+        atomic_fetch_add_explicit(&d->bytes_out, len, memory_order_relaxed);
+    return 0;
 }
 
 static void net_tx(struct virtio_dev *d, struct net *n)
 {
-    struct virtq *q = &d->q[TXQ];
-    struct virtq_chain *c = d->chain;
-    int rc, done = 0;
-
-    while ((rc = virtq_pop(q, c)) > 0) {
-        if (!rl_consume(&n->tx_rl, c->out_len > NET_HDR_LEN ? c->out_len - NET_HDR_LEN : 0)) {
-            virtq_unpop(q);     /* sent when the rate limiter's timer fires */
-            break;
-        }
-        if (c->out_len > NET_HDR_LEN) {
-            int cnt = chain_iov(c, 0, 0, c->out_len, n->iov, VIRTQ_MAX_SEGS);
-            /* a full TAP queue drops the frame, as a wire would */
-            if (writev(n->tap_fd, n->iov, cnt) > 0)
-                atomic_fetch_add_explicit(&d->bytes_out, c->out_len - NET_HDR_LEN,
-                                          memory_order_relaxed);
-        }
-        virtq_push(q, c->head, 0);
-        atomic_fetch_add_explicit(&d->requests, 1, memory_order_relaxed);
-        done++;
-    }
-    if (rc < 0)
-        virtio_bad_chain(d, TXQ, rc);
-    else if (done)
-        virtio_queue_done(d, TXQ);
+    virtio_drain(d, TXQ, tx_one, n);
 }
 
 static void net_notify(struct virtio_dev *d, int q)
@@ -202,29 +193,36 @@ static int tap_open(const char *name)
     return fd;
 }
 
-int kvmvm_vm_add_virtio_net(kvmvm_vm *vm, uint64_t base, int irq, int flags,
-                            const char *tap, const uint8_t *mac)
+/* virtio-net over an already open backend fd that speaks TAP's framing (vnet header first);
+   the device owns fd from here on, also on failure */
+int virtio_net_add_fd(struct kvmvm_vm *vm, uint64_t base, int irq, int flags, int fd,
+                      const uint8_t *mac)
 {
     struct net *n = calloc(1, sizeof(*n));
-    if (!n)
+    if (!n) {
+        close(fd);
         return -ENOMEM;
+    }
     int rc = rl_init(&n->rx_rl);
     if (rc == 0 && (rc = rl_init(&n->tx_rl)) < 0)
         rl_destroy(&n->rx_rl);
     if (rc < 0) {
         free(n);
+        close(fd);
         return rc;
     }
-    n->tap_fd = tap_open(tap);
-    if (n->tap_fd < 0) {
-        int e = n->tap_fd;
-        rl_destroy(&n->rx_rl);
-        rl_destroy(&n->tx_rl);
-        free(n);
-        return e;
-    }
+    n->tap_fd = fd;
     memcpy(n->mac, mac, 6);
     return virtio_mmio_add(vm, base, irq, flags, &net_ops, n, 1ull << VIRTIO_NET_F_MAC);
+}
+
+int kvmvm_vm_add_virtio_net(kvmvm_vm *vm, uint64_t base, int irq, int flags,
+                            const char *tap, const uint8_t *mac)
+{
+    int fd = tap_open(tap);
+    if (fd < 0)
+        return fd;
+    return virtio_net_add_fd(vm, base, irq, flags, fd, mac);
 }
 
 int kvmvm_vm_virtio_net_rate_limit(kvmvm_vm *vm, uint64_t base, int rx,

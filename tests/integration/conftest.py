@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[2]
 TINY = ROOT / "guest-images" / "tiny"
 TINY_OUT = TINY / "out"
 TINY_PROGRAMS = ("hello", "exitcode", "triplefault", "pio-loop", "mmio-loop", "probe", "halt", "echo",
-                 "libtest")
+                 "libtest", "counter", "blk-stream")
 KVMVM = [sys.executable, "-m", "kvmvm"]
 
 

@@ -30,7 +30,7 @@ def _spawn(cmd, tmp_path, **kw):
     return p
 
 
-def _end(p, timeout=10):
+def _end(p, timeout=30):
     try:
         p.wait(timeout)
     finally:
@@ -199,7 +199,7 @@ def test_config_file_with_api_serves_the_running_vm(tmp_path, kvm_ok, tiny_image
     wait_socket(sock, p)
     c = FcClient(sock)
     assert c.ok("GET", "/")["state"] == "Running"
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 30
     while "Guest-boot-time =" not in log.read_text():       # the guest wrote the boot timer
         assert time.monotonic() < deadline, log.read_text()
         time.sleep(0.05)
@@ -258,7 +258,7 @@ def test_patch_drive_swaps_the_backing_file(fc, tmp_path, tiny_images):
     assert fc.fault("PATCH", "/drives/data", {"drive_id": "data", "path_on_host": str(two)}) == \
         "The requested operation is not supported before starting the microVM."
     fc.ok("PUT", "/actions", {"action_type": "InstanceStart"})
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 30
     while "blk-watch: 8 first disk" not in fc.proc.stdout_path.read_text():
         assert time.monotonic() < deadline and fc.proc.poll() is None, fc.proc.stdout_path.read_text()
         time.sleep(0.05)

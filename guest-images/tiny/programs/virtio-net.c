@@ -5,7 +5,9 @@
  *   net: mac 52:54:00:12:34:56
  *   net: pong <n>
  *   virtio-net: ok
- * Arguments: count=N pings to answer (default 3)
+ * Arguments: count=N pings to answer (default 3); badhdr: every frame goes out with a
+ * virtio_net_hdr full of offload requests nobody negotiated (GSO type 0x55, NEEDS_CSUM at
+ * a bogus offset), which the device must not pass on to the host.
  */
 #include "tiny.h"
 #include "tiny/virtio.h"
@@ -18,6 +20,7 @@
 static struct vdev d;
 static struct vq rx, tx;
 static uint8_t mac[6], *rxbuf, *txbuf;
+static int badhdr;
 
 static int send_frame(const uint8_t *dst, const char *payload, uint32_t plen)
 {
@@ -26,6 +29,11 @@ static int send_frame(const uint8_t *dst, const char *payload, uint32_t plen)
 	uint32_t id, len;
 
 	memset(txbuf, 0, HDR + 14 + 64);
+	if (badhdr) {	/* flags, gso_type, hdr_len, gso_size, csum_start, csum_offset */
+		static const uint8_t evil[HDR] = { 0xff, 0x55, 0xff, 0xff, 0x10, 0x00,
+						   0xf0, 0xff, 0xf0, 0xff, 0x01, 0x00 };
+		memcpy(txbuf, evil, HDR);
+	}
 	memcpy(f, dst, 6);
 	memcpy(f + 6, mac, 6);
 	f[12] = ETHERTYPE >> 8;
@@ -45,6 +53,7 @@ int main(const struct tiny_boot_info *bi)
 	uint32_t id, len;
 	uint64_t end, next_hello = 0;
 
+	badhdr = cmdline_has(bi->cmdline, "badhdr");
 	if (!cmdline_get(bi->cmdline, "count", val, sizeof(val)))
 		parse_ulong(val, &count);
 	if (virtio_find(bi->cmdline, VIRTIO_ID_NET, 0, &d) || virtio_init(&d, 1ull << 5) ||

@@ -1,5 +1,10 @@
 """Snapshot, restore and fork of Linux guests (linux tier: standard KVM only).
 
+PENDING: written but not yet run in the L1 (it was not free before the author's deadline),
+so it is named so that the default collection skips it. Run it explicitly with
+`flock /tmp/kvmvm-l1.lock env KVMVM_TIERS=linux scripts/test.sh tests/linux/snapshot_linux_pending.py`,
+and once it passes, rename it to test_snapshot_linux.py.
+
 The guest runs kvmvm's default kernel and initramfs with its pipe console (a shell reading
 /dev/console line by line). Machines run in this process through the Python API; each
 has its own console pipe and output file.
@@ -143,7 +148,7 @@ def test_restore_the_same_snapshot_ten_times_at_once(shell_snapshot, tmp_path):
 def random_hex(con: Console, tag: str) -> str:
     start = con.size()
     con.send(f"echo {tag}-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \\n')")
-    return con.expect(rf"^{tag}-([0-9a-f]{{32}})$", after=start).group(1)
+    return con.expect(rf"^{tag}-([0-9a-f]{{32}})\r?$", after=start).group(1)
 
 
 def test_fork_children_get_different_random_numbers(art, tmp_path):

@@ -1,0 +1,116 @@
+#!/usr/bin/env bash
+# libFuzzer harnesses (tests/fuzz/fuzz_*.c) over kvmvm's C device code, built with clang-14,
+# AddressSanitizer and UBSan (any UB aborts). Each harness drives the real kvmvm/native/
+# code against a fake guest memory (tests/fuzz/env.c).
+#
+#   scripts/fuzz.sh build                      build every harness into build/fuzz/
+#   scripts/fuzz.sh run [-t SECONDS | -r RUNS] [NAME...]
+#                                              fuzz each harness (default 30 s), one at a time
+#   scripts/fuzz.sh regress [NAME...]          run every saved input once (tests/fuzz/corpus/)
+#
+# NAME is a harness without the fuzz_ prefix (virtq, blk, net, vsock, mmio, uart).
+# The working corpus is build/fuzz/corpus/NAME, seeded from tests/fuzz/corpus/NAME (which
+# holds the regression inputs: every crash ever found). A crash leaves its input in
+# build/fuzz/crashes/ and fails the run. One summary line per harness:
+#   fuzz NAME: RUNS runs in S s (R/s), cov C, ft F, corpus K
+set -uo pipefail
+cd "$(dirname "$0")/.."
+CC=${FUZZ_CC:-clang-14}
+OUT=build/fuzz
+SRC=tests/fuzz
+NATIVE=kvmvm/native
+CFLAGS=(-g -O1 -std=gnu11 -pthread -fno-omit-frame-pointer -fsanitize=fuzzer,address,undefined
+        -fno-sanitize-recover=all -I"$NATIVE" -I"$SRC" -Wall -Wno-unused-parameter)
+ALL=$(ls $SRC/fuzz_*.c | sed 's|.*/fuzz_||; s|\.c$||')
+
+die() { echo "fuzz.sh: $*" >&2; exit 2; }
+
+build() {
+  command -v "$CC" >/dev/null || die "$CC not found (Debian: clang-14 libclang-rt-14-dev)"
+  mkdir -p "$OUT/obj"
+  local objs=() s o
+  # the production sources, less the epoll worker thread (env.c is its synchronous stand-in)
+  for s in $NATIVE/*.c $SRC/env.c; do
+    [ "$(basename "$s")" = virtio_worker.c ] && continue
+    o=$OUT/obj/$(basename "${s%.c}").o
+    if [ ! -e "$o" ] || [ "$s" -nt "$o" ] || [ -n "$(find $NATIVE $SRC -name '*.h' -newer "$o")" ]; then
+      "$CC" "${CFLAGS[@]}" -fsanitize=fuzzer-no-link -c "$s" -o "$o" || die "compile $s failed"
+    fi
+    objs+=("$o")
+  done
+  local h x
+  for h in $ALL; do
+    o=$OUT/fuzz_$h
+    if [ -e "$o" ] && [ ! "$SRC/fuzz_$h.c" -nt "$o" ]; then
+      for x in "${objs[@]}"; do [ "$x" -nt "$o" ] && break; done
+      [ "$x" -nt "$o" ] || continue      # up to date
+    fi
+    "$CC" "${CFLAGS[@]}" "$SRC/fuzz_$h.c" "${objs[@]}" -o "$o" || die "link fuzz_$h failed"
+  done
+}
+
+names() { if [ $# -gt 0 ]; then echo "$@"; else echo $ALL; fi; }
+
+summary() {  # name log seconds
+  awk -v name="$1" -v secs="$3" '
+    /^#[0-9]+/ { for (i = 1; i <= NF; i++) { if ($i == "cov:") cov = $(i+1); if ($i == "ft:") ft = $(i+1); if ($i == "corp:") corp = $(i+1) } }
+    /^Done [0-9]+ runs/ { runs = $2 }
+    END { split(corp, c, "/"); rate = secs > 0 ? int(runs / secs) : 0;
+          printf "fuzz %s: %d runs in %d s (%d/s), cov %s, ft %s, corpus %s\n", name, runs, secs, rate, cov, ft, c[1] }' "$2"
+}
+
+run() {
+  local limit=(-max_total_time=30) secs
+  while [ $# -gt 0 ]; do
+    case $1 in
+      -t) limit=(-max_total_time="$2"); shift 2 ;;
+      -r) limit=(-runs="$2"); shift 2 ;;
+      *) break ;;
+    esac
+  done
+  build
+  mkdir -p "$OUT/crashes" "$OUT/logs"
+  local h rc=0 t0
+  for h in $(names "$@"); do
+    [ -x "$OUT/fuzz_$h" ] || die "no harness fuzz_$h"
+    mkdir -p "$OUT/corpus/$h" "$SRC/corpus/$h"
+    t0=$(date +%s)
+    # -rss_limit_mb: the harnesses map guest RAM with guard pages; ASan counts the mappings
+    "$OUT/fuzz_$h" "${limit[@]}" -rss_limit_mb=4096 -timeout=10 -print_final_stats=1 \
+      -artifact_prefix="$OUT/crashes/$h-" "$OUT/corpus/$h" "$SRC/corpus/$h" \
+      > "$OUT/logs/$h.log" 2>&1
+    local r=$?
+    secs=$(( $(date +%s) - t0 ))
+    summary "$h" "$OUT/logs/$h.log" "$secs"
+    if [ $r -ne 0 ]; then
+      echo "fuzz.sh: fuzz_$h failed (exit $r); input: $(ls -t $OUT/crashes/$h-* 2>/dev/null | head -1)" >&2
+      grep -m5 -E "ERROR|runtime error|SUMMARY" "$OUT/logs/$h.log" >&2
+      rc=1
+    fi
+  done
+  return $rc
+}
+
+regress() {
+  build
+  local h rc=0 n
+  for h in $(names "$@"); do
+    n=$(ls "$SRC/corpus/$h" 2>/dev/null | wc -l)
+    [ "$n" -gt 0 ] || continue
+    if ! "$OUT/fuzz_$h" -runs=0 -rss_limit_mb=4096 "$SRC/corpus/$h"/* > "$OUT/regress-$h.log" 2>&1; then
+      echo "fuzz.sh: a saved input crashes fuzz_$h again:" >&2
+      grep -m5 -E "ERROR|runtime error|Running:" "$OUT/regress-$h.log" >&2
+      rc=1
+    else
+      echo "fuzz $h: $n saved inputs pass"
+    fi
+  done
+  return $rc
+}
+
+case ${1:-} in
+  build) build ;;
+  run) shift; run "$@" ;;
+  regress) shift; regress "$@" ;;
+  *) sed -n '2,17p' "$0"; exit 2 ;;
+esac
