@@ -28,6 +28,7 @@ COMMANDS = {
     "volume": "volume",
     "bench": "bench",
     "jail": "jail",
+    "firecracker": "firecracker",
     "vm": "vm",
     "restore": "restore",
 }
@@ -85,7 +86,12 @@ def _fast_root(argv: list[str]):
 
 
 def _fast(argv: list[str]):
-    """kvmvm boot / restore without click, when the arguments are plain; None otherwise."""
+    """kvmvm boot / restore / firecracker without click, when the arguments are plain;
+    None otherwise."""
+    if argv[:1] == ["firecracker"]:
+        from kvmvm.cli.firecracker import main as firecracker_main
+
+        return firecracker_main(argv[1:])
     if argv[:1] == ["restore"] and len(argv) > 1 and not argv[1].startswith("-"):
         from kvmvm.cli.options import RESTORE, parse
 

@@ -14,7 +14,7 @@ DEFAULT_LINUX_CMDLINE = ("console=ttyS0 8250.nr_uarts=1 reboot=acpi panic=-1 pci
 def run(kernel, initrd, cmdline, memory, cpus, timeout, entry, use_bzimage, no_acpi, as_json,
         drives, nets, vsock, no_rng, virtio_cmdline, pit="auto", seccomp_level="2", jail=False,
         jail_uid=None, jail_gid=None, jail_netns=None, jail_memory=None, jail_pids=None,
-        jail_cpu=None, jail_probe=None) -> int:
+        jail_cpu=None, jail_probe=None, api_sock=None) -> int:
     """`kvmvm boot` itself, called by the click command and by the fast path (kvmvm.cli)."""
     # first: its kernel waits overlap everything below (the default kernel is Linux: a PIT);
     # never for a jailed VM, whose /dev/kvm is opened inside the jail
@@ -36,7 +36,11 @@ def run(kernel, initrd, cmdline, memory, cpus, timeout, entry, use_bzimage, no_a
                         virtio_cmdline=virtio_cmdline, pit=pit, seccomp_level=int(seccomp_level),
                         seccomp_main=True)
     if not jail:
-        return _boot(cfg, as_json, prepared=prepared)
+        return _boot(cfg, as_json, prepared=prepared, api_sock=api_sock)
+    if api_sock:
+        from kvmvm.errors import ConfigError
+
+        raise ConfigError("--api-sock cannot be combined with --jail yet")
     from kvmvm.jail import JailConfig, run as run_jailed
     from kvmvm.machine import Machine
 
@@ -51,20 +55,27 @@ def run(kernel, initrd, cmdline, memory, cpus, timeout, entry, use_bzimage, no_a
     return run_jailed(cfg, jc, lambda c, after_build: _boot(c, as_json, after_build))
 
 
-def _boot(cfg, as_json: bool, after_build=None, prepared=None) -> int:
+def _boot(cfg, as_json: bool, after_build=None, prepared=None, api_sock=None) -> int:
     """Build and run one VM with the console on this terminal; the exit status."""
     from kvmvm.cli import T0
     from kvmvm.console import attached_console
     from kvmvm.machine import Machine
 
     m = Machine(cfg, t0_ns=T0, prepared=prepared)
+    api = None
     try:
         with attached_console(cfg):
             if after_build is not None:
                 m.build()
                 after_build()
+            if api_sock:
+                from kvmvm.api import serve_machine
+
+                api = serve_machine(api_sock, m)[0]
             res = m.run()
     finally:
+        if api is not None:
+            api.close()
         m.close()
     return report(res, as_json)
 

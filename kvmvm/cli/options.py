@@ -68,6 +68,9 @@ BOOT = [
         "List virtio devices as virtio_mmio.device= on the kernel command line: auto is off for "
         "a Linux kernel with ACPI (the DSDT lists them) and on otherwise.",
         choices=("auto", "on", "off")),
+    Opt(("--api-sock",), "api_sock", str, None,
+        "Serve Firecracker's API (the post-boot part: GET /, /vm/config, PATCH /vm, actions) "
+        "on this Unix socket while the VM runs.", metavar="PATH"),
 ]
 
 

@@ -1,6 +1,6 @@
 /*
- * The small legacy devices that end or time a VM: QEMU-compatible debug-exit,
- * the i8042 reset line, and the boot-timer register a guest's init writes.
+ * The small legacy devices that end or time a VM: QEMU-compatible debug-exit, the
+ * boot-timer register a guest's init writes, ACPI PM, pvpanic (the i8042 is in i8042.c).
  */
 #include <stdlib.h>
 #include <string.h>
@@ -49,23 +49,6 @@ static const struct device_ops debug_exit_ops = {
 struct kvmvm_device *debug_exit_new(struct kvmvm_vm *vm)
 {
     return plain_new(vm, "debug-exit", &debug_exit_ops);
-}
-
-/* i8042: only what a guest needs to reset the machine (0xfe to port 0x64) */
-static void i8042_write(struct kvmvm_device *dev, uint64_t off, const uint8_t *data, uint32_t len)
-{
-    (void)len;
-    if (off == 4 && data[0] == 0xfe)
-        vm_stop_simple(dev->vm, KVMVM_STOP_RESET, 0, -1);
-}
-
-static const struct device_ops i8042_ops = {
-    .read = zero_read, .write = i8042_write, .destroy = plain_destroy,
-};
-
-struct kvmvm_device *i8042_new(struct kvmvm_vm *vm)
-{
-    return plain_new(vm, "i8042", &i8042_ops);
 }
 
 /* boot timer: the first write of 123 at offset 0 stamps "guest init reached" (Firecracker's

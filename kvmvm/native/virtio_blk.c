@@ -2,16 +2,19 @@
  * virtio-blk (device 2) over a raw image file: read, write, flush (fdatasync: what the
  * guest flushed is on disk), get-id. A read-only drive answers writes with IOERR.
  */
+#define _GNU_SOURCE     /* dup3 */
 #include <errno.h>
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <linux/fs.h>
 
 #include "virtio.h"
+#include "rate_limiter.h"
 
 #define VIRTIO_BLK_F_SEG_MAX  2
 #define VIRTIO_BLK_F_RO       5
@@ -29,12 +32,14 @@
 #define SECTOR 512ull
 #define BLK_QUEUE_MAX 256
 #define BLK_ID_BYTES 20
+#define BLK_TAG_RATE_LIMIT 0x100     /* the rate limiter's timerfd in the worker's epoll */
 
 struct blk {
     int fd;
     int ro;
     uint64_t sectors;
     char id[BLK_ID_BYTES];
+    struct rate_limiter rl;
     struct iovec iov[VIRTQ_MAX_SEGS];
 };
 
@@ -143,9 +148,38 @@ out:
     return (int64_t)data_in + 1;
 }
 
+/* blk_request behind the rate limiter: a request without its tokens waits in the ring */
+static int64_t blk_limited(struct virtio_dev *d, struct virtq_chain *c, void *arg)
+{
+    struct blk *b = arg;
+    /* the data bytes (a read's or a write's), for the bandwidth bucket */
+    uint64_t bytes = (c->out_len > sizeof(struct blk_req_hdr) ? c->out_len - sizeof(struct blk_req_hdr) : 0) +
+                     (c->in_len > 1 ? c->in_len - 1 : 0);
+    if (!rl_consume(&b->rl, bytes))
+        return VIRTIO_RETRY;    /* retried when the rate limiter's timer fires */
+    return blk_request(d, c, arg);
+}
+
 static void blk_notify(struct virtio_dev *d, int qi)
 {
-    virtio_drain(d, qi, blk_request, d->priv);
+    virtio_drain(d, qi, blk_limited, d->priv);
+}
+
+static int blk_activate(struct virtio_dev *d)
+{
+    struct blk *b = d->priv;
+    return virtio_worker_watch(d, b->rl.timer_fd, EPOLLIN, BLK_TAG_RATE_LIMIT);
+}
+
+static void blk_fd_event(struct virtio_dev *d, uint64_t tag, uint32_t events)
+{
+    struct blk *b = d->priv;
+    (void)events;
+    if (tag != BLK_TAG_RATE_LIMIT)
+        return;
+    rl_timer_ack(&b->rl);
+    if (d->q[0].size)
+        blk_notify(d, 0);
 }
 
 static void blk_destroy(struct virtio_dev *d)
@@ -155,6 +189,7 @@ static void blk_destroy(struct virtio_dev *d)
         return;
     if (b->fd >= 0)
         close(b->fd);
+    rl_destroy(&b->rl);
     free(b);
 }
 
@@ -165,7 +200,9 @@ static const struct virtio_dev_ops blk_ops = {
     .queue_max = BLK_QUEUE_MAX,
     .config_len = 24,
     .config_read = blk_config_read,
+    .activate = blk_activate,
     .queue_notify = blk_notify,
+    .fd_event = blk_fd_event,
     .destroy = blk_destroy,
 };
 
@@ -177,11 +214,17 @@ int kvmvm_vm_add_virtio_blk(kvmvm_vm *vm, uint64_t base, int irq, int flags,
     if (!b)
         return -ENOMEM;
     b->ro = !!readonly;
+    int rc = rl_init(&b->rl);
+    if (rc < 0) {
+        free(b);
+        return rc;
+    }
     b->fd = open(path, (readonly ? O_RDONLY : O_RDWR) | O_CLOEXEC);
     if (b->fd < 0 || fstat(b->fd, &st) < 0) {
         int e = -errno;
         if (b->fd >= 0)
             close(b->fd);
+        rl_destroy(&b->rl);
         free(b);
         return e;
     }
@@ -204,4 +247,46 @@ int kvmvm_vm_add_virtio_blk(kvmvm_vm *vm, uint64_t base, int irq, int flags,
     uint64_t features = (1ull << VIRTIO_BLK_F_FLUSH) | (1ull << VIRTIO_BLK_F_SEG_MAX) |
                         (b->ro ? 1ull << VIRTIO_BLK_F_RO : 0);
     return virtio_mmio_add(vm, base, irq, flags, &blk_ops, b, features);
+}
+
+int kvmvm_vm_virtio_blk_swap(kvmvm_vm *vm, uint64_t base, const char *path)
+{
+    struct virtio_dev *d = virtio_find(vm, base);
+    struct stat st;
+    if (!d || d->ops != &blk_ops)
+        return -ENODEV;
+    struct blk *b = d->priv;
+    int fd = open(path, (b->ro ? O_RDONLY : O_RDWR) | O_CLOEXEC);
+    if (fd < 0)
+        return -errno;
+    if (fstat(fd, &st) < 0 || !(S_ISREG(st.st_mode) || S_ISBLK(st.st_mode))) {
+        int e = S_ISDIR(st.st_mode) ? -EISDIR : -EINVAL;
+        close(fd);
+        return e;
+    }
+    /* dup3 swaps the file behind b->fd atomically for the worker thread */
+    if (dup3(fd, b->fd, O_CLOEXEC) < 0) {
+        int e = -errno;
+        close(fd);
+        return e;
+    }
+    close(fd);
+    __atomic_store_n(&b->sectors, (uint64_t)st.st_size / SECTOR, __ATOMIC_RELEASE);
+    pthread_mutex_lock(&d->lock);
+    d->config_generation++;
+    pthread_mutex_unlock(&d->lock);
+    if (atomic_load(&d->status) & VIRTIO_STATUS_DRIVER_OK)
+        virtio_interrupt(d, VIRTIO_INT_CONFIG);
+    return 0;
+}
+
+int kvmvm_vm_virtio_blk_rate_limit(kvmvm_vm *vm, uint64_t base,
+                                   const struct kvmvm_token_bucket *bandwidth,
+                                   const struct kvmvm_token_bucket *ops)
+{
+    struct virtio_dev *d = virtio_find(vm, base);
+    if (!d || d->ops != &blk_ops)
+        return -ENODEV;
+    rl_set(&((struct blk *)d->priv)->rl, bandwidth, ops);
+    return 0;
 }

@@ -14,6 +14,7 @@
 
 #include "net_backend.h"
 #include "virtio.h"
+#include "rate_limiter.h"
 
 #define VIRTIO_NET_F_MAC     5
 #define VIRTIO_NET_F_STATUS  16
@@ -21,12 +22,16 @@
 #define RXQ                  0
 #define TXQ                  1
 #define BACKEND_TAG          0x10000
+#define RX_RL_TAG            0x10001   /* the rate limiters' timerfds */
+#define TX_RL_TAG            0x10002
 
 struct net {
     struct net_backend *be;
     int rx_watching;
     int tx_blocked;         /* the backend refused a frame: wait for EPOLLOUT */
     int gone;               /* the backend's peer went away: its fd is no longer watched */
+    int rx_limited;         /* the last drain stopped on the rx rate limiter */
+    struct rate_limiter rx_rl, tx_rl;
     uint8_t mac[6];
     struct iovec iov[NET_IOV_MAX];
 };
@@ -70,6 +75,10 @@ static int64_t rx_one(struct virtio_dev *d, struct virtq_chain *c, void *arg)
     struct net *n = arg;
     if (c->in_len < NET_HDR_LEN)
         return 0;           /* too small for the header: handed back unused */
+    if (!rl_ready(&n->rx_rl)) {     /* out of tokens: the backend waits for the timer */
+        n->rx_limited = 1;
+        return VIRTIO_RETRY;
+    }
     int cnt = chain_iov(c, 1, 0, c->in_len, n->iov, NET_IOV_MAX);
     ssize_t r = n->be->ops->recv(n->be, n->iov, cnt);
     if (r == -EPIPE) {
@@ -81,16 +90,19 @@ static int64_t rx_one(struct virtio_dev *d, struct virtq_chain *c, void *arg)
     }
     if (r < 0)
         return VIRTIO_RETRY;    /* EAGAIN: nothing more to read */
+    rl_take(&n->rx_rl, r > NET_HDR_LEN ? (uint64_t)r - NET_HDR_LEN : 0);
     atomic_fetch_add_explicit(&d->bytes_in, (uint64_t)r, memory_order_relaxed);
     return r;
 }
 
 static void net_rx(struct virtio_dev *d, struct net *n)
 {
+    n->rx_limited = 0;
     int why = virtio_drain(d, RXQ, rx_one, n);
     if (why == DRAIN_BROKEN || why == DRAIN_STOP)
         return;
-    rx_watch(d, n, why != DRAIN_EMPTY);     /* out of buffers: wait for the guest's kick */
+    /* out of buffers: wait for the guest's kick; out of tokens: for the limiter's timer */
+    rx_watch(d, n, why != DRAIN_EMPTY && !n->rx_limited);
 }
 
 /*
@@ -105,6 +117,8 @@ static int64_t tx_one(struct virtio_dev *d, struct virtq_chain *c, void *arg)
     uint64_t len = c->out_len > NET_HDR_LEN ? c->out_len - NET_HDR_LEN : 0;
     if (len == 0 || len > NET_FRAME_MAX)
         return 0;           /* no frame, or larger than any MTU we offer: dropped */
+    if (!rl_consume(&n->tx_rl, len))
+        return VIRTIO_RETRY;    /* sent when the rate limiter's timer fires */
     n->iov[0].iov_base = (void *)zero_hdr;
     n->iov[0].iov_len = NET_HDR_LEN;
     int cnt = chain_iov(c, 0, NET_HDR_LEN, len, n->iov + 1, NET_IOV_MAX - 1);
@@ -136,6 +150,18 @@ static void net_notify(struct virtio_dev *d, int q)
 static void net_fd_event(struct virtio_dev *d, uint64_t tag, uint32_t events)
 {
     struct net *n = d->priv;
+    if (tag == RX_RL_TAG) {
+        rl_timer_ack(&n->rx_rl);
+        if (d->q[RXQ].size)
+            net_rx(d, n);
+        return;
+    }
+    if (tag == TX_RL_TAG) {
+        rl_timer_ack(&n->tx_rl);
+        if (d->q[TXQ].size)
+            net_tx(d, n);
+        return;
+    }
     if (tag != BACKEND_TAG)
         return;
     if (events & (EPOLLOUT | EPOLLHUP | EPOLLERR) && n->tx_blocked &&
@@ -156,8 +182,12 @@ static void net_fd_event(struct virtio_dev *d, uint64_t tag, uint32_t events)
 static int net_activate(struct virtio_dev *d)
 {
     struct net *n = d->priv;
+    int rc;
     n->rx_watching = 1;
     n->tx_blocked = 0;
+    if ((rc = virtio_worker_watch(d, n->rx_rl.timer_fd, EPOLLIN, RX_RL_TAG)) < 0 ||
+        (rc = virtio_worker_watch(d, n->tx_rl.timer_fd, EPOLLIN, TX_RL_TAG)) < 0)
+        return rc;
     return n->gone ? 0 : virtio_worker_watch(d, n->be->fd, EPOLLIN, BACKEND_TAG);
 }
 
@@ -168,6 +198,8 @@ static void net_destroy(struct virtio_dev *d)
         return;
     if (n->be)
         n->be->ops->destroy(n->be);
+    rl_destroy(&n->rx_rl);
+    rl_destroy(&n->tx_rl);
     free(n);
 }
 
@@ -191,6 +223,14 @@ static int net_add(kvmvm_vm *vm, uint64_t base, int irq, int flags, struct net_b
     if (!n) {
         be->ops->destroy(be);
         return -ENOMEM;
+    }
+    int rc = rl_init(&n->rx_rl);
+    if (rc == 0 && (rc = rl_init(&n->tx_rl)) < 0)
+        rl_destroy(&n->rx_rl);
+    if (rc < 0) {
+        free(n);
+        be->ops->destroy(be);
+        return rc;
     }
     n->be = be;
     memcpy(n->mac, mac, 6);
@@ -232,4 +272,16 @@ int kvmvm_vm_add_virtio_net_stream(kvmvm_vm *vm, uint64_t base, int irq, int fla
         return err;
     }
     return net_add(vm, base, irq, flags, be, mac);
+}
+
+int kvmvm_vm_virtio_net_rate_limit(kvmvm_vm *vm, uint64_t base, int rx,
+                                   const struct kvmvm_token_bucket *bandwidth,
+                                   const struct kvmvm_token_bucket *ops)
+{
+    struct virtio_dev *d = virtio_find(vm, base);
+    if (!d || d->ops != &net_ops)
+        return -ENODEV;
+    struct net *n = d->priv;
+    rl_set(rx ? &n->rx_rl : &n->tx_rl, bandwidth, ops);
+    return 0;
 }
