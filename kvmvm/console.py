@@ -12,15 +12,42 @@ import sys
 
 @contextlib.contextmanager
 def attached_console(cfg):
-    """Wire cfg.serial_in_fd to stdin (when there is one) and make a TTY raw meanwhile."""
-    fd = _stdin_fd()
-    if fd is None:
+    """Wire cfg.serial_in_fd to stdin (when there is one) and make a TTY raw meanwhile.
+
+    SIGTERM and SIGHUP stop the VM the way Ctrl-C does (KeyboardInterrupt: the VM is
+    stopped, torn down and its sockets removed), whether or not stdin is a terminal.
+    """
+    with _stop_on_signals():
+        fd = _stdin_fd()
+        if fd is None:
+            yield
+            return
+        cfg.serial_in_fd = fd
+        if not os.isatty(fd):
+            yield
+            return
+        with _raw_tty(fd):
+            yield
+
+
+@contextlib.contextmanager
+def _stop_on_signals():
+    def on_signal(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        old = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    except ValueError:      # not the main thread: leave signals alone
+        old = {}
+    try:
         yield
-        return
-    cfg.serial_in_fd = fd
-    if not os.isatty(fd):
-        yield
-        return
+    finally:
+        for sig, h in old.items():
+            signal.signal(sig, h)
+
+
+@contextlib.contextmanager
+def _raw_tty(fd: int):
     import termios
 
     saved = termios.tcgetattr(fd)
@@ -30,12 +57,6 @@ def attached_console(cfg):
             termios.tcsetattr(fd, termios.TCSAFLUSH, saved)
 
     atexit.register(restore)
-
-    def on_signal(signum, frame):
-        restore()
-        raise KeyboardInterrupt
-
-    old = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGHUP)}
     raw = termios.tcgetattr(fd)
     raw[0] &= ~(termios.BRKINT | termios.ICRNL | termios.INPCK | termios.ISTRIP | termios.IXON)
     raw[3] &= ~(termios.ECHO | termios.ICANON | termios.IEXTEN | termios.ISIG)
@@ -47,8 +68,6 @@ def attached_console(cfg):
     finally:
         restore()
         atexit.unregister(restore)
-        for sig, h in old.items():
-            signal.signal(sig, h)
 
 
 def _stdin_fd() -> int | None:

@@ -143,7 +143,7 @@ class Vm:
             "exits": s.exits, "exits_io": s.exits_io, "exits_mmio": s.exits_mmio,
             "exits_intr": s.exits_intr, "exits_other": s.exits_other,
             "io_unhandled": s.io_unhandled, "mmio_unhandled": s.mmio_unhandled,
-            "py_calls": s.py_calls,
+            "py_calls": s.py_calls, "serial_dropped": s.serial_dropped,
             "t_created_ns": s.t_created_ns, "t_first_run_ns": s.t_first_run_ns,
             "t_boot_signal_ns": s.t_boot_signal_ns, "t_end_ns": s.t_end_ns,
         }

@@ -19,6 +19,8 @@ COMMANDS = {
     "boot": "boot",
     "run": "run",
     "image": "image",
+    "images": "images",
+    "volume": "volume",
     "bench": "bench",
 }
 

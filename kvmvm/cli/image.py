@@ -120,3 +120,10 @@ def build_cmd(plain, jobs, force, as_json):
 def list_cmd(as_json):
     """Show the cached kernel and initramfs for the current inputs."""
     _print_artifacts(cached_default(), as_json)
+
+
+# container images: kvmvm image import|ls|rm|prune (kvmvm/cli/images.py)
+from kvmvm.cli.images import COMMANDS as _IMAGE_COMMANDS  # noqa: E402
+
+for _c in _IMAGE_COMMANDS:
+    cli.add_command(_c)

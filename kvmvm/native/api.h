@@ -54,6 +54,7 @@ struct kvmvm_stats {
     int64_t t_first_run_ns;
     int64_t t_boot_signal_ns; /* guest wrote the boot-timer register; 0 if never */
     int64_t t_end_ns;
+    uint64_t serial_dropped;  /* console bytes dropped because the host fd was not taking them */
 };
 
 struct kvmvm_caps {

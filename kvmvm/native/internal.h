@@ -93,11 +93,11 @@ struct kvmvm_vm {
     pthread_cond_t cond;
     atomic_int stopping;             /* set once by the first stop request */
     struct kvmvm_stop_info stop;     /* valid once stopping is set (under lock) */
-    int joined;
+    int joined;                      /* 0, JOIN_BUSY while one waiter joins, JOIN_DONE */
 
     /* statistics: updated by vCPU threads with relaxed atomics */
     atomic_ullong exits, exits_io, exits_mmio, exits_intr, exits_other;
-    atomic_ullong io_unhandled, mmio_unhandled, py_calls;
+    atomic_ullong io_unhandled, mmio_unhandled, py_calls, serial_dropped;
     atomic_llong t_first_run_ns, t_boot_signal_ns;
     int64_t t_created_ns, t_end_ns;
 
@@ -107,6 +107,8 @@ struct kvmvm_vm {
 /* Record why the VM stops (first caller wins) and kick every vCPU out of KVM_RUN. */
 void vm_request_stop(struct kvmvm_vm *vm, const struct kvmvm_stop_info *info);
 void vm_stop_simple(struct kvmvm_vm *vm, int reason, uint64_t code, int vcpu);
+/* the signal that kicks a thread out of a blocking call (no SA_RESTART) */
+int vm_kick_signal(void);
 
 /* the single exit-dispatch function: returns 0 to keep running, 1 when the vCPU must stop */
 int vcpu_handle_exit(struct vcpu *v);
@@ -117,8 +119,9 @@ int vcpu_setup_common(struct kvmvm_vm *vm, struct vcpu *v);
 
 /* device constructors */
 struct kvmvm_device *serial_new(struct kvmvm_vm *vm, int irq, int out_fd, int in_fd);
-int serial_start_input(struct kvmvm_device *dev);
-void serial_stop_input(struct kvmvm_device *dev);
+/* start the output writer and input reader threads; stop flushes output (bounded) */
+int serial_start(struct kvmvm_device *dev);
+void serial_stop(struct kvmvm_device *dev);
 struct kvmvm_device *debug_exit_new(struct kvmvm_vm *vm);
 struct kvmvm_device *i8042_new(struct kvmvm_vm *vm);
 struct kvmvm_device *boot_timer_new(struct kvmvm_vm *vm);

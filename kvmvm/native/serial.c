@@ -1,17 +1,25 @@
 /*
- * 8250/16550A UART (COM1): output goes straight to a host fd from the vCPU thread,
- * input comes from a host fd through a small reader thread. Enough of the register
- * set (FIFO, loopback, scratch, THRE/RDI interrupts) for Linux's 8250 driver.
+ * 8250/16550A UART (COM1). Output never blocks a vCPU: the vCPU puts bytes in a bounded
+ * buffer that a writer thread drains to the host fd; when the host stops reading (a full
+ * pipe, a paused terminal) the buffer fills and further bytes are dropped and counted.
+ * Input comes from a host fd through a small reader thread. Enough of the register set
+ * (FIFO, loopback, scratch, THRE/RDI interrupts) for Linux's 8250 driver.
  */
+#define _GNU_SOURCE     /* pthread_timedjoin_np */
 #include <errno.h>
 #include <poll.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "internal.h"
 
 #define RX_CAP 4096
+#define TX_CAP (1u << 20)       /* guest output held for a slow host fd */
+#define TX_CHUNK 4096           /* one write(): no more than a pipe takes after POLLOUT */
+#define TX_FLUSH_NS (300ll * 1000 * 1000)   /* at the end: how long a stuck fd is waited for */
 
 #define IER_RDI   0x01
 #define IER_THRI  0x02
@@ -38,25 +46,92 @@ struct serial {
     int in_started, in_stopping;
     int rx_open;        /* FIFO and RX interrupts enabled: a driver is taking input */
     pthread_t in_thread;
+
+    /* output: a ring the vCPUs fill and the writer thread drains */
+    uint8_t *tx;
+    uint32_t tx_head, tx_len;
+    pthread_cond_t tx_cond;
+    pthread_t out_thread;
+    int out_started, out_stopping, out_dead;
+    int64_t out_deadline_ns;
+    atomic_ullong *dropped;     /* the VM's counter (or a private one) */
+    atomic_ullong dropped_own;
 };
 
-static void write_all(int fd, const uint8_t *p, size_t n)
+/* vCPU side: queue one byte, or count it dropped when the host is not keeping up */
+static void tx_put(struct serial *s, uint8_t b)
 {
-    while (n > 0 && fd >= 0) {
-        ssize_t w = write(fd, p, n);
-        if (w < 0) {
-            if (errno == EINTR)
-                continue;
-            if (errno == EAGAIN) {
-                struct pollfd pf = { .fd = fd, .events = POLLOUT };
-                poll(&pf, 1, 100);
-                continue;
-            }
-            return;     /* EPIPE etc.: the reader went away; the guest does not care */
-        }
-        p += w;
-        n -= w;
+    if (s->out_fd < 0)
+        return;
+    if (s->tx_len == TX_CAP || s->out_dead || !s->tx) {
+        atomic_fetch_add_explicit(s->dropped, 1, memory_order_relaxed);
+        return;
     }
+    s->tx[(s->tx_head + s->tx_len) % TX_CAP] = b;
+    if (s->tx_len++ == 0)
+        pthread_cond_signal(&s->tx_cond);
+}
+
+/* wait until fd takes output; 0 when stopping and the flush deadline passed */
+static int wait_writable(struct serial *s)
+{
+    for (;;) {
+        struct pollfd pf = { .fd = s->out_fd, .events = POLLOUT };
+        int r = poll(&pf, 1, 50);
+        if (r > 0)
+            return !(pf.revents & (POLLERR | POLLNVAL)) || (pf.revents & POLLOUT);
+        if (r < 0 && errno != EINTR)
+            return 0;
+        pthread_mutex_lock(&s->lock);
+        int give_up = s->out_stopping && kvmvm_now_ns() >= s->out_deadline_ns;
+        pthread_mutex_unlock(&s->lock);
+        if (give_up)
+            return 0;
+    }
+}
+
+static void *output_thread(void *arg)
+{
+    struct serial *s = arg;
+    uint8_t chunk[TX_CHUNK];
+    sigset_t set;
+
+    /* only the kick signal, which interrupts a write() stuck at the end */
+    sigfillset(&set);
+    sigdelset(&set, vm_kick_signal());
+    pthread_sigmask(SIG_SETMASK, &set, NULL);
+    pthread_mutex_lock(&s->lock);
+    for (;;) {
+        while (!s->tx_len && !s->out_stopping)
+            pthread_cond_wait(&s->tx_cond, &s->lock);
+        if (!s->tx_len || (s->out_stopping && kvmvm_now_ns() >= s->out_deadline_ns))
+            break;
+        uint32_t n = s->tx_len, first = TX_CAP - s->tx_head;
+        if (n > first)
+            n = first;
+        if (n > TX_CHUNK)
+            n = TX_CHUNK;
+        memcpy(chunk, s->tx + s->tx_head, n);
+        pthread_mutex_unlock(&s->lock);
+        ssize_t w = wait_writable(s) ? write(s->out_fd, chunk, n) : -2;
+        pthread_mutex_lock(&s->lock);
+        if (w == -2)
+            break;
+        if (w < 0 && errno != EINTR && errno != EAGAIN) {
+            s->out_dead = 1;    /* EPIPE etc.: the reader went away; the guest does not care */
+            break;
+        }
+        if (w > 0) {
+            s->tx_head = (s->tx_head + (uint32_t)w) % TX_CAP;
+            s->tx_len -= (uint32_t)w;
+        }
+    }
+    /* what could not be written in time is dropped */
+    atomic_fetch_add_explicit(s->dropped, s->tx_len, memory_order_relaxed);
+    s->tx_len = 0;
+    s->out_dead = 1;
+    pthread_mutex_unlock(&s->lock);
+    return NULL;
 }
 
 /* The ISA IRQ line is edge-triggered at the IOAPIC: each new interrupt condition (data
@@ -144,7 +219,7 @@ static void serial_write(struct kvmvm_device *dev, uint64_t off, const uint8_t *
 {
     struct serial *s = dev->priv;
     uint8_t v = data[0];
-    int out = -1, event = 0;
+    int event = 0;
     (void)len;
     pthread_mutex_lock(&s->lock);
     switch (off) {
@@ -155,7 +230,7 @@ static void serial_write(struct kvmvm_device *dev, uint64_t off, const uint8_t *
             if (s->mcr & MCR_LOOP)
                 rx_push(s, v);
             else
-                out = v;
+                tx_put(s, v);
             s->thr_ipending = 1;
             event = 1;
         }
@@ -186,10 +261,6 @@ static void serial_write(struct kvmvm_device *dev, uint64_t off, const uint8_t *
     if (event)
         pulse_irq(dev, s);
     pthread_mutex_unlock(&s->lock);
-    if (out >= 0) {
-        uint8_t b = (uint8_t)out;
-        write_all(s->out_fd, &b, 1);
-    }
 }
 
 static void *input_thread(void *arg)
@@ -241,23 +312,50 @@ static void *input_thread(void *arg)
     return NULL;
 }
 
-int serial_start_input(struct kvmvm_device *dev)
+static int start_input(struct serial *s, struct kvmvm_device *dev)
 {
-    struct serial *s = dev->priv;
     if (s->in_fd < 0 || s->in_started)
         return 0;
     if (pipe(s->stop_pipe) < 0)
         return -errno;
     int rc = pthread_create(&s->in_thread, NULL, input_thread, dev);
-    if (rc)
+    if (rc) {
+        close(s->stop_pipe[0]);
+        close(s->stop_pipe[1]);
         return -rc;
+    }
     s->in_started = 1;
     return 0;
 }
 
-void serial_stop_input(struct kvmvm_device *dev)
+static int start_output(struct serial *s)
+{
+    if (s->out_fd < 0 || s->out_started)
+        return 0;
+    s->tx = malloc(TX_CAP);
+    if (!s->tx)
+        return -ENOMEM;
+    int rc = pthread_create(&s->out_thread, NULL, output_thread, s);
+    if (rc) {
+        free(s->tx);
+        s->tx = NULL;
+        return -rc;
+    }
+    s->out_started = 1;
+    return 0;
+}
+
+int serial_start(struct kvmvm_device *dev)
 {
     struct serial *s = dev->priv;
+    int rc = start_output(s);
+    if (rc == 0)
+        rc = start_input(s, dev);
+    return rc;
+}
+
+static void stop_input(struct serial *s)
+{
     if (!s->in_started)
         return;
     pthread_mutex_lock(&s->lock);
@@ -271,12 +369,47 @@ void serial_stop_input(struct kvmvm_device *dev)
     s->in_started = 0;
 }
 
+/* flush what the guest wrote, for at most TX_FLUSH_NS when the host fd is stuck */
+static void stop_output(struct serial *s)
+{
+    if (!s->out_started)
+        return;
+    pthread_mutex_lock(&s->lock);
+    s->out_stopping = 1;
+    s->out_deadline_ns = kvmvm_now_ns() + TX_FLUSH_NS;
+    pthread_cond_broadcast(&s->tx_cond);
+    pthread_mutex_unlock(&s->lock);
+    struct timespec ts;
+    for (;;) {      /* a write() blocked on a full terminal is interrupted by the kick */
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += 50 * 1000 * 1000;
+        if (ts.tv_nsec >= 1000000000L) { ts.tv_sec++; ts.tv_nsec -= 1000000000L; }
+        if (pthread_timedjoin_np(s->out_thread, NULL, &ts) == 0)
+            break;
+        pthread_mutex_lock(&s->lock);
+        int late = kvmvm_now_ns() >= s->out_deadline_ns;
+        pthread_mutex_unlock(&s->lock);
+        if (late)
+            pthread_kill(s->out_thread, vm_kick_signal());
+    }
+    s->out_started = 0;
+}
+
+void serial_stop(struct kvmvm_device *dev)
+{
+    struct serial *s = dev->priv;
+    stop_input(s);
+    stop_output(s);
+}
+
 static void serial_destroy(struct kvmvm_device *dev)
 {
     struct serial *s = dev->priv;
-    serial_stop_input(dev);
+    serial_stop(dev);
     pthread_mutex_destroy(&s->lock);
     pthread_cond_destroy(&s->space);
+    pthread_cond_destroy(&s->tx_cond);
+    free(s->tx);
     free(s);
     free(dev);
 }
@@ -298,6 +431,8 @@ struct kvmvm_device *serial_new(struct kvmvm_vm *vm, int irq, int out_fd, int in
     }
     pthread_mutex_init(&s->lock, NULL);
     pthread_cond_init(&s->space, NULL);
+    pthread_cond_init(&s->tx_cond, NULL);
+    s->dropped = vm ? &vm->serial_dropped : &s->dropped_own;
     s->irq = irq;
     s->out_fd = out_fd;
     s->in_fd = in_fd;

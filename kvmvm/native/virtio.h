@@ -106,6 +106,8 @@ struct virtio_dev_ops {
     void (*idle)(struct virtio_dev *d);
     /* after the worker stopped (reset or end): drop per-session state */
     void (*deactivate)(struct virtio_dev *d);
+    /* ms until the device's next deadline (idle runs then), -1 for none */
+    int (*timeout_ms)(struct virtio_dev *d);
     void (*destroy)(struct virtio_dev *d);
 };
 
@@ -141,6 +143,8 @@ struct virtio_dev {
     int ep_fd, stop_fd;
     pthread_t worker;
     int running;
+    atomic_int stopping;            /* the worker must return: checked between chains */
+    pthread_mutex_t dp_lock;        /* held by the worker around every data-path call */
     struct virtq_chain *chain;      /* scratch chain for the worker */
 
     char broken_why[96];
@@ -162,6 +166,23 @@ struct virtio_dev *virtio_find(struct kvmvm_vm *vm, uint64_t base);
 
 /* worker (virtio_worker.c): one thread per active device, epoll over kicks + backend fds */
 #define VIRTIO_TAG_STOP 0xffffu
+
+/*
+ * The one drain loop every device uses: pop -> handle -> push -> notify, at most one
+ * queue's worth of chains (and VIRTIO_PASS_BYTES) per pass. When the budget runs out with
+ * chains left, the queue's own kick eventfd is re-armed and the worker goes back to epoll,
+ * so a guest that keeps refilling its ring cannot hold the worker (or a stop) hostage.
+ * A handler returns the bytes it wrote into the chain (the used length), or VIRTIO_RETRY
+ * to put the chain back and end the pass (the backend cannot take more now).
+ */
+#define VIRTIO_RETRY        (-1)
+#define VIRTIO_PASS_BYTES   (32ull << 20)
+enum { DRAIN_EMPTY, DRAIN_RETRY, DRAIN_BUDGET, DRAIN_STOP, DRAIN_BROKEN };
+typedef int64_t (*virtio_handler)(struct virtio_dev *d, struct virtq_chain *c, void *arg);
+int virtio_drain(struct virtio_dev *d, int q, virtio_handler fn, void *arg);
+/* Make the worker look at queue q again after the events in hand. */
+void virtio_rearm(struct virtio_dev *d, int q);
+int virtio_stopping(struct virtio_dev *d);
 int virtio_worker_start(struct virtio_dev *d);
 void virtio_worker_stop(struct virtio_dev *d);
 int virtio_worker_watch(struct virtio_dev *d, int fd, uint32_t events, uint64_t tag);

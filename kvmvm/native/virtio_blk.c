@@ -6,8 +6,10 @@
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <linux/fs.h>
 
 #include "virtio.h"
 
@@ -89,8 +91,9 @@ static int in_range(struct blk *b, uint64_t sector, uint64_t len)
 }
 
 /* one request: returns the bytes written into the guest's buffers */
-static uint32_t blk_request(struct virtio_dev *d, struct blk *b, struct virtq_chain *c)
+static int64_t blk_request(struct virtio_dev *d, struct virtq_chain *c, void *arg)
 {
+    struct blk *b = arg;
     struct blk_req_hdr h;
     uint8_t status = VIRTIO_BLK_S_IOERR;
     uint64_t data_in = 0;
@@ -137,25 +140,12 @@ static uint32_t blk_request(struct virtio_dev *d, struct blk *b, struct virtq_ch
     }
 out:
     chain_write(c, in_data, &status, 1);
-    return (uint32_t)(data_in + 1);
+    return (int64_t)data_in + 1;
 }
 
 static void blk_notify(struct virtio_dev *d, int qi)
 {
-    struct blk *b = d->priv;
-    struct virtq *q = &d->q[qi];
-    struct virtq_chain *c = d->chain;
-    int rc, done = 0;
-
-    while ((rc = virtq_pop(q, c)) > 0) {
-        virtq_push(q, c->head, blk_request(d, b, c));
-        atomic_fetch_add_explicit(&d->requests, 1, memory_order_relaxed);
-        done++;
-    }
-    if (rc < 0)
-        virtio_bad_chain(d, qi, rc);
-    else if (done)
-        virtio_queue_done(d, qi);
+    virtio_drain(d, qi, blk_request, d->priv);
 }
 
 static void blk_destroy(struct virtio_dev *d)
@@ -195,7 +185,15 @@ int kvmvm_vm_add_virtio_blk(kvmvm_vm *vm, uint64_t base, int irq, int flags,
         free(b);
         return e;
     }
-    b->sectors = (uint64_t)st.st_size / SECTOR;
+    uint64_t bytes = (uint64_t)st.st_size;
+    /* a block device's st_size is 0: ask the device */
+    if (S_ISBLK(st.st_mode) && ioctl(b->fd, BLKGETSIZE64, &bytes) < 0) {
+        int e = -errno;
+        close(b->fd);
+        free(b);
+        return e;
+    }
+    b->sectors = bytes / SECTOR;
     if (serial)     /* not NUL-terminated when 20 long, as virtio allows */
         memcpy(b->id, serial, strnlen(serial, BLK_ID_BYTES));
     uint64_t features = (1ull << VIRTIO_BLK_F_FLUSH) | (1ull << VIRTIO_BLK_F_SEG_MAX) |

@@ -138,7 +138,11 @@ static void device_reset(struct virtio_dev *d)
 static void queue_ready(struct virtio_dev *d, uint32_t qi, uint32_t v)
 {
     if (!v) {
+        /* the old rings are forgotten at once; a running worker finishes its pass first */
+        pthread_mutex_lock(&d->dp_lock);
+        memset(&d->q[qi], 0, sizeof(d->q[qi]));
         d->qready[qi] = 0;
+        pthread_mutex_unlock(&d->dp_lock);
         return;
     }
     int rc = virtq_setup(&d->q[qi], d->mem, d->qnum[qi], d->qaddr[qi][0], d->qaddr[qi][1],
@@ -238,7 +242,9 @@ static void reg_write(struct virtio_dev *d, uint64_t off, uint32_t v)
             d->qnum[qi] = v > d->ops->queue_max ? 0 : v;    /* 0: rejected at QueueReady */
         break;
     case REG_QUEUE_READY:
-        if (qi < (uint32_t)d->ops->nqueues && !(st & VIRTIO_STATUS_DRIVER_OK) && !virtio_broken(d))
+        /* once DRIVER_OK, a queue can only be switched off (until the device is reset) */
+        if (qi < (uint32_t)d->ops->nqueues && !virtio_broken(d) &&
+            (!(st & VIRTIO_STATUS_DRIVER_OK) || !v))
             queue_ready(d, qi, v);
         break;
     case REG_QUEUE_NOTIFY:
@@ -315,6 +321,7 @@ static void mmio_destroy(struct kvmvm_device *kd)
     free(d->chain);
     pthread_mutex_destroy(&d->lock);
     pthread_mutex_destroy(&d->irq_lock);
+    pthread_mutex_destroy(&d->dp_lock);
     free(d);
 }
 
@@ -352,6 +359,7 @@ int virtio_mmio_add(struct kvmvm_vm *vm, uint64_t base, int irq, int flags,
     d->irq_fd = d->ep_fd = d->stop_fd = -1;
     pthread_mutex_init(&d->lock, NULL);
     pthread_mutex_init(&d->irq_lock, NULL);
+    pthread_mutex_init(&d->dp_lock, NULL);
     for (int i = 0; i < VIRTIO_MAX_QUEUES; i++)
         d->kick_fd[i] = -1;
     if (ops->nqueues > VIRTIO_MAX_QUEUES) { rc = -EINVAL; goto fail; }

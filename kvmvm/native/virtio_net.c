@@ -1,7 +1,7 @@
 /*
  * virtio-net (device 1) over a TAP device opened with IFF_TAP | IFF_NO_PI | IFF_VNET_HDR:
- * the 12-byte virtio_net_hdr travels unchanged between the rings and the TAP. No offloads,
- * so every frame fits the MTU. The TAP is watched for input only while the guest has
+ * the 12-byte virtio_net_hdr travels between the rings and the TAP. No offloads, so every
+ * frame fits the MTU and the guest's header is replaced with zeros on the way out. The TAP is watched for input only while the guest has
  * receive buffers posted; otherwise it would wake the worker for nothing.
  */
 #include <errno.h>
@@ -23,12 +23,14 @@
 #define RXQ                  0
 #define TXQ                  1
 #define TAP_TAG              0x10000
+#define NET_IOV_MAX          1024   /* what readv/writev take */
+#define NET_FRAME_MAX        65550  /* an Ethernet frame of the largest MTU TAP allows */
 
 struct net {
     int tap_fd;
     int rx_watching;
     uint8_t mac[6];
-    struct iovec iov[VIRTQ_MAX_SEGS];
+    struct iovec iov[NET_IOV_MAX];
 };
 
 static void net_config_read(struct virtio_dev *d, uint32_t off, uint8_t *data, uint32_t len)
@@ -48,61 +50,52 @@ static void rx_watch(struct virtio_dev *d, struct net *n, int on)
     virtio_worker_modify(d, n->tap_fd, on ? EPOLLIN : 0, TAP_TAG);
 }
 
-/* move frames from the TAP into posted receive buffers */
+/* one frame from the TAP into a posted receive buffer */
+static int64_t rx_one(struct virtio_dev *d, struct virtq_chain *c, void *arg)
+{
+    struct net *n = arg;
+    if (c->in_len < NET_HDR_LEN)
+        return 0;           /* too small for the header: handed back unused */
+    int cnt = chain_iov(c, 1, 0, c->in_len, n->iov, NET_IOV_MAX);
+    ssize_t r = readv(n->tap_fd, n->iov, cnt);
+    if (r < 0)
+        return VIRTIO_RETRY;    /* EAGAIN: nothing more to read */
+    atomic_fetch_add_explicit(&d->bytes_in, (uint64_t)r, memory_order_relaxed);
+    return r;
+}
+
 static void net_rx(struct virtio_dev *d, struct net *n)
 {
-    struct virtq *q = &d->q[RXQ];
-    struct virtq_chain *c = d->chain;
-    int rc, done = 0;
-
-    while ((rc = virtq_pop(q, c)) > 0) {
-        int cnt = chain_iov(c, 1, 0, c->in_len, n->iov, VIRTQ_MAX_SEGS);
-        ssize_t r = c->in_len >= NET_HDR_LEN ? readv(n->tap_fd, n->iov, cnt) : -2;
-        if (r == -2) {      /* a buffer too small for the header: hand it back unused */
-            virtq_push(q, c->head, 0);
-            done++;
-            continue;
-        }
-        if (r < 0) {
-            virtq_unpop(q);
-            break;          /* EAGAIN: nothing more to read */
-        }
-        virtq_push(q, c->head, (uint32_t)r);
-        atomic_fetch_add_explicit(&d->requests, 1, memory_order_relaxed);
-        atomic_fetch_add_explicit(&d->bytes_in, (uint64_t)r, memory_order_relaxed);
-        done++;
-    }
-    if (rc < 0) {
-        virtio_bad_chain(d, RXQ, rc);
+    int why = virtio_drain(d, RXQ, rx_one, n);
+    if (why == DRAIN_BROKEN || why == DRAIN_STOP)
         return;
-    }
-    rx_watch(d, n, rc > 0);     /* rc == 0: out of buffers, wait for the guest's kick */
-    if (done)
-        virtio_queue_done(d, RXQ);
+    rx_watch(d, n, why != DRAIN_EMPTY);     /* out of buffers: wait for the guest's kick */
+}
+
+/*
+ * One frame to the TAP. No offloads were negotiated, so the guest's virtio_net_hdr has
+ * nothing to say: the TAP gets a zeroed header instead of the guest's bytes (a guest could
+ * otherwise ask the host kernel for GSO or checksum work on its behalf).
+ */
+static int64_t tx_one(struct virtio_dev *d, struct virtq_chain *c, void *arg)
+{
+    static const uint8_t zero_hdr[NET_HDR_LEN];
+    struct net *n = arg;
+    uint64_t len = c->out_len > NET_HDR_LEN ? c->out_len - NET_HDR_LEN : 0;
+    if (len == 0 || len > NET_FRAME_MAX)
+        return 0;           /* no frame, or larger than any MTU we offer: dropped */
+    n->iov[0].iov_base = (void *)zero_hdr;
+    n->iov[0].iov_len = NET_HDR_LEN;
+    int cnt = chain_iov(c, 0, NET_HDR_LEN, len, n->iov + 1, NET_IOV_MAX - 1);
+    /* a full TAP queue drops the frame, as a wire would */
+    if (writev(n->tap_fd, n->iov, cnt + 1) > 0)
+        atomic_fetch_add_explicit(&d->bytes_out, len, memory_order_relaxed);
+    return 0;
 }
 
 static void net_tx(struct virtio_dev *d, struct net *n)
 {
-    struct virtq *q = &d->q[TXQ];
-    struct virtq_chain *c = d->chain;
-    int rc, done = 0;
-
-    while ((rc = virtq_pop(q, c)) > 0) {
-        if (c->out_len > NET_HDR_LEN) {
-            int cnt = chain_iov(c, 0, 0, c->out_len, n->iov, VIRTQ_MAX_SEGS);
-            /* a full TAP queue drops the frame, as a wire would */
-            if (writev(n->tap_fd, n->iov, cnt) > 0)
-                atomic_fetch_add_explicit(&d->bytes_out, c->out_len - NET_HDR_LEN,
-                                          memory_order_relaxed);
-        }
-        virtq_push(q, c->head, 0);
-        atomic_fetch_add_explicit(&d->requests, 1, memory_order_relaxed);
-        done++;
-    }
-    if (rc < 0)
-        virtio_bad_chain(d, TXQ, rc);
-    else if (done)
-        virtio_queue_done(d, TXQ);
+    virtio_drain(d, TXQ, tx_one, n);
 }
 
 static void net_notify(struct virtio_dev *d, int q)

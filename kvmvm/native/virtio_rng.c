@@ -19,28 +19,21 @@ static int fill_random(uint8_t *p, uint32_t len)
     return 0;
 }
 
+static int64_t rng_request(struct virtio_dev *d, struct virtq_chain *c, void *arg)
+{
+    uint64_t total = 0;
+    for (int i = c->nout; i < c->nseg; i++) {
+        if (fill_random(c->seg[i].hva, c->seg[i].len) < 0)
+            break;
+        total += c->seg[i].len;
+    }
+    atomic_fetch_add_explicit(&d->bytes_in, total, memory_order_relaxed);
+    return (int64_t)total;
+}
+
 static void rng_notify(struct virtio_dev *d, int qi)
 {
-    struct virtq *q = &d->q[qi];
-    struct virtq_chain *c = d->chain;
-    int rc, done = 0;
-
-    while ((rc = virtq_pop(q, c)) > 0) {
-        uint32_t total = 0;
-        for (int i = c->nout; i < c->nseg; i++) {
-            if (fill_random(c->seg[i].hva, c->seg[i].len) < 0)
-                break;
-            total += c->seg[i].len;
-        }
-        virtq_push(q, c->head, total);
-        atomic_fetch_add_explicit(&d->requests, 1, memory_order_relaxed);
-        atomic_fetch_add_explicit(&d->bytes_in, total, memory_order_relaxed);
-        done++;
-    }
-    if (rc < 0)
-        virtio_bad_chain(d, qi, rc);
-    else if (done)
-        virtio_queue_done(d, qi);
+    virtio_drain(d, qi, rng_request, NULL);
 }
 
 static const struct virtio_dev_ops rng_ops = {

@@ -38,6 +38,10 @@
 #define LISTEN_TAG    0x10000
 #define MAX_CONNS     256     /* streams + RSTs waiting for the guest */
 #define FIRST_LOCAL_PORT (1u << 30)
+/* a host connection the guest leaves unanswered, or a stream the guest never gives any
+   credit, is reset after this long (Firecracker's connect timeout is 2 s) */
+#define STALL_NS      (2000ll * 1000 * 1000)
+#define HANDSHAKE_NS  (10000ll * 1000 * 1000)
 
 struct hdr {
     uint64_t src_cid, dst_cid;
@@ -57,7 +61,9 @@ enum { C_HANDSHAKE, C_WAIT_GUEST, C_OPEN, C_DEAD };
 struct conn {
     struct conn *next;
     int fd, state, readable;
+    int watched;                /* fd is in the epoll set (only while events != 0) */
     uint32_t events;            /* what epoll watches now */
+    int64_t deadline_ns;        /* 0, or when a stalled state gives up (see vsock_expire) */
     uint32_t local_port, peer_port;
     unsigned pending;
     char line[40];
@@ -84,6 +90,11 @@ static void vsock_config_read(struct virtio_dev *d, uint32_t off, uint8_t *data,
 
 /* --- connections --- */
 
+/*
+ * Watch c->fd for what it can do next. An fd with nothing to wait for leaves the epoll set
+ * altogether: epoll reports EPOLLHUP/EPOLLERR even on an empty mask, and a hung-up peer
+ * would otherwise wake the worker in a loop while the guest posts no receive buffers.
+ */
 static void conn_arm(struct virtio_dev *d, struct conn *c)
 {
     uint32_t ev = 0;
@@ -93,10 +104,16 @@ static void conn_arm(struct virtio_dev *d, struct conn *c)
         ev |= EPOLLIN;
     if (c->buf_len)
         ev |= EPOLLOUT;
-    if (ev != c->events) {
-        c->events = ev;
+    if (!ev) {
+        if (c->watched)
+            virtio_worker_unwatch(d, c->fd);
+        c->watched = 0;
+    } else if (!c->watched) {
+        c->watched = virtio_worker_watch(d, c->fd, ev, (uint64_t)(uintptr_t)c) == 0;
+    } else if (ev != c->events) {
         virtio_worker_modify(d, c->fd, ev, (uint64_t)(uintptr_t)c);
     }
+    c->events = ev;
 }
 
 static int conn_count(struct vsock *v)
@@ -116,16 +133,22 @@ static struct conn *conn_new(struct virtio_dev *d, int fd, int state)
     if (!c)
         return NULL;
     c->buf = malloc(CONN_BUF);
-    if (!c->buf || virtio_worker_watch(d, fd, 0, (uint64_t)(uintptr_t)c) < 0) {
-        free(c->buf);
+    if (!c->buf) {
         free(c);
         return NULL;
     }
     c->fd = fd;
     c->state = state;
+    if (state == C_HANDSHAKE)
+        c->deadline_ns = kvmvm_now_ns() + HANDSHAKE_NS;
+    conn_arm(d, c);         /* a new stream always waits for input */
+    if (!c->watched) {
+        free(c->buf);
+        free(c);
+        return NULL;
+    }
     c->next = v->conns;
     v->conns = c;
-    conn_arm(d, c);
     return c;
 }
 
@@ -133,10 +156,13 @@ static struct conn *conn_new(struct virtio_dev *d, int fd, int state)
 static void conn_close(struct virtio_dev *d, struct conn *c, int send_rst)
 {
     if (c->fd >= 0) {
-        virtio_worker_unwatch(d, c->fd);
+        if (c->watched)
+            virtio_worker_unwatch(d, c->fd);
         close(c->fd);
         c->fd = -1;
     }
+    c->watched = 0;
+    c->deadline_ns = 0;
     c->state = C_DEAD;
     c->pending = send_rst ? P_RST : 0;
 }
@@ -265,6 +291,7 @@ static void guest_packet(struct virtio_dev *d, const struct hdr *h, const struct
             char ok[32];
             int n = snprintf(ok, sizeof(ok), "OK %u\n", c->local_port);
             c->state = C_OPEN;
+            c->deadline_ns = 0;
             if (send(c->fd, ok, n, MSG_NOSIGNAL | MSG_DONTWAIT) != n)
                 conn_close(d, c, 1);
         }
@@ -307,24 +334,17 @@ static void guest_packet(struct virtio_dev *d, const struct hdr *h, const struct
         conn_arm(d, c);
 }
 
+static int64_t tx_one(struct virtio_dev *d, struct virtq_chain *ch, void *arg)
+{
+    struct hdr h;
+    if (chain_read(ch, 0, &h, sizeof(h)) == sizeof(h))
+        guest_packet(d, &h, ch);
+    return 0;
+}
+
 static void vsock_tx(struct virtio_dev *d)
 {
-    struct virtq *q = &d->q[TXQ];
-    struct virtq_chain *ch = d->chain;
-    int rc, done = 0;
-
-    while ((rc = virtq_pop(q, ch)) > 0) {
-        struct hdr h;
-        if (chain_read(ch, 0, &h, sizeof(h)) == sizeof(h))
-            guest_packet(d, &h, ch);
-        virtq_push(q, ch->head, 0);
-        atomic_fetch_add_explicit(&d->requests, 1, memory_order_relaxed);
-        done++;
-    }
-    if (rc < 0)
-        virtio_bad_chain(d, TXQ, rc);
-    else if (done)
-        virtio_queue_done(d, TXQ);
+    virtio_drain(d, TXQ, tx_one, NULL);
 }
 
 /* --- host -> guest (rx queue) --- */
@@ -394,40 +414,33 @@ static uint32_t conn_rx_packet(struct virtio_dev *d, struct conn *c, struct virt
     return sizeof(h) + (uint32_t)r;
 }
 
-static void vsock_rx(struct virtio_dev *d)
+/* the next packet any connection has for the guest, round-robin over the connections */
+static int64_t rx_one(struct virtio_dev *d, struct virtq_chain *ch, void *arg)
 {
     struct vsock *v = d->priv;
-    struct virtq *q = &d->q[RXQ];
-    struct virtq_chain *ch = d->chain;
-    int done = 0, progress = 1;
-
-    while (progress) {
-        progress = 0;
-        for (struct conn *c = v->conns; c; c = c->next) {
-            int rc = virtq_pop(q, ch);
-            if (rc < 0) {
-                virtio_bad_chain(d, RXQ, rc);
-                return;
-            }
-            if (rc == 0)
-                goto out;           /* no buffers: the guest's rx kick brings us back */
-            if (ch->in_len < sizeof(struct hdr)) {
-                virtq_push(q, ch->head, 0);
-                continue;
-            }
-            uint32_t len = conn_rx_packet(d, c, ch);
-            if (!len) {
-                virtq_unpop(q);
-                continue;
-            }
-            virtq_push(q, ch->head, len);
-            done++;
-            progress = 1;
+    if (ch->in_len < sizeof(struct hdr))
+        return 0;           /* too short for a header: handed back unused (and told) */
+    for (struct conn **pp = &v->conns; *pp; pp = &(*pp)->next) {
+        struct conn *c = *pp;
+        uint32_t len = conn_rx_packet(d, c, ch);
+        if (!len)
+            continue;
+        if (c->next) {      /* served: to the back of the line */
+            struct conn **tail = &c->next;
+            while (*tail)
+                tail = &(*tail)->next;
+            *pp = c->next;
+            c->next = NULL;
+            *tail = c;
         }
+        return len;
     }
-out:
-    if (done)
-        virtio_queue_done(d, RXQ);
+    return VIRTIO_RETRY;    /* nobody has anything: keep the buffer */
+}
+
+static void vsock_rx(struct virtio_dev *d)
+{
+    virtio_drain(d, RXQ, rx_one, NULL);
 }
 
 /* --- host side sockets --- */
@@ -465,6 +478,7 @@ static void host_handshake(struct virtio_dev *d, struct conn *c)
         c->peer_port = (uint32_t)port;
         c->local_port = v->next_port++;
         c->state = C_WAIT_GUEST;
+        c->deadline_ns = kvmvm_now_ns() + STALL_NS;
         c->pending |= P_REQUEST;
         conn_arm(d, c);
         return;
@@ -496,9 +510,51 @@ static void vsock_fd_event(struct virtio_dev *d, uint64_t tag, uint32_t events)
     vsock_rx(d);
 }
 
+/*
+ * Stalled states end on a deadline instead of waiting for ever: a host connection that
+ * never completes its CONNECT line, a REQUEST the guest never answers, and a stream with
+ * data for a guest that has never granted any credit. The guest gets an RST and the host
+ * socket is closed.
+ */
+static void vsock_expire(struct virtio_dev *d, int64_t now)
+{
+    struct vsock *v = d->priv;
+    int reset = 0;
+    for (struct conn *c = v->conns; c; c = c->next) {
+        if (c->state == C_OPEN && c->readable && c->peer_buf_alloc == 0) {
+            if (!c->deadline_ns)
+                c->deadline_ns = now + STALL_NS;
+        } else if (c->state == C_OPEN) {
+            c->deadline_ns = 0;
+        }
+        if (c->deadline_ns && now >= c->deadline_ns && c->state != C_DEAD) {
+            conn_close(d, c, c->state != C_HANDSHAKE);
+            reset = 1;
+        }
+    }
+    if (reset)
+        vsock_rx(d);
+}
+
+static int vsock_timeout_ms(struct virtio_dev *d)
+{
+    struct vsock *v = d->priv;
+    int64_t now = kvmvm_now_ns(), first = 0;
+    for (struct conn *c = v->conns; c; c = c->next) {
+        if (c->state == C_OPEN && c->readable && c->peer_buf_alloc == 0 && !c->deadline_ns)
+            c->deadline_ns = now + STALL_NS;
+        if (c->deadline_ns && (!first || c->deadline_ns < first))
+            first = c->deadline_ns;
+    }
+    if (!first)
+        return -1;
+    return first <= now ? 0 : (int)((first - now) / 1000000 + 1);
+}
+
 /* after each batch of events: no event of the batch can still point at a reaped conn */
 static void vsock_idle(struct virtio_dev *d)
 {
+    vsock_expire(d, kvmvm_now_ns());
     conn_reap(d->priv);
 }
 
@@ -554,6 +610,7 @@ static const struct virtio_dev_ops vsock_ops = {
     .queue_notify = vsock_notify,
     .fd_event = vsock_fd_event,
     .idle = vsock_idle,
+    .timeout_ms = vsock_timeout_ms,
     .deactivate = vsock_deactivate,
     .destroy = vsock_destroy,
 };

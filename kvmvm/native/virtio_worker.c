@@ -16,8 +16,17 @@
 static void wait_for_stop(struct virtio_dev *d)
 {
     struct pollfd p = { .fd = d->stop_fd, .events = POLLIN };
-    while (poll(&p, 1, -1) < 0 && errno == EINTR)
+    while (!virtio_stopping(d) && poll(&p, 1, -1) < 0 && errno == EINTR)
         ;
+}
+
+static void kick(struct virtio_dev *d, int q)
+{
+    uint64_t cnt = 0;
+    if (read(d->kick_fd[q], &cnt, sizeof(cnt)) == sizeof(cnt))
+        atomic_fetch_add_explicit(&d->kicks, cnt, memory_order_relaxed);
+    if (d->q[q].size)
+        d->ops->queue_notify(d, q);
 }
 
 static void *worker_main(void *arg)
@@ -28,39 +37,40 @@ static void *worker_main(void *arg)
     pthread_sigmask(SIG_SETMASK, &set, NULL);
 
     /* kicks may have come before DRIVER_OK: look at every queue once */
-    for (int q = 0; q < d->ops->nqueues && !virtio_broken(d); q++)
+    pthread_mutex_lock(&d->dp_lock);
+    for (int q = 0; q < d->ops->nqueues && !virtio_broken(d) && !virtio_stopping(d); q++)
         if (d->q[q].size)
             d->ops->queue_notify(d, q);
-    for (;;) {
+    pthread_mutex_unlock(&d->dp_lock);
+    while (!virtio_stopping(d)) {
         struct epoll_event ev[16];
         if (virtio_broken(d)) {
             wait_for_stop(d);
-            return NULL;
+            break;
         }
-        int n = epoll_wait(d->ep_fd, ev, 16, -1);
+        int tmo = d->ops->timeout_ms ? d->ops->timeout_ms(d) : -1;
+        int n = epoll_wait(d->ep_fd, ev, 16, tmo);
         if (n < 0) {
             if (errno == EINTR)
                 continue;
             virtio_set_broken(d, "worker: epoll_wait failed");
             continue;
         }
-        for (int i = 0; i < n && !virtio_broken(d); i++) {
+        pthread_mutex_lock(&d->dp_lock);
+        for (int i = 0; i < n && !virtio_broken(d) && !virtio_stopping(d); i++) {
             uint64_t tag = ev[i].data.u64;
             if (tag == VIRTIO_TAG_STOP)
-                return NULL;
-            if (tag < (uint64_t)d->ops->nqueues) {
-                uint64_t cnt = 0;
-                if (read(d->kick_fd[tag], &cnt, sizeof(cnt)) == sizeof(cnt))
-                    atomic_fetch_add_explicit(&d->kicks, cnt, memory_order_relaxed);
-                if (d->q[tag].size)
-                    d->ops->queue_notify(d, (int)tag);
-            } else if (d->ops->fd_event) {
+                break;
+            if (tag < (uint64_t)d->ops->nqueues)
+                kick(d, (int)tag);
+            else if (d->ops->fd_event)
                 d->ops->fd_event(d, tag, ev[i].events);
-            }
         }
         if (d->ops->idle)
             d->ops->idle(d);
+        pthread_mutex_unlock(&d->dp_lock);
     }
+    return NULL;
 }
 
 int virtio_worker_watch(struct virtio_dev *d, int fd, uint32_t events, uint64_t tag)
@@ -118,8 +128,11 @@ void virtio_worker_stop(struct virtio_dev *d)
     if (!d->running)
         return;
     uint64_t one = 1;
+    /* the flag ends a drain pass at the next chain; the eventfd wakes epoll */
+    atomic_store(&d->stopping, 1);
     if (write(d->stop_fd, &one, sizeof(one)) < 0) { /* cannot fail on a fresh eventfd */ }
     pthread_join(d->worker, NULL);
+    atomic_store(&d->stopping, 0);
     close(d->ep_fd);
     close(d->stop_fd);
     d->ep_fd = d->stop_fd = -1;

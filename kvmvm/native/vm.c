@@ -1,6 +1,7 @@
 /*
  * The VM: /dev/kvm, the VM fd, guest RAM slots, vCPU threads, and how a VM stops.
  */
+#define _GNU_SOURCE     /* pthread_timedjoin_np */
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
@@ -24,6 +25,11 @@ int64_t kvmvm_now_ns(void)
 }
 
 static int kick_signal(void) { return SIGRTMIN + 2; }
+
+int vm_kick_signal(void) { return kick_signal(); }
+
+#define JOIN_BUSY 1
+#define JOIN_DONE 2
 
 static void kick_handler(int sig) { (void)sig; }
 
@@ -259,8 +265,9 @@ void vm_request_stop(struct kvmvm_vm *vm, const struct kvmvm_stop_info *info)
     if (!first)
         return;
     /* immediate_exit first, then the signal: a vCPU about to enter KVM_RUN sees the
-       flag, one inside it is interrupted by the signal */
-    for (int i = 0; i < vm->nr_vcpus; i++) {
+       flag, one inside it is interrupted by the signal. Without the capability the field
+       means nothing to KVM; kvmvm_vm_wait then repeats the signal until each vCPU is out. */
+    for (int i = 0; i < vm->nr_vcpus && vm->caps.immediate_exit; i++) {
         struct vcpu *v = &vm->vcpus[i];
         if (v->run)
             v->run->immediate_exit = 1;
@@ -321,7 +328,7 @@ int kvmvm_vm_start(kvmvm_vm *vm)
         return -EINVAL;
     vm->started = 1;
     if (vm->serial) {
-        int rc = serial_start_input(vm->serial);
+        int rc = serial_start(vm->serial);
         if (rc < 0)
             return rc;
     }
@@ -337,38 +344,67 @@ int kvmvm_vm_start(kvmvm_vm *vm)
     return 0;
 }
 
+/* Join one vCPU thread, kicking it again every 20 ms: a signal that came just before
+   it entered KVM_RUN (no immediate_exit) must not leave it running. */
+static void join_vcpu(struct vcpu *v)
+{
+    for (;;) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += 20 * 1000 * 1000;
+        if (ts.tv_nsec >= 1000000000L) { ts.tv_sec++; ts.tv_nsec -= 1000000000L; }
+        if (pthread_timedjoin_np(v->thread, NULL, &ts) == 0)
+            return;
+        pthread_kill(v->thread, kick_signal());
+    }
+}
+
+static void deadline_after(struct timespec *ts, int64_t timeout_ms)
+{
+    clock_gettime(CLOCK_REALTIME, ts);
+    if (timeout_ms >= 0) {
+        ts->tv_sec += timeout_ms / 1000;
+        ts->tv_nsec += (timeout_ms % 1000) * 1000000L;
+        if (ts->tv_nsec >= 1000000000L) { ts->tv_sec++; ts->tv_nsec -= 1000000000L; }
+    }
+}
+
 /* Wait for the VM to stop: 0 and *out filled when it has, 1 when timeout_ms ran out
-   first (timeout_ms < 0: wait for ever). Joins the vCPU threads once it has stopped. */
+   first (timeout_ms < 0: wait for ever). The first caller after the stop joins the vCPU
+   threads and stops the console; any other caller returns only once that is done. */
 int kvmvm_vm_wait(kvmvm_vm *vm, int64_t timeout_ms, struct kvmvm_stop_info *out)
 {
     struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    if (timeout_ms >= 0) {
-        ts.tv_sec += timeout_ms / 1000;
-        ts.tv_nsec += (timeout_ms % 1000) * 1000000L;
-        if (ts.tv_nsec >= 1000000000L) { ts.tv_sec++; ts.tv_nsec -= 1000000000L; }
-    }
+    deadline_after(&ts, timeout_ms);
     pthread_mutex_lock(&vm->lock);
-    while (!atomic_load(&vm->stopping)) {
+    for (;;) {
+        int stopped = atomic_load(&vm->stopping);
+        if (stopped && vm->joined != JOIN_BUSY)
+            break;
         int rc = timeout_ms < 0 ? pthread_cond_wait(&vm->cond, &vm->lock)
                                 : pthread_cond_timedwait(&vm->cond, &vm->lock, &ts);
-        if (rc == ETIMEDOUT && !atomic_load(&vm->stopping)) {
+        if (rc == ETIMEDOUT && !(atomic_load(&vm->stopping) && vm->joined != JOIN_BUSY)) {
             pthread_mutex_unlock(&vm->lock);
             return 1;
         }
     }
     if (out)
         *out = vm->stop;
-    int join = !vm->joined;
-    vm->joined = 1;
-    pthread_mutex_unlock(&vm->lock);
-    if (join) {
-        for (int i = 0; i < vm->nr_vcpus; i++)
-            if (vm->vcpus[i].thread_started)
-                pthread_join(vm->vcpus[i].thread, NULL);
-        if (vm->serial)
-            serial_stop_input(vm->serial);
+    if (vm->joined == JOIN_DONE) {
+        pthread_mutex_unlock(&vm->lock);
+        return 0;
     }
+    vm->joined = JOIN_BUSY;
+    pthread_mutex_unlock(&vm->lock);
+    for (int i = 0; i < vm->nr_vcpus; i++)
+        if (vm->vcpus[i].thread_started)
+            join_vcpu(&vm->vcpus[i]);
+    if (vm->serial)
+        serial_stop(vm->serial);
+    pthread_mutex_lock(&vm->lock);
+    vm->joined = JOIN_DONE;
+    pthread_cond_broadcast(&vm->cond);
+    pthread_mutex_unlock(&vm->lock);
     return 0;
 }
 
@@ -383,6 +419,7 @@ int kvmvm_vm_stats(kvmvm_vm *vm, struct kvmvm_stats *st)
     st->io_unhandled = atomic_load(&vm->io_unhandled);
     st->mmio_unhandled = atomic_load(&vm->mmio_unhandled);
     st->py_calls = atomic_load(&vm->py_calls);
+    st->serial_dropped = atomic_load(&vm->serial_dropped);
     st->t_created_ns = vm->t_created_ns;
     st->t_first_run_ns = atomic_load(&vm->t_first_run_ns);
     st->t_boot_signal_ns = atomic_load(&vm->t_boot_signal_ns);
