@@ -168,13 +168,23 @@ class Machine:
 
     # --- building the VM ---
     def build(self) -> None:
+        self._build_platform()
+        self._load_kernel()
+        self.vm.create_vcpus(self.cfg.cpus)
+        self._set_boot_regs()
+
+    def _build_platform(self, ram_fds: list[int] | None = None) -> None:
+        """The VM, its RAM (anonymous, or ram_fds mapped copy-on-write) and its devices."""
         from kvmvm.vm import Vm
 
         cfg = self.cfg
         vm = self.vm = Vm(cfg.kvm_path)
         self.t_vm_created_ns = time.monotonic_ns()
-        for gpa, size in self.ram.regions:
-            vm.add_ram(gpa, size)
+        for i, (gpa, size) in enumerate(self.ram.regions):
+            if ram_fds is None:
+                vm.add_ram(gpa, size)
+            else:
+                vm.add_ram_file(gpa, size, ram_fds[i])
         vm.add_serial(0x3F8, 4, cfg.serial_out_fd, cfg.serial_in_fd)
         vm.add_debug_exit(DEBUG_EXIT_PORT, 4)
         vm.add_i8042()
@@ -184,9 +194,6 @@ class Machine:
         from kvmvm.devices import attach_all
 
         self.virtio = attach_all(vm, cfg)
-        self._load_kernel()
-        vm.create_vcpus(cfg.cpus)
-        self._set_boot_regs()
 
     @property
     def virtio_on_cmdline(self) -> bool:
@@ -224,6 +231,7 @@ class Machine:
             devs = [acpi.AcpiDevice(v.base, v.size, v.irq) for v in self.virtio]
             rsdp, blob = acpi.build(cfg.cpus, devs)
             vm.write(rsdp, blob)
+        vm.write(layout.VMGENID_GPA, os.urandom(16))     # the VM generation ID
         e820 = self.ram.e820()
         vm.write(layout.PVH_START_INFO, pvh.start_info(layout.CMDLINE, e820, rsdp, initrd))
         vm.write(layout.ZERO_PAGE, bootparams.build(layout.CMDLINE, len(cmd) - 1, e820,
@@ -251,16 +259,24 @@ class Machine:
                                   rsi=layout.ZERO_PAGE, gdt_gpa=layout.GDT_GPA, pml4_gpa=layout.PML4)
 
     # --- running ---
-    def run(self) -> Result:
-        """Build (if needed), start, wait for the end (or the timeout) and tear down."""
-        from kvmvm.bindings import lib
+    started = False
 
+    def start(self) -> None:
+        """Build (if needed) and start the vCPUs; the VM runs until stop() or its end."""
         if self.vm is None:
             self.build()
+        self.vm.start()
+        self.started = True
+
+    def run(self) -> Result:
+        """Build and start (if needed), wait for the end (or the timeout) and tear down."""
+        from kvmvm.bindings import lib
+
+        if not self.started:
+            self.start()
         vm, cfg = self.vm, self.cfg
         deadline = None if cfg.timeout is None else time.monotonic() + cfg.timeout
         try:
-            vm.start()
             stop = None
             while stop is None:
                 slice_s = 0.25 if deadline is None else max(0.0, min(0.25, deadline - time.monotonic()))
@@ -271,13 +287,63 @@ class Machine:
         except KeyboardInterrupt:
             vm.stop(lib.KVMVM_STOP_REQUESTED)
             stop = vm.wait(None)
-        outcome, status, msg = outcome_of(stop, cfg.timeout)
-        stats = vm.stats()
-        res = Result(outcome, stop.reason, status, msg, stop.code, stop.rip,
-                     {k: v for k, v in stats.items() if not k.startswith("t_")},
-                     self._timings(stats))
+        res = self._result(stop)
         self.close()
         return res
+
+    def wait(self, timeout: float | None = None) -> Result | None:
+        """Wait for the VM to end: its Result, or None when timeout (seconds) ran out first.
+        The VM stays open (close() tears it down)."""
+        stop = self.vm.wait(timeout)
+        return None if stop is None else self._result(stop)
+
+    def stop(self) -> None:
+        """Ask the VM to stop (it ends within a second, paused or not)."""
+        if self.vm is not None:
+            self.vm.stop()
+
+    def _result(self, stop) -> Result:
+        outcome, status, msg = outcome_of(stop, self.cfg.timeout)
+        stats = self.vm.stats()
+        return Result(outcome, stop.reason, status, msg, stop.code, stop.rip,
+                      {k: v for k, v in stats.items() if not k.startswith("t_")},
+                      self._timings(stats))
+
+    # --- pause, snapshot, restore, fork (kvmvm.snapshot does the work) ---
+    def pause(self, timeout: float = 1.0) -> None:
+        """Every vCPU out of KVM_RUN and held, virtio workers parked: nothing changes."""
+        self.vm.pause(timeout)
+
+    def resume(self) -> None:
+        self.vm.resume()
+
+    @property
+    def paused(self) -> bool:
+        return self.vm is not None and self.vm.paused
+
+    def snapshot(self, out_dir: str, *, resume: bool = False):
+        """Write a full snapshot of this (paused, or paused here) VM to out_dir; the VM
+        stays paused unless resume. Returns a kvmvm.snapshot.Snapshot."""
+        from kvmvm.snapshot.persist import save
+
+        return save(self, out_dir, resume=resume)
+
+    @classmethod
+    def restore(cls, snap_dir: str, *, net_override: dict | None = None,
+                vsock_uds: str | None = None, serial_out_fd: int = 1, serial_in_fd: int = -1,
+                drives: list | None = None, start: bool = True) -> "Machine":
+        """A running Machine from a snapshot directory (memory mapped copy-on-write)."""
+        from kvmvm.snapshot.persist import restore
+
+        return restore(cls, snap_dir, net_override=net_override, vsock_uds=vsock_uds,
+                       serial_out_fd=serial_out_fd, serial_in_fd=serial_in_fd, drives=drives,
+                       start=start)
+
+    def fork(self, n: int, **kw) -> list["Machine"]:
+        """n running copy-on-write children of this running VM (kvmvm.snapshot.fork)."""
+        from kvmvm.snapshot.fork import fork
+
+        return fork(self, n, **kw)
 
     def _timings(self, st: dict) -> dict:
         def rel(ns):

@@ -148,6 +148,60 @@ class Vm:
             "t_boot_signal_ns": s.t_boot_signal_ns, "t_end_ns": s.t_end_ns,
         }
 
+    # --- pause and snapshot state (kvmvm.snapshot builds on these) ---
+    def pause(self, timeout: float = 1.0) -> None:
+        check(lib.kvmvm_vm_pause(self._vm, int(timeout * 1000)), "pause")
+
+    def resume(self) -> None:
+        check(lib.kvmvm_vm_resume(self._vm), "resume")
+
+    @property
+    def paused(self) -> bool:
+        return bool(lib.kvmvm_vm_paused(self._vm))
+
+    def save_state(self) -> bytes:
+        """The vCPU, VM and device state of a paused VM, as a section stream."""
+        out = ffi.new("uint8_t **")
+        n = ffi.new("uint64_t *")
+        check(lib.kvmvm_vm_save_state(self._vm, out, n), "save VM state")
+        try:
+            return bytes(ffi.buffer(out[0], n[0]))
+        finally:
+            lib.kvmvm_free(out[0])
+
+    def load_state(self, data: bytes) -> None:
+        what = ffi.new("char **")
+        rc = lib.kvmvm_vm_load_state(self._vm, data, len(data), what)
+        if rc < 0:
+            raise KvmError(-rc, f"restore {ffi.string(what[0]).decode()}: {os.strerror(-rc)}")
+
+    def save_ram(self, slot: int, fd: int) -> int:
+        """Write RAM region `slot` to fd sparsely; returns the bytes written."""
+        n = ffi.new("uint64_t *")
+        check(lib.kvmvm_vm_save_ram(self._vm, slot, fd, n), f"save guest RAM region {slot}")
+        return n[0]
+
+    def add_ram_file(self, gpa: int, size: int, fd: int) -> None:
+        check(lib.kvmvm_vm_add_ram_file(self._vm, gpa, size, fd),
+              f"map guest RAM {size >> 20} MiB at {gpa:#x} from a file")
+
+    def remap_ram_file(self, slot: int, fd: int) -> None:
+        check(lib.kvmvm_vm_remap_ram_file(self._vm, slot, fd), f"remap guest RAM region {slot}")
+
+    def vcpu_cpuid(self, vcpu: int = 0) -> list[tuple]:
+        arr = ffi.new("struct kvmvm_cpuid_entry[]", 256)
+        n = check(lib.kvmvm_vm_vcpu_cpuid(self._vm, vcpu, arr, 256), "KVM_GET_CPUID2")
+        return [(a.function, a.index, a.flags, a.eax, a.ebx, a.ecx, a.edx) for a in arr[0:n]]
+
+    def state_support(self) -> dict:
+        """Which snapshot ioctls this /dev/kvm answers: name -> 0 or -errno."""
+        o = ffi.new("struct kvmvm_state_support *")
+        check(lib.kvmvm_vm_state_probe(self._vm, o), "probe snapshot support")
+        return {f: getattr(o, f) for f in ("regs", "sregs", "fpu", "xsave", "xcrs", "msrs", "lapic",
+                                           "events", "debugregs", "mpstate", "irqchip", "pit2",
+                                           "clock", "tsc_khz", "immediate_exit", "nr_msrs",
+                                           "nr_msrs_ok")}
+
     def supported_cpuid(self) -> list[tuple]:
         arr = ffi.new("struct kvmvm_cpuid_entry[]", 256)
         n = check(lib.kvmvm_vm_supported_cpuid(self._vm, arr, 256), "KVM_GET_SUPPORTED_CPUID")

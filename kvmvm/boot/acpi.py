@@ -1,7 +1,8 @@
 """ACPI tables for a hardware-reduced microVM: RSDP, XSDT, FADT, MADT and a DSDT.
 
 The DSDT lists each virtio-mmio device (LNRO0005, as Linux's virtio_mmio driver matches),
-the pvpanic port and the S5 sleep state, so kernels without virtio_mmio.device= on their
+the pvpanic port, the VM Generation ID (VMGENCTR, with a Generic Event Device that
+notifies a new ID after a fork or restore) and the S5 sleep state, so kernels without virtio_mmio.device= on their
 command line still find their devices, and `poweroff`/`reboot` reach the VMM through the
 FADT's sleep-control and reset registers.
 """
@@ -12,7 +13,8 @@ import struct
 from kvmvm.record import record
 
 from kvmvm.boot import aml
-from kvmvm.boot.layout import ACPI_END, ACPI_PM_PORT, ACPI_START, IOAPIC_GPA, LAPIC_GPA, PVPANIC_PORT
+from kvmvm.boot.layout import (ACPI_PM_PORT, ACPI_START, IOAPIC_GPA, LAPIC_GPA, PVPANIC_PORT,
+                               VMGENID_GED_IRQ, VMGENID_GPA)
 
 OEM_ID = b"KVMVM "
 OEM_TABLE_ID = b"KVMVMVM "
@@ -91,7 +93,17 @@ def dsdt(devices: list[AcpiDevice]) -> bytes:
                                                              aml.irq_no_flags(4))))
     pevt = aml.device("PEVT", aml.name("_HID", aml.string("QEMU0001")),
                       aml.name("_CRS", aml.resource_template(aml.io_port(PVPANIC_PORT, 1))))
-    body = (aml.scope("\\_SB_", com1, pevt, *devs)
+    # VM Generation ID (Linux drivers/virt/vmgenid.c): ADDR is the ID's guest-physical address
+    vgen = aml.device("VGEN", aml.name("_HID", aml.string("VMGENCTR")),
+                      aml.name("_CID", aml.string("VM_GEN_COUNTER")),
+                      aml.name("_DDN", aml.string("VM_Gen_Counter")),
+                      aml.name("ADDR", aml.package(aml.integer(VMGENID_GPA & 0xFFFFFFFF),
+                                                   aml.integer(VMGENID_GPA >> 32))))
+    # its change notification: an edge on the GED's interrupt runs _EVT
+    ged = aml.device("GED0", aml.name("_HID", aml.string("ACPI0013")),
+                     aml.name("_CRS", aml.resource_template(aml.interrupt(VMGENID_GED_IRQ))),
+                     aml.method("_EVT", 1, aml.notify("\\_SB_.VGEN", 0x80)))
+    body = (aml.scope("\\_SB_", com1, pevt, vgen, ged, *devs)
             + aml.name("\\_S5_", aml.package(aml.integer(S5_SLP_TYP), aml.integer(0))))
     return table(b"DSDT", 6, body)
 
@@ -115,8 +127,8 @@ def build(ncpus: int, devices: list[AcpiDevice], base: int = ACPI_START) -> tupl
     xsdt_gpa = _align(madt_gpa + len(m))
     x = table(b"XSDT", 1, struct.pack("<QQ", fadt_gpa, madt_gpa))
     end = xsdt_gpa + len(x)
-    if end > ACPI_END:
-        raise ValueError("ACPI tables do not fit below 1 MiB")
+    if end > VMGENID_GPA:
+        raise ValueError("ACPI tables do not fit below the VM generation ID page")
     blob = bytearray(end - base)
     for gpa, data in ((rsdp_gpa, rsdp(xsdt_gpa)), (dsdt_gpa, d), (fadt_gpa, f), (madt_gpa, m),
                       (xsdt_gpa, x)):

@@ -79,6 +79,15 @@ def device(n: str, *terms: bytes) -> bytes:
     return b"\x5b\x82" + pkg_length(len(body)) + body
 
 
+def method(n: str, nargs: int, *terms: bytes) -> bytes:
+    body = name_string(n) + bytes([nargs & 7]) + b"".join(terms)
+    return b"\x14" + pkg_length(len(body)) + body
+
+
+def notify(path: str, value: int) -> bytes:
+    return b"\x86" + name_string(path) + integer(value)
+
+
 # --- resource descriptors (for _CRS buffers) ---
 def memory32_fixed(base: int, size: int, writable: bool = True) -> bytes:
     return struct.pack("<BHBII", 0x86, 9, 1 if writable else 0, base, size)

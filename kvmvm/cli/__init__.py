@@ -22,6 +22,8 @@ COMMANDS = {
     "images": "images",
     "volume": "volume",
     "bench": "bench",
+    "vm": "vm",
+    "restore": "restore",
 }
 
 

@@ -4,6 +4,7 @@
  * that escaped the checks would fault instead of touching other host memory.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -22,8 +23,11 @@ kvmvm_gmem *kvmvm_gmem_new(void)
 
 static void gmem_unmap_all(struct kvmvm_gmem *gm)
 {
-    for (int i = 0; i < gm->nr; i++)
+    for (int i = 0; i < gm->nr; i++) {
         munmap(gm->r[i].map, gm->r[i].map_len);
+        if (gm->r[i].fd >= 0)
+            close(gm->r[i].fd);
+    }
     gm->nr = 0;
 }
 
@@ -67,7 +71,32 @@ int kvmvm_gmem_add(kvmvm_gmem *gm, uint64_t gpa, uint64_t size)
     r->map = map;
     r->map_len = map_len;
     r->hva = map + GUARD_SIZE;
+    r->fd = -1;
     return gm->nr - 1;
+}
+
+/* A region whose contents come from fd (a snapshot's memory file or a fork's memfd),
+   mapped MAP_PRIVATE: pages are read lazily, writes stay private (copy-on-write), and
+   every VM mapping the same file shares its page cache. Takes a duplicate of fd. */
+int kvmvm_gmem_add_file(struct kvmvm_gmem *gm, uint64_t gpa, uint64_t size, int fd)
+{
+    int slot = kvmvm_gmem_add(gm, gpa, size);
+    if (slot < 0)
+        return slot;
+    struct gmem_region *r = &gm->r[slot];
+    int dfd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+    void *p = dfd < 0 ? MAP_FAILED : mmap(r->hva, size, PROT_READ | PROT_WRITE,
+                                          MAP_PRIVATE | MAP_FIXED | MAP_NORESERVE, dfd, 0);
+    if (p == MAP_FAILED) {
+        int err = errno;
+        if (dfd >= 0)
+            close(dfd);
+        munmap(r->map, r->map_len);
+        gm->nr--;
+        return -err;
+    }
+    r->fd = dfd;
+    return slot;
 }
 
 void *gmem_ptr(struct kvmvm_gmem *gm, uint64_t gpa, uint64_t len)

@@ -17,6 +17,7 @@ struct gmem_region {
     uint8_t *hva;       /* start of the usable mapping (guard pages on either side) */
     uint8_t *map;       /* whole mapping including guards */
     uint64_t map_len;
+    int fd;             /* the file mapped MAP_PRIVATE under hva (snapshot, fork), or -1 */
 };
 
 #define GMEM_MAX_REGIONS 8
@@ -102,7 +103,33 @@ struct kvmvm_vm {
     int64_t t_created_ns, t_end_ns;
 
     struct kvmvm_device *serial;     /* for its input thread */
+
+    /* pause (pause.c): vCPUs park at the top of their loop while pause_req is set */
+    atomic_int pause_req;
+    int nr_parked;
+    int paused;
+    pthread_cond_t pause_cond;
 };
+
+/* pause.c: called by a vCPU thread that saw pause_req; returns when resumed or stopping */
+void vcpu_park(struct vcpu *v);
+
+/* snapshot state of devices (serial.c, virtio_state.c), appended to / read from a section
+   stream (state.c) */
+struct state_buf {
+    uint8_t *p;
+    uint64_t len, cap;
+    int err;
+};
+void state_put(struct state_buf *b, uint32_t tag, uint32_t index, uint32_t version,
+               const void *data, uint32_t len);
+int serial_save(struct kvmvm_device *dev, struct state_buf *b);
+int serial_load(struct kvmvm_device *dev, const void *data, uint32_t len);
+int virtio_save_all(struct kvmvm_vm *vm, struct state_buf *b);
+int virtio_load(struct kvmvm_vm *vm, uint32_t index, const void *data, uint32_t len);
+/* park (1) or unpark (0) every virtio worker of the VM */
+void virtio_park_all(struct kvmvm_vm *vm, int park);
+int kvmvm_gmem_add_file(struct kvmvm_gmem *gm, uint64_t gpa, uint64_t size, int fd);
 
 /* Record why the VM stops (first caller wins) and kick every vCPU out of KVM_RUN. */
 void vm_request_stop(struct kvmvm_vm *vm, const struct kvmvm_stop_info *info);

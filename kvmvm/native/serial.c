@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "internal.h"
+#include "api_state.h"
 
 #define RX_CAP 4096
 #define TX_CAP (1u << 20)       /* guest output held for a slow host fd */
@@ -442,4 +443,70 @@ struct kvmvm_device *serial_new(struct kvmvm_vm *vm, int irq, int out_fd, int in
     dev->vm = vm;
     dev->priv = s;
     return dev;
+}
+
+/* --- snapshot state: registers and the receive FIFO (version 1) --- */
+
+struct serial_state {
+    uint8_t ier, lcr, mcr, scr, dll, dlm, fcr, thr_ipending;
+    uint32_t rx_count;
+    uint8_t rx[RX_CAP];
+};
+
+int serial_save(struct kvmvm_device *dev, struct state_buf *b)
+{
+    struct serial *s = dev->priv;
+    struct serial_state *st = calloc(1, sizeof(*st));
+    if (!st)
+        return -ENOMEM;
+    pthread_mutex_lock(&s->lock);
+    st->ier = s->ier;
+    st->lcr = s->lcr;
+    st->mcr = s->mcr;
+    st->scr = s->scr;
+    st->dll = s->dll;
+    st->dlm = s->dlm;
+    st->fcr = s->fcr;
+    st->thr_ipending = (uint8_t)s->thr_ipending;
+    st->rx_count = (uint32_t)s->rx_count;
+    for (int i = 0; i < s->rx_count; i++)
+        st->rx[i] = s->rx[(s->rx_head + i) % RX_CAP];
+    pthread_mutex_unlock(&s->lock);
+    state_put(b, KVMVM_SEC_SERIAL, 0, 1, st, sizeof(*st));
+    free(st);
+    return 0;
+}
+
+int serial_load(struct kvmvm_device *dev, const void *data, uint32_t len)
+{
+    struct serial *s = dev->priv;
+    struct serial_state *st = malloc(sizeof(*st));
+    if (!st)
+        return -ENOMEM;
+    if (len != sizeof(*st)) {
+        free(st);
+        return -EBADMSG;
+    }
+    memcpy(st, data, sizeof(*st));
+    if (st->rx_count > RX_CAP) {
+        free(st);
+        return -EBADMSG;
+    }
+    pthread_mutex_lock(&s->lock);
+    s->ier = st->ier & 0x0f;
+    s->lcr = st->lcr;
+    s->mcr = st->mcr & 0x1f;
+    s->scr = st->scr;
+    s->dll = st->dll;
+    s->dlm = st->dlm;
+    s->fcr = st->fcr;
+    s->thr_ipending = !!st->thr_ipending;
+    s->rx_head = 0;
+    s->rx_count = (int)st->rx_count;
+    memcpy(s->rx, st->rx, st->rx_count);
+    update_rx_gate(s);
+    pulse_irq(dev, s);      /* an interrupt condition that held at the snapshot holds again */
+    pthread_mutex_unlock(&s->lock);
+    free(st);
+    return 0;
 }

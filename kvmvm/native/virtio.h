@@ -108,6 +108,8 @@ struct virtio_dev_ops {
     void (*deactivate)(struct virtio_dev *d);
     /* ms until the device's next deadline (idle runs then), -1 for none */
     int (*timeout_ms)(struct virtio_dev *d);
+    /* after a snapshot's state was loaded, before the worker starts (virtio_state.c) */
+    void (*restored)(struct virtio_dev *d);
     void (*destroy)(struct virtio_dev *d);
 };
 
@@ -146,6 +148,9 @@ struct virtio_dev {
     atomic_int stopping;            /* the worker must return: checked between chains */
     pthread_mutex_t dp_lock;        /* held by the worker around every data-path call */
     struct virtq_chain *chain;      /* scratch chain for the worker */
+    pthread_mutex_t park_lock;      /* pause: the worker parks between batches */
+    pthread_cond_t park_cond;
+    int park_req, parked;
 
     char broken_why[96];
     atomic_ullong kicks, requests, interrupts, bytes_in, bytes_out;
@@ -163,6 +168,8 @@ void virtio_bad_chain(struct virtio_dev *d, int q, int rc);
 /* after processing a queue: interrupt unless the driver asked not to */
 void virtio_queue_done(struct virtio_dev *d, int q);
 struct virtio_dev *virtio_find(struct kvmvm_vm *vm, uint64_t base);
+/* the virtio transport behind a bus device, or NULL */
+struct virtio_dev *virtio_of(struct kvmvm_device *dev);
 
 /* worker (virtio_worker.c): one thread per active device, epoll over kicks + backend fds */
 #define VIRTIO_TAG_STOP 0xffffu
@@ -188,6 +195,8 @@ void virtio_worker_stop(struct virtio_dev *d);
 int virtio_worker_watch(struct virtio_dev *d, int fd, uint32_t events, uint64_t tag);
 int virtio_worker_modify(struct virtio_dev *d, int fd, uint32_t events, uint64_t tag);
 void virtio_worker_unwatch(struct virtio_dev *d, int fd);
+/* park (1): returns once the worker sleeps between batches; unpark (0) */
+void virtio_worker_park(struct virtio_dev *d, int park);
 
 /* eventfd plumbing into KVM (virtio_kvm.c) */
 int virtio_kvm_ioeventfd(struct virtio_dev *d, int q, int assign);

@@ -360,6 +360,8 @@ int virtio_mmio_add(struct kvmvm_vm *vm, uint64_t base, int irq, int flags,
     pthread_mutex_init(&d->lock, NULL);
     pthread_mutex_init(&d->irq_lock, NULL);
     pthread_mutex_init(&d->dp_lock, NULL);
+    pthread_mutex_init(&d->park_lock, NULL);
+    pthread_cond_init(&d->park_cond, NULL);
     for (int i = 0; i < VIRTIO_MAX_QUEUES; i++)
         d->kick_fd[i] = -1;
     if (ops->nqueues > VIRTIO_MAX_QUEUES) { rc = -EINVAL; goto fail; }
@@ -398,6 +400,11 @@ int virtio_mmio_add(struct kvmvm_vm *vm, uint64_t base, int irq, int flags,
 fail:
     mmio_destroy(&d->dev);
     return rc;
+}
+
+struct virtio_dev *virtio_of(struct kvmvm_device *dev)
+{
+    return dev && dev->ops == &virtio_mmio_ops ? dev->priv : NULL;
 }
 
 struct virtio_dev *virtio_find(struct kvmvm_vm *vm, uint64_t base)

@@ -586,6 +586,18 @@ static void vsock_deactivate(struct virtio_dev *d)
     }
 }
 
+/* After a restore: the guest's streams are gone on the host side, so tell its driver
+   (VIRTIO_VSOCK_EVENT_TRANSPORT_RESET, as Firecracker does); its listeners stay. */
+static void vsock_restored(struct virtio_dev *d)
+{
+    struct virtq_chain *c = d->chain;
+    uint32_t id = 0;    /* VIRTIO_VSOCK_EVENT_TRANSPORT_RESET */
+    if (!d->q[EVQ].size || virtq_pop(&d->q[EVQ], c) <= 0)
+        return;
+    virtq_push(&d->q[EVQ], c->head, (uint32_t)chain_write(c, 0, &id, sizeof(id)));
+    virtio_queue_done(d, EVQ);
+}
+
 static void vsock_destroy(struct virtio_dev *d)
 {
     struct vsock *v = d->priv;
@@ -612,6 +624,7 @@ static const struct virtio_dev_ops vsock_ops = {
     .idle = vsock_idle,
     .timeout_ms = vsock_timeout_ms,
     .deactivate = vsock_deactivate,
+    .restored = vsock_restored,
     .destroy = vsock_destroy,
 };
 

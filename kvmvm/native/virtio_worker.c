@@ -13,11 +13,34 @@
 
 #include "virtio.h"
 
+/* On a stop_fd event: 1 when it was a pause (the worker slept until resumed), 0 to end */
+static int worker_parks(struct virtio_dev *d)
+{
+    pthread_mutex_lock(&d->park_lock);
+    if (!d->park_req) {
+        pthread_mutex_unlock(&d->park_lock);
+        return 0;
+    }
+    uint64_t cnt;
+    if (read(d->stop_fd, &cnt, sizeof(cnt)) < 0) { /* EAGAIN: already consumed */ }
+    d->parked = 1;
+    pthread_cond_broadcast(&d->park_cond);
+    while (d->park_req)
+        pthread_cond_wait(&d->park_cond, &d->park_lock);
+    d->parked = 0;
+    pthread_mutex_unlock(&d->park_lock);
+    return 1;
+}
+
 static void wait_for_stop(struct virtio_dev *d)
 {
     struct pollfd p = { .fd = d->stop_fd, .events = POLLIN };
-    while (!virtio_stopping(d) && poll(&p, 1, -1) < 0 && errno == EINTR)
-        ;
+    while (!virtio_stopping(d)) {
+        if (poll(&p, 1, -1) < 0 && errno == EINTR)
+            continue;
+        if (!worker_parks(d))
+            return;
+    }
 }
 
 static void kick(struct virtio_dev *d, int q)
@@ -59,8 +82,15 @@ static void *worker_main(void *arg)
         pthread_mutex_lock(&d->dp_lock);
         for (int i = 0; i < n && !virtio_broken(d) && !virtio_stopping(d); i++) {
             uint64_t tag = ev[i].data.u64;
-            if (tag == VIRTIO_TAG_STOP)
+            if (tag == VIRTIO_TAG_STOP) {
+                /* a pause parks here, outside the data-path lock; a stop ends the loop */
+                pthread_mutex_unlock(&d->dp_lock);
+                int parked = worker_parks(d);
+                pthread_mutex_lock(&d->dp_lock);
+                if (parked)
+                    continue;
                 break;
+            }
             if (tag < (uint64_t)d->ops->nqueues)
                 kick(d, (int)tag);
             else if (d->ops->fd_event)
@@ -123,10 +153,28 @@ fail:
     return rc;
 }
 
+void virtio_worker_park(struct virtio_dev *d, int park)
+{
+    if (!d->running)
+        return;
+    pthread_mutex_lock(&d->park_lock);
+    d->park_req = park;
+    if (park) {
+        uint64_t one = 1;
+        if (write(d->stop_fd, &one, sizeof(one)) < 0) { /* cannot fail on a fresh eventfd */ }
+        while (!d->parked)
+            pthread_cond_wait(&d->park_cond, &d->park_lock);
+    } else {
+        pthread_cond_broadcast(&d->park_cond);
+    }
+    pthread_mutex_unlock(&d->park_lock);
+}
+
 void virtio_worker_stop(struct virtio_dev *d)
 {
     if (!d->running)
         return;
+    virtio_worker_park(d, 0);   /* a parked worker wakes and sees the stop */
     uint64_t one = 1;
     /* the flag ends a drain pass at the next chain; the eventfd wakes epoll */
     atomic_store(&d->stopping, 1);

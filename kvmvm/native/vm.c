@@ -65,6 +65,7 @@ kvmvm_vm *kvmvm_vm_new(const char *dev_path, int *err)
     bus_init_embedded(&vm->mmio);
     pthread_mutex_init(&vm->lock, NULL);
     pthread_cond_init(&vm->cond, NULL);
+    pthread_cond_init(&vm->pause_cond, NULL);
 
     vm->kvm_fd = open(dev_path ? dev_path : "/dev/kvm", O_RDWR | O_CLOEXEC);
     if (vm->kvm_fd < 0) { e = -errno; goto fail; }
@@ -279,6 +280,7 @@ void vm_request_stop(struct kvmvm_vm *vm, const struct kvmvm_stop_info *info)
     }
     pthread_mutex_lock(&vm->lock);
     pthread_cond_broadcast(&vm->cond);
+    pthread_cond_broadcast(&vm->pause_cond);    /* parked vCPUs end too */
     pthread_mutex_unlock(&vm->lock);
 }
 
@@ -305,6 +307,10 @@ static void *vcpu_thread(void *arg)
     pthread_sigmask(SIG_SETMASK, &set, NULL);
 
     while (!atomic_load(&vm->stopping)) {
+        if (atomic_load(&vm->pause_req)) {
+            vcpu_park(v);
+            continue;
+        }
         long long zero = 0;
         atomic_compare_exchange_strong(&vm->t_first_run_ns, &zero, kvmvm_now_ns());
         int rc = ioctl(v->fd, KVM_RUN, 0);
@@ -449,8 +455,12 @@ void kvmvm_vm_free(kvmvm_vm *vm)
     if (vm->kvm_fd >= 0)
         close(vm->kvm_fd);
     /* guest RAM goes last: no vCPU or device can touch it any more */
-    for (int i = 0; i < vm->mem.nr; i++)
+    for (int i = 0; i < vm->mem.nr; i++) {
         munmap(vm->mem.r[i].map, vm->mem.r[i].map_len);
+        if (vm->mem.r[i].fd >= 0)
+            close(vm->mem.r[i].fd);
+    }
+    pthread_cond_destroy(&vm->pause_cond);
     pthread_rwlock_destroy(&vm->pio.lock);
     pthread_rwlock_destroy(&vm->mmio.lock);
     free(vm);

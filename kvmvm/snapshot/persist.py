@@ -1,0 +1,186 @@
+"""Saving a running Machine to a snapshot directory and restoring one from it.
+
+Save: pause (if not paused), state sections from the C core, each RAM region written
+sparsely, the header last. Restore: check the snapshot (format.load), build the same
+machine with its RAM mapped MAP_PRIVATE from the memory files (nothing read up front, page
+cache shared by every VM restored from the same files), load the state, start.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from kvmvm.errors import ConfigError
+from kvmvm.snapshot import format as fmt
+
+# MachineConfig fields a snapshot keeps (the rest belong to the process that restores)
+CONFIG_FIELDS = ("kernel", "cmdline", "initrd", "memory_mib", "cpus", "drives", "nets", "vsock",
+                 "rng", "virtio_cmdline", "entry", "acpi")
+
+
+def save(m, out_dir: str, *, resume: bool = False) -> fmt.Snapshot:
+    if m.vm is None or not m.started:
+        raise ConfigError("snapshot: the machine is not running")
+    was_paused = m.paused
+    if not was_paused:
+        m.pause()
+    t0 = time.monotonic_ns()
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+        hp = os.path.join(out_dir, fmt.HEADER_FILE)
+        if os.path.exists(hp):
+            os.unlink(hp)       # a half-rewritten directory must not look like a snapshot
+        state = m.vm.save_state()
+        with open(os.path.join(out_dir, fmt.STATE_FILE), "wb") as f:
+            f.write(state)
+        regions = []
+        for i, (gpa, size) in enumerate(m.ram.regions):
+            name = fmt.memory_file(i)
+            fd = os.open(os.path.join(out_dir, name), os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                written = m.vm.save_ram(i, fd)
+            finally:
+                os.close(fd)
+            regions.append({"file": name, "gpa": gpa, "size": size, "data_bytes": written})
+        header = {
+            "format": fmt.FORMAT,
+            "version": fmt.VERSION,
+            "kvmvm_version": fmt.kvmvm_version(),
+            "created_unix": time.time(),
+            "host_cpu": fmt.host_cpu(),
+            "guest_cpuid": [list(e) for e in m.vm.vcpu_cpuid(0)],
+            "state": {"file": fmt.STATE_FILE, "size": len(state), "sha256": fmt.sha256(state)},
+            "memory": regions,
+            "config": {k: getattr(m.cfg, k) for k in CONFIG_FIELDS},
+            "linux": bool(getattr(m, "kernel", None) and m.kernel.is_linux),
+            "devices": [{"kind": s.name, "base": s.base, "irq": s.irq} for s in m.virtio],
+        }
+        fmt.write_header(out_dir, header)
+        m.snapshot_ms = round((time.monotonic_ns() - t0) / 1e6, 3)
+    finally:
+        if resume:
+            m.resume()
+    return fmt.Snapshot(out_dir, header)
+
+
+def apply_overrides(cfgd: dict, *, net_override: dict | None = None, vsock_uds: str | None = None,
+                    drives: list | None = None) -> dict:
+    """The snapshot's device specs with new backends: net_override maps ethN (or the old
+    TAP name) to a TAP; vsock_uds replaces the vsock socket path; drives replaces the list."""
+    from kvmvm.devices.virtio import parse_options
+
+    cfgd = dict(cfgd)
+    if net_override:
+        nets, used = [], set()
+        for i, spec in enumerate(cfgd.get("nets") or []):
+            opts = parse_options(spec, "--net", "tap")
+            for key in (f"eth{i}", opts.get("tap")):
+                if key in net_override:
+                    opts["tap"] = net_override[key]
+                    used.add(key)
+            nets.append(",".join(f"{k}={v}" if v else k for k, v in opts.items()))
+        unknown = set(net_override) - used
+        if unknown:
+            raise ConfigError(f"--net-override: the snapshot has no network device {sorted(unknown)[0]!r}")
+        cfgd["nets"] = nets
+    if vsock_uds:
+        if not cfgd.get("vsock"):
+            raise ConfigError("--vsock-uds: the snapshot has no vsock device")
+        opts = parse_options(cfgd["vsock"], "--vsock")
+        opts["uds"] = vsock_uds
+        cfgd["vsock"] = ",".join(f"{k}={v}" for k, v in opts.items())
+    if drives is not None:
+        if len(drives) != len(cfgd.get("drives") or []):
+            raise ConfigError(f"restore: {len(drives)} drives given, the snapshot has "
+                              f"{len(cfgd.get('drives') or [])}")
+        cfgd["drives"] = list(drives)
+    return cfgd
+
+
+def announce_genid(m) -> None:
+    """An edge on the ACPI Generic Event Device: the guest re-reads its VM generation ID
+    (Linux's vmgenid driver then reseeds its RNG)."""
+    from kvmvm.boot import layout
+
+    if m.vm.caps.irqchip:
+        m.vm.irq_line(layout.VMGENID_GED_IRQ, 1)
+        m.vm.irq_line(layout.VMGENID_GED_IRQ, 0)
+
+
+def assemble(cls, cfg, ram_fds: list[int], state: bytes, guest_cpuid: list | None, *,
+             what: str, start: bool, new_genid: bool = True):
+    """A Machine of class cls with cfg's devices, RAM from ram_fds and the given state; a
+    new VM generation ID unless new_genid is false (every copy is a new VM to its guest)."""
+    from kvmvm.boot import layout
+
+    m = cls.__new__(cls)
+    m.cfg = cfg
+    m.t0_ns = time.monotonic_ns()
+    m.vm = None
+    m.virtio = []
+    m.t_vm_created_ns = 0
+    m.ram = layout.RamLayout(cfg.memory_mib * layout.MiB)
+    m.kernel = None
+    try:
+        m._build_platform(ram_fds)
+        m.vm.create_vcpus(cfg.cpus)
+        if guest_cpuid is not None:
+            check_cpuid(what, guest_cpuid, m.vm.vcpu_cpuid(0))
+        m.vm.load_state(state)
+        if new_genid:
+            m.vm.write(layout.VMGENID_GPA, os.urandom(16))
+        if start:
+            m.start()
+            if new_genid:
+                announce_genid(m)
+    except BaseException:
+        m.close()
+        raise
+    m.restore_vmm_ms = round((time.monotonic_ns() - m.t0_ns) / 1e6, 3)
+    return m
+
+
+def check_cpuid(what: str, saved: list, now: list) -> None:
+    a = {(e[0], e[1]): tuple(e[2:]) for e in saved}
+    b = {(e[0], e[1]): tuple(e[2:]) for e in now}
+    for key in sorted(set(a) | set(b)):
+        if a.get(key) != b.get(key):
+            raise fmt.SnapshotError(f"cannot restore {what}: the guest's CPUID differs on this host "
+                                    f"(leaf {key[0]:#x} index {key[1]}): other CPU features")
+
+
+def restore(cls, snap_dir: str, *, net_override=None, vsock_uds=None, serial_out_fd: int = 1,
+            serial_in_fd: int = -1, drives=None, start: bool = True):
+    from kvmvm.boot import layout
+    from kvmvm.machine import MachineConfig
+
+    snap, state = fmt.load(snap_dir)
+    cfgd = apply_overrides(snap.config, net_override=net_override, vsock_uds=vsock_uds,
+                           drives=drives)
+    try:
+        cfg = MachineConfig(**{k: cfgd[k] for k in CONFIG_FIELDS},
+                            serial_out_fd=serial_out_fd, serial_in_fd=serial_in_fd)
+        cfg.validate()
+    except (KeyError, TypeError) as e:
+        raise fmt.SnapshotError(f"cannot restore {snap_dir}: corrupt configuration in the header ({e})") from None
+    if snap.header.get("linux"):
+        from kvmvm.host import linux_guest_problem
+
+        problem = linux_guest_problem(cfg.kvm_path)
+        if problem:
+            from kvmvm.errors import HostUnsupported
+
+            raise HostUnsupported(problem)
+    fds = []
+    try:
+        for i in range(len(snap.regions)):
+            fds.append(os.open(snap.memory_path(i), os.O_RDONLY | os.O_CLOEXEC))
+        if [(r["gpa"], r["size"]) for r in snap.regions] != layout.RamLayout(cfg.memory_mib << 20).regions:
+            raise fmt.SnapshotError(f"cannot restore {snap_dir}: memory regions do not match the "
+                                    f"configuration (corrupt header)")
+        return assemble(cls, cfg, fds, state, snap.header.get("guest_cpuid"), what=snap_dir,
+                        start=start)
+    finally:
+        for fd in fds:
+            os.close(fd)
