@@ -17,7 +17,7 @@ from kvmvm.errors import ConfigError
 from kvmvm.snapshot.persist import CONFIG_FIELDS, announce_genid, apply_overrides, assemble
 
 
-def _child_config(m, k: int, *, serial_out_fd: int, vsock_uds: str | None, net_override: dict | None,
+def _child_config(m, k: int, *, serial_out_fd: int, serial_in_fd: int, vsock_uds: str | None, net_override: dict | None,
                   drives: list | None):
     from kvmvm.devices.virtio import parse_options
     from kvmvm.machine import MachineConfig
@@ -34,24 +34,29 @@ def _child_config(m, k: int, *, serial_out_fd: int, vsock_uds: str | None, net_o
                 raise ConfigError(f"fork: read-write drive {opts['path']} cannot be shared with a "
                                   f"child; give drives for each child (its own copy) or attach it ,ro")
     cfgd = apply_overrides(cfgd, net_override=net_override, vsock_uds=vsock_uds, drives=drives)
-    cfg = MachineConfig(**cfgd, serial_out_fd=serial_out_fd, serial_in_fd=-1, kvm_path=m.cfg.kvm_path)
+    cfg = MachineConfig(**cfgd, serial_out_fd=serial_out_fd, serial_in_fd=serial_in_fd,
+                        kvm_path=m.cfg.kvm_path)
     cfg.validate()
     return cfg
 
 
-def fork(m, n: int, *, serial_out_fds: list[int] | None = None, vsock_uds: list[str] | None = None,
+def fork(m, n: int, *, serial_out_fds: list[int] | None = None,
+         serial_in_fds: list[int] | None = None, vsock_uds: list[str] | None = None,
          net_override: list[dict] | None = None, drives: list[list] | None = None) -> list:
-    """n running children of the running Machine m (which keeps running)."""
+    """n running children of the running Machine m (which keeps running). Per child, when
+    given: its console output and input fds, vsock socket, TAP overrides and drive list."""
     if not isinstance(n, int) or n < 1:
         raise ConfigError(f"fork: n must be a positive number (got {n!r})")
     if m.vm is None or not m.started:
         raise ConfigError("fork: the machine is not running")
-    for name, lst in (("serial_out_fds", serial_out_fds), ("vsock_uds", vsock_uds),
+    for name, lst in (("serial_out_fds", serial_out_fds), ("serial_in_fds", serial_in_fds),
+                      ("vsock_uds", vsock_uds),
                       ("net_override", net_override), ("drives", drives)):
         if lst is not None and len(lst) != n:
             raise ConfigError(f"fork: {name} must have one entry per child ({n})")
     cfgs = [_child_config(m, k,
                           serial_out_fd=serial_out_fds[k] if serial_out_fds else m.cfg.serial_out_fd,
+                          serial_in_fd=serial_in_fds[k] if serial_in_fds else -1,
                           vsock_uds=vsock_uds[k] if vsock_uds else None,
                           net_override=net_override[k] if net_override else None,
                           drives=drives[k] if drives else None) for k in range(n)]
