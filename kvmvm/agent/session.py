@@ -317,10 +317,21 @@ class Session:
             raise AgentError(st.result["reason"], st.result.get("code", 0))
         return st.exit_status, bytes(out), bytes(err)
 
-    def put_file(self, path: str, data: bytes, mode: int = 0o644, parents: bool = False,
-                 timeout: float = 60.0) -> int:
+    def put_request(self, path: str, mode: int = 0o644, parents: bool = False) -> Stream:
+        """Start writing a file: feed it with write()/close_stdin(); ends {"op":"ok","size"}."""
         st = self._new_stream("put")
         self._send(p.encode_json(st.id, p.CONTROL, {"op": "put", "path": path, "mode": mode, "parents": parents}))
+        return st
+
+    def get_request(self, path: str) -> Stream:
+        """Start reading a file: its bytes arrive on the stream's stdout."""
+        st = self._new_stream("get")
+        self._send(p.encode_json(st.id, p.CONTROL, {"op": "get", "path": path}))
+        return st
+
+    def put_file(self, path: str, data: bytes, mode: int = 0o644, parents: bool = False,
+                 timeout: float = 60.0) -> int:
+        st = self.put_request(path, mode, parents)
         st.write(data)
         st.close_stdin()
         self._wait(lambda: st.done, timeout, f"put {path}")
@@ -346,8 +357,7 @@ class Session:
         return st.result
 
     def get_file(self, path: str, timeout: float = 60.0, limit: int = 1 << 30) -> bytes:
-        st = self._new_stream("get")
-        self._send(p.encode_json(st.id, p.CONTROL, {"op": "get", "path": path}))
+        st = self.get_request(path)
         buf = bytearray()
 
         def drained():
