@@ -239,15 +239,17 @@ static void file_start(struct session *s, uint32_t id, int kind, const struct jd
         fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
     }
     struct stat sb;
+    int err = 0;
     if (fd >= 0 && kind == S_GET && (fstat(fd, &sb) < 0 || !S_ISREG(sb.st_mode))) {
         close(fd);
         fd = -1;
-        errno = EISDIR;
+        err = EISDIR;
         snprintf(why, sizeof(why), "%s: not a regular file", path);
         goto fail;
     }
     if (fd < 0) {
-        snprintf(why, sizeof(why), "%s: %s", path, strerror(errno));
+        err = errno;
+        snprintf(why, sizeof(why), "%s: %s", path, strerror(err));
         goto fail;
     }
     if (kind == S_PUT) {
@@ -260,7 +262,7 @@ static void file_start(struct session *s, uint32_t id, int kind, const struct jd
     }
     return;
 fail:
-    send_error(s, id, why, 0);
+    send_error(s, id, why, err > 0 && err < 256 ? err : 0);   /* code: the errno */
     stream_free(s, st);
 }
 
