@@ -131,6 +131,7 @@ class Channel:
                         fn(chan, data)
                     except Exception:       # a consumer's bug must not end the I/O thread
                         pass
+                work = fn = data = None     # hold no consumer (and its sandbox) while idle
                 with self.lock:
                     self.cv.notify_all()
         finally:
