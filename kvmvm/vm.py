@@ -150,7 +150,14 @@ class Vm:
 
     # --- pause and snapshot state (kvmvm.snapshot builds on these) ---
     def pause(self, timeout: float = 1.0) -> None:
-        check(lib.kvmvm_vm_pause(self._vm, int(timeout * 1000)), "pause")
+        rc = lib.kvmvm_vm_pause(self._vm, int(timeout * 1000))
+        if rc == -errno.ESHUTDOWN:
+            raise KvmError(-rc, "pause: the VM has stopped")
+        if rc == -errno.ETIMEDOUT:
+            raise KvmError(-rc, f"pause: the vCPUs did not stop within {timeout:g} s")
+        if rc == -errno.ENOTSUP:
+            raise KvmError(-rc, "pause: this KVM lacks KVM_CAP_IMMEDIATE_EXIT")
+        check(rc, "pause")
 
     def resume(self) -> None:
         check(lib.kvmvm_vm_resume(self._vm), "resume")

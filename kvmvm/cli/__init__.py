@@ -33,7 +33,16 @@ def _has_module(name: str) -> bool:
 
 
 def _fast(argv: list[str]):
-    """kvmvm boot without click, when the arguments are plain; None otherwise."""
+    """kvmvm boot / restore without click, when the arguments are plain; None otherwise."""
+    if argv[:1] == ["restore"] and len(argv) > 1 and not argv[1].startswith("-"):
+        from kvmvm.cli.options import RESTORE, parse
+
+        kw = parse(RESTORE, argv[2:])
+        if kw is None:
+            return None
+        from kvmvm.cli.restoring import run
+
+        return run(argv[1], **kw)
     if argv[:1] != ["boot"]:
         return None
     from kvmvm.cli.options import BOOT, parse

@@ -8,8 +8,13 @@ from kvmvm.cli.booting import DEFAULT_LINUX_CMDLINE, run  # noqa: F401 (re-expor
 from kvmvm.cli.options import BOOT
 
 
-def _click_options(f):
-    for o in reversed(BOOT):
+def click_options(table):
+    """A decorator adding table's options (kvmvm.cli.options) to a click command."""
+    return lambda f: _add_options(table, f)
+
+
+def _add_options(table, f):
+    for o in reversed(table):
         kw = dict(help=o.help, default=o.default, multiple=o.multiple, metavar=o.metavar)
         if o.kind == "flag":
             kw.update(is_flag=True)
@@ -25,7 +30,7 @@ def _click_options(f):
 
 
 @click.command("boot")
-@_click_options
+@click_options(BOOT)
 def cli(**kw):
     """Boot a microVM.
 

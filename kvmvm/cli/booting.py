@@ -35,6 +35,11 @@ def run(kernel, initrd, cmdline, memory, cpus, timeout, entry, use_bzimage, no_a
             res = m.run()
     finally:
         m.close()
+    return report(res, as_json)
+
+
+def report(res, as_json: bool) -> int:
+    """The end of a run: JSON when asked, the outcome's line unless all went well."""
     if as_json:
         import json
 

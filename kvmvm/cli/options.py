@@ -91,3 +91,14 @@ def parse(table, argv):
         if o.multiple:
             out[o.dest] = tuple(out[o.dest])
     return out
+
+
+RESTORE = [
+    Opt(("--net-override",), "net_override", str, (),
+        "Attach network device IFACE (ethN, or its old TAP name) to another TAP.", multiple=True,
+        metavar="IFACE=TAP"),
+    Opt(("--vsock-uds",), "vsock_uds", str, None, "The vsock device's new Unix socket.",
+        metavar="PATH"),
+    Opt(("--timeout",), "timeout", float, None, "Stop the VM after this many seconds (exit 124)."),
+    Opt(("--json",), "as_json", "flag", False, "Print a final JSON object with the outcome."),
+]

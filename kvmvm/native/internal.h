@@ -111,6 +111,8 @@ struct kvmvm_vm {
     pthread_cond_t pause_cond;
 };
 
+int vm_register_ram(struct kvmvm_vm *vm, int slot);
+
 /* pause.c: called by a vCPU thread that saw pause_req; returns when resumed or stopping */
 void vcpu_park(struct vcpu *v);
 

@@ -111,24 +111,7 @@ int kvmvm_vm_save_ram(kvmvm_vm *vm, int slot, int fd, uint64_t *written)
 
 int kvmvm_vm_add_ram_file(kvmvm_vm *vm, uint64_t gpa, uint64_t size, int fd)
 {
-    int slot = kvmvm_gmem_add_file(&vm->mem, gpa, size, fd);
-    if (slot < 0)
-        return slot;
-    struct gmem_region *r = &vm->mem.r[slot];
-    struct kvm_userspace_memory_region region = {
-        .slot = slot,
-        .guest_phys_addr = gpa,
-        .memory_size = size,
-        .userspace_addr = (uint64_t)(uintptr_t)r->hva,
-    };
-    if (ioctl(vm->vm_fd, KVM_SET_USER_MEMORY_REGION, &region) < 0) {
-        int e = -errno;
-        munmap(r->map, r->map_len);
-        close(r->fd);
-        vm->mem.nr--;
-        return e;
-    }
-    return slot;
+    return vm_register_ram(vm, kvmvm_gmem_add_file(&vm->mem, gpa, size, fd));
 }
 
 /* Put fd (which holds this region's current contents) under the live region, MAP_PRIVATE:

@@ -93,6 +93,10 @@ int virtio_load(struct kvmvm_vm *vm, uint32_t index, const void *data, uint32_t 
     d->broken_why[sizeof(d->broken_why) - 1] = 0;
     for (int i = 0; i < d->ops->nqueues && rc == 0; i++) {
         struct vq_state *q = &st.q[i];
+        if (q->num > d->ops->queue_max) {
+            rc = -EBADMSG;
+            break;
+        }
         d->qnum[i] = q->num;
         d->qaddr[i][0] = q->desc;
         d->qaddr[i][1] = q->avail;

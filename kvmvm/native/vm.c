@@ -117,10 +117,17 @@ int kvmvm_vm_caps(kvmvm_vm *vm, struct kvmvm_caps *caps)
 
 int kvmvm_vm_add_ram(kvmvm_vm *vm, uint64_t gpa, uint64_t size)
 {
-    int slot = kvmvm_gmem_add(&vm->mem, gpa, size);
+    return vm_register_ram(vm, kvmvm_gmem_add(&vm->mem, gpa, size));
+}
+
+/* Hand a just-added guest-memory region (slot, or -errno) to KVM; on failure the region
+   is unmapped again. */
+int vm_register_ram(struct kvmvm_vm *vm, int slot)
+{
     if (slot < 0)
         return slot;
     struct gmem_region *r = &vm->mem.r[slot];
+    uint64_t gpa = r->gpa, size = r->size;
     struct kvm_userspace_memory_region region = {
         .slot = slot,
         .guest_phys_addr = gpa,
@@ -130,6 +137,8 @@ int kvmvm_vm_add_ram(kvmvm_vm *vm, uint64_t gpa, uint64_t size)
     if (ioctl(vm->vm_fd, KVM_SET_USER_MEMORY_REGION, &region) < 0) {
         int e = -errno;
         munmap(r->map, r->map_len);
+        if (r->fd >= 0)
+            close(r->fd);
         vm->mem.nr--;
         return e;
     }

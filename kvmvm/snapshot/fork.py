@@ -14,7 +14,8 @@ import os
 import time
 
 from kvmvm.errors import ConfigError
-from kvmvm.snapshot.persist import CONFIG_FIELDS, announce_genid, apply_overrides, assemble
+from kvmvm.snapshot.persist import (CONFIG_FIELDS, announce_genid, apply_overrides, assemble,
+                                    guest_is_linux)
 
 
 def _child_config(m, k: int, *, serial_out_fd: int, serial_in_fd: int, vsock_uds: str | None, net_override: dict | None,
@@ -75,7 +76,8 @@ def fork(m, n: int, *, serial_out_fds: list[int] | None = None,
         t_mem = time.monotonic_ns()
         for k in range(n):
             # each child gets a new VM generation ID (assemble writes it)
-            kids.append(assemble(type(m), cfgs[k], fds, state, None, what="fork", start=False))
+            kids.append(assemble(type(m), cfgs[k], fds, state, None, what="fork", start=False,
+                                 linux=guest_is_linux(m)))
         for kid in kids:
             kid.start()
             announce_genid(kid)

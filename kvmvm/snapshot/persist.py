@@ -53,7 +53,7 @@ def save(m, out_dir: str, *, resume: bool = False) -> fmt.Snapshot:
             "state": {"file": fmt.STATE_FILE, "size": len(state), "sha256": fmt.sha256(state)},
             "memory": regions,
             "config": {k: getattr(m.cfg, k) for k in CONFIG_FIELDS},
-            "linux": bool(getattr(m, "kernel", None) and m.kernel.is_linux),
+            "linux": guest_is_linux(m),
             "devices": [{"kind": s.name, "base": s.base, "irq": s.irq} for s in m.virtio],
         }
         fmt.write_header(out_dir, header)
@@ -64,10 +64,16 @@ def save(m, out_dir: str, *, resume: bool = False) -> fmt.Snapshot:
     return fmt.Snapshot(out_dir, header)
 
 
+def guest_is_linux(m) -> bool:
+    """Whether m runs a Linux guest (booted from a Linux kernel, or restored from one)."""
+    k = getattr(m, "kernel", None)
+    return bool(k.is_linux) if k is not None else bool(getattr(m, "restored_linux", False))
+
+
 def apply_overrides(cfgd: dict, *, net_override: dict | None = None, vsock_uds: str | None = None,
                     drives: list | None = None) -> dict:
-    """The snapshot's device specs with new backends: net_override maps ethN (or the old
-    TAP name) to a TAP; vsock_uds replaces the vsock socket path; drives replaces the list."""
+    """The snapshot's device specs with new backends: net_override maps ethN or netN (the
+    N-th network device) or the old TAP name to a TAP; vsock_uds replaces the vsock socket path; drives replaces the list."""
     from kvmvm.devices.virtio import parse_options
 
     cfgd = dict(cfgd)
@@ -75,7 +81,7 @@ def apply_overrides(cfgd: dict, *, net_override: dict | None = None, vsock_uds: 
         nets, used = [], set()
         for i, spec in enumerate(cfgd.get("nets") or []):
             opts = parse_options(spec, "--net", "tap")
-            for key in (f"eth{i}", opts.get("tap")):
+            for key in (f"eth{i}", f"net{i}", opts.get("tap")):
                 if key in net_override:
                     opts["tap"] = net_override[key]
                     used.add(key)
@@ -109,7 +115,7 @@ def announce_genid(m) -> None:
 
 
 def assemble(cls, cfg, ram_fds: list[int], state: bytes, guest_cpuid: list | None, *,
-             what: str, start: bool, new_genid: bool = True):
+             what: str, start: bool, new_genid: bool = True, linux: bool = False):
     """A Machine of class cls with cfg's devices, RAM from ram_fds and the given state; a
     new VM generation ID unless new_genid is false (every copy is a new VM to its guest)."""
     from kvmvm.boot import layout
@@ -122,6 +128,7 @@ def assemble(cls, cfg, ram_fds: list[int], state: bytes, guest_cpuid: list | Non
     m.t_vm_created_ns = 0
     m.ram = layout.RamLayout(cfg.memory_mib * layout.MiB)
     m.kernel = None
+    m.restored_linux = linux
     try:
         m._build_platform(ram_fds)
         m.vm.create_vcpus(cfg.cpus)
@@ -180,7 +187,7 @@ def restore(cls, snap_dir: str, *, net_override=None, vsock_uds=None, serial_out
             raise fmt.SnapshotError(f"cannot restore {snap_dir}: memory regions do not match the "
                                     f"configuration (corrupt header)")
         return assemble(cls, cfg, fds, state, snap.header.get("guest_cpuid"), what=snap_dir,
-                        start=start)
+                        start=start, linux=bool(snap.header.get("linux")))
     finally:
         for fd in fds:
             os.close(fd)

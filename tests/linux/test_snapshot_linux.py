@@ -143,7 +143,7 @@ def test_restore_the_same_snapshot_ten_times_at_once(shell_snapshot, tmp_path):
 def random_hex(con: Console, tag: str) -> str:
     start = con.size()
     con.send(f"echo {tag}-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \\n')")
-    return con.expect(rf"^{tag}-([0-9a-f]{{32}})$", after=start).group(1)
+    return con.expect(rf"^{tag}-([0-9a-f]{{32}})\r?$", after=start).group(1)
 
 
 def test_fork_children_get_different_random_numbers(art, tmp_path):
