@@ -31,7 +31,7 @@ class MachineConfig:
     serial_in_fd: int = -1        # where its input comes from (-1: none)
     kvm_path: str = "/dev/kvm"
     drives: list = Factory(list)   # "PATH[,ro]" specs; the first is /dev/vda
-    nets: list = Factory(list)     # "tap=NAME[,mac=..]" specs
+    nets: list = Factory(list)     # "tap=NAME[,mac=..]" or "user[,mac=..][,tcp=H:G][,udp=H:G]" specs
     vsock: str | None = None                     # "cid=N,uds=PATH"
     rng: bool = True
     virtio_cmdline: str = "auto"                 # virtio_mmio.device= on the command line:

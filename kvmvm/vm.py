@@ -60,6 +60,7 @@ class Vm:
             raise open_error(dev_path, -err[0])
         self._vm = vm
         self._py_handles: list[int] = []
+        self._owned: list = []      # helpers that end with the VM (passt): closed after it
         c = ffi.new("struct kvmvm_caps *")
         lib.kvmvm_vm_caps(vm, c)
         self.caps = Caps(c.api_version, bool(c.irqchip), bool(c.pit2), bool(c.irqfd),
@@ -214,6 +215,10 @@ class Vm:
         n = check(lib.kvmvm_vm_supported_cpuid(self._vm, arr, 256), "KVM_GET_SUPPORTED_CPUID")
         return [(a.function, a.index, a.flags, a.eax, a.ebx, a.ecx, a.edx) for a in arr[0:n]]
 
+    def own(self, helper) -> None:
+        """Close `helper` (anything with close()) when the VM is closed, after its devices."""
+        self._owned.append(helper)
+
     def close(self) -> None:
         if self._vm is not None:
             lib.kvmvm_vm_free(self._vm)
@@ -221,6 +226,8 @@ class Vm:
             for h in self._py_handles:
                 unregister_py_device(h)
             self._py_handles.clear()
+        while self._owned:
+            self._owned.pop().close()
 
     def __enter__(self):
         return self

@@ -38,7 +38,7 @@ def plan(cfg) -> list[tuple[str, object]]:
         out.append(("vsock", vsock.parse(cfg.vsock)))
     if cfg.rng:
         out.append(("rng", None))
-    taps = [s.tap for k, s in out if k == "net"]
+    taps = [s.tap for k, s in out if k == "net" and s.backend == "tap"]
     if len(set(taps)) != len(taps):
         raise ConfigError("--net: the same TAP is given twice")
     if len(out) > LAST_IRQ - FIRST_IRQ + 1:

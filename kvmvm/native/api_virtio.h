@@ -30,6 +30,9 @@ int kvmvm_vm_add_virtio_blk(kvmvm_vm *vm, uint64_t base, int irq, int flags,
                             const char *path, int readonly, const char *serial);
 int kvmvm_vm_add_virtio_net(kvmvm_vm *vm, uint64_t base, int irq, int flags,
                             const char *tap, const uint8_t *mac);
+/* virtio-net over a connected stream socket (passt --fd): the device dups fd */
+int kvmvm_vm_add_virtio_net_stream(kvmvm_vm *vm, uint64_t base, int irq, int flags,
+                                   int fd, const uint8_t *mac);
 int kvmvm_vm_add_virtio_vsock(kvmvm_vm *vm, uint64_t base, int irq, int flags,
                               uint64_t cid, const char *uds_path);
 int kvmvm_vm_virtio_info(kvmvm_vm *vm, uint64_t base, struct kvmvm_virtio_info *out);

@@ -1,34 +1,32 @@
 /*
- * virtio-net (device 1) over a TAP device opened with IFF_TAP | IFF_NO_PI | IFF_VNET_HDR:
- * the 12-byte virtio_net_hdr travels between the rings and the TAP. No offloads, so every
- * frame fits the MTU and the guest's header is replaced with zeros on the way out. The TAP is watched for input only while the guest has
- * receive buffers posted; otherwise it would wake the worker for nothing.
+ * virtio-net (device 1) over a backend (net_backend.h): a TAP device, or a stream socket
+ * to passt (`--net user`). No offloads, so every frame fits the MTU and the guest's
+ * virtio_net_hdr is replaced with zeros on the way out. The backend's fd is watched for
+ * input only while the guest has receive buffers posted (otherwise it would wake the
+ * worker for nothing), and for output only while the backend is congested.
  */
 #include <errno.h>
 #include <fcntl.h>
-#include <net/if.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
-#include <sys/ioctl.h>
 #include <unistd.h>
-#include <linux/if_tun.h>
 
+#include "net_backend.h"
 #include "virtio.h"
 
 #define VIRTIO_NET_F_MAC     5
 #define VIRTIO_NET_F_STATUS  16
-#define NET_HDR_LEN          12     /* virtio_net_hdr_v1 (virtio 1.x always has num_buffers) */
 #define NET_QUEUE_MAX        256
 #define RXQ                  0
 #define TXQ                  1
-#define TAP_TAG              0x10000
-#define NET_IOV_MAX          1024   /* what readv/writev take */
-#define NET_FRAME_MAX        65550  /* an Ethernet frame of the largest MTU TAP allows */
+#define BACKEND_TAG          0x10000
 
 struct net {
-    int tap_fd;
+    struct net_backend *be;
     int rx_watching;
+    int tx_blocked;         /* the backend refused a frame: wait for EPOLLOUT */
+    int gone;               /* the backend's peer went away: its fd is no longer watched */
     uint8_t mac[6];
     struct iovec iov[NET_IOV_MAX];
 };
@@ -42,22 +40,40 @@ static void net_config_read(struct virtio_dev *d, uint32_t off, uint8_t *data, u
     memcpy(data, cfg + off, len);
 }
 
+static void net_watch(struct virtio_dev *d, struct net *n)
+{
+    if (!n->gone)
+        virtio_worker_modify(d, n->be->fd, (n->rx_watching ? EPOLLIN : 0) |
+                             (n->tx_blocked ? EPOLLOUT : 0), BACKEND_TAG);
+}
+
 static void rx_watch(struct virtio_dev *d, struct net *n, int on)
 {
     if (n->rx_watching == on)
         return;
     n->rx_watching = on;
-    virtio_worker_modify(d, n->tap_fd, on ? EPOLLIN : 0, TAP_TAG);
+    net_watch(d, n);
 }
 
-/* one frame from the TAP into a posted receive buffer */
+/* the peer hung up: EPOLLHUP cannot be masked, so the fd leaves the epoll set */
+static void backend_gone(struct virtio_dev *d, struct net *n)
+{
+    if (n->gone)
+        return;
+    n->gone = 1;
+    virtio_worker_unwatch(d, n->be->fd);
+}
+
+/* one frame from the backend into a posted receive buffer */
 static int64_t rx_one(struct virtio_dev *d, struct virtq_chain *c, void *arg)
 {
     struct net *n = arg;
     if (c->in_len < NET_HDR_LEN)
         return 0;           /* too small for the header: handed back unused */
     int cnt = chain_iov(c, 1, 0, c->in_len, n->iov, NET_IOV_MAX);
-    ssize_t r = readv(n->tap_fd, n->iov, cnt);
+    ssize_t r = n->be->ops->recv(n->be, n->iov, cnt);
+    if (r == -EPIPE)
+        backend_gone(d, n);
     if (r < 0)
         return VIRTIO_RETRY;    /* EAGAIN: nothing more to read */
     atomic_fetch_add_explicit(&d->bytes_in, (uint64_t)r, memory_order_relaxed);
@@ -73,9 +89,9 @@ static void net_rx(struct virtio_dev *d, struct net *n)
 }
 
 /*
- * One frame to the TAP. No offloads were negotiated, so the guest's virtio_net_hdr has
- * nothing to say: the TAP gets a zeroed header instead of the guest's bytes (a guest could
- * otherwise ask the host kernel for GSO or checksum work on its behalf).
+ * One frame to the backend. No offloads were negotiated, so the guest's virtio_net_hdr has
+ * nothing to say: the backend gets a zeroed header instead of the guest's bytes (a guest
+ * could otherwise ask the host kernel for GSO or checksum work on its behalf).
  */
 static int64_t tx_one(struct virtio_dev *d, struct virtq_chain *c, void *arg)
 {
@@ -87,15 +103,21 @@ static int64_t tx_one(struct virtio_dev *d, struct virtq_chain *c, void *arg)
     n->iov[0].iov_base = (void *)zero_hdr;
     n->iov[0].iov_len = NET_HDR_LEN;
     int cnt = chain_iov(c, 0, NET_HDR_LEN, len, n->iov + 1, NET_IOV_MAX - 1);
-    /* a full TAP queue drops the frame, as a wire would */
-    if (writev(n->tap_fd, n->iov, cnt + 1) > 0)
+    ssize_t r = n->be->ops->send(n->be, n->iov, cnt + 1);
+    if (r == -EAGAIN) {
+        n->tx_blocked = 1;      /* the chain goes back; EPOLLOUT resumes the queue */
+        net_watch(d, n);
+        return VIRTIO_RETRY;
+    }
+    if (r > 0)
         atomic_fetch_add_explicit(&d->bytes_out, len, memory_order_relaxed);
     return 0;
 }
 
 static void net_tx(struct virtio_dev *d, struct net *n)
 {
-    virtio_drain(d, TXQ, tx_one, n);
+    if (!n->tx_blocked)
+        virtio_drain(d, TXQ, tx_one, n);
 }
 
 static void net_notify(struct virtio_dev *d, int q)
@@ -108,15 +130,30 @@ static void net_notify(struct virtio_dev *d, int q)
 
 static void net_fd_event(struct virtio_dev *d, uint64_t tag, uint32_t events)
 {
-    if (tag == TAP_TAG)
-        net_rx(d, d->priv);
+    struct net *n = d->priv;
+    if (tag != BACKEND_TAG)
+        return;
+    if (events & (EPOLLOUT | EPOLLHUP | EPOLLERR) && n->tx_blocked &&
+        n->be->ops->flush(n->be) == 0) {
+        n->tx_blocked = 0;
+        net_watch(d, n);
+        net_tx(d, n);
+    }
+    if (events & (EPOLLIN | EPOLLHUP | EPOLLERR))
+        net_rx(d, n);
+    if (events & (EPOLLHUP | EPOLLERR) && !n->gone) {
+        /* EOF is seen by recv; a hang-up with input still buffered waits for the guest */
+        if (!n->rx_watching)
+            backend_gone(d, n);
+    }
 }
 
 static int net_activate(struct virtio_dev *d)
 {
     struct net *n = d->priv;
     n->rx_watching = 1;
-    return virtio_worker_watch(d, n->tap_fd, EPOLLIN, TAP_TAG);
+    n->tx_blocked = 0;
+    return n->gone ? 0 : virtio_worker_watch(d, n->be->fd, EPOLLIN, BACKEND_TAG);
 }
 
 static void net_destroy(struct virtio_dev *d)
@@ -124,8 +161,8 @@ static void net_destroy(struct virtio_dev *d)
     struct net *n = d->priv;
     if (!n)
         return;
-    if (n->tap_fd >= 0)
-        close(n->tap_fd);   /* a TAP that TUNSETIFF created (not persistent) goes away here */
+    if (n->be)
+        n->be->ops->destroy(n->be);
     free(n);
 }
 
@@ -142,39 +179,38 @@ static const struct virtio_dev_ops net_ops = {
     .destroy = net_destroy,
 };
 
-static int tap_open(const char *name)
+static int net_add(kvmvm_vm *vm, uint64_t base, int irq, int flags, struct net_backend *be,
+                   const uint8_t *mac)
 {
-    struct ifreq ifr;
-    int hdr = NET_HDR_LEN;
-    if (!name || !*name || strlen(name) >= IFNAMSIZ)
-        return -EINVAL;
-    int fd = open("/dev/net/tun", O_RDWR | O_NONBLOCK | O_CLOEXEC);
-    if (fd < 0)
-        return -errno;
-    memset(&ifr, 0, sizeof(ifr));
-    memcpy(ifr.ifr_name, name, strlen(name));
-    ifr.ifr_flags = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR;
-    if (ioctl(fd, TUNSETIFF, &ifr) < 0 || ioctl(fd, TUNSETVNETHDRSZ, &hdr) < 0 ||
-        ioctl(fd, TUNSETOFFLOAD, 0) < 0) {
-        int e = -errno;
-        close(fd);
-        return e;
+    struct net *n = calloc(1, sizeof(*n));
+    if (!n) {
+        be->ops->destroy(be);
+        return -ENOMEM;
     }
-    return fd;
+    n->be = be;
+    memcpy(n->mac, mac, 6);
+    return virtio_mmio_add(vm, base, irq, flags, &net_ops, n, 1ull << VIRTIO_NET_F_MAC);
 }
 
 int kvmvm_vm_add_virtio_net(kvmvm_vm *vm, uint64_t base, int irq, int flags,
                             const char *tap, const uint8_t *mac)
 {
-    struct net *n = calloc(1, sizeof(*n));
-    if (!n)
-        return -ENOMEM;
-    n->tap_fd = tap_open(tap);
-    if (n->tap_fd < 0) {
-        int e = n->tap_fd;
-        free(n);
-        return e;
+    int err = 0;
+    struct net_backend *be = net_tap_open(tap, &err);
+    return be ? net_add(vm, base, irq, flags, be, mac) : err;
+}
+
+int kvmvm_vm_add_virtio_net_stream(kvmvm_vm *vm, uint64_t base, int irq, int flags,
+                                   int fd, const uint8_t *mac)
+{
+    int err = 0;
+    int own = fcntl(fd, F_DUPFD_CLOEXEC, 3);   /* the caller keeps its fd either way */
+    if (own < 0)
+        return -errno;
+    struct net_backend *be = net_stream_new(own, &err);
+    if (!be) {
+        close(own);
+        return err;
     }
-    memcpy(n->mac, mac, 6);
-    return virtio_mmio_add(vm, base, irq, flags, &net_ops, n, 1ull << VIRTIO_NET_F_MAC);
+    return net_add(vm, base, irq, flags, be, mac);
 }

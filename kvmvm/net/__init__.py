@@ -1,0 +1,1 @@
+"""Host-side networking helpers for VMs: passt for `--net user` (passt.py)."""

@@ -1,0 +1,191 @@
+"""One passt process per VM: user-mode networking for `--net user` (no root, no TAP).
+
+passt (Debian package passt) translates the guest's Ethernet frames to ordinary sockets on
+the host. It answers ARP and DHCP (and NDP/DHCPv6) itself, maps the gateway address to the
+host's loopback, and forwards the host ports given with `-t`/`-u` to the guest.
+
+kvmvm and passt share one connected socketpair: passt gets its end with `--fd` and the
+virtio-net stream backend (kvmvm/native/net_stream.c) gets the other. The wire format is
+QEMU's stream protocol: a 4-byte big-endian length before each frame. With `--fd` passt
+exits as soon as the socket closes, so it ends with the VM on every path (kill -9 of kvmvm
+included), and `stop()` reaps it. passt starts in its own session, so a ^C meant for kvmvm
+does not reach it, and `start()` returns once passt has written its pid file, i.e. after it
+parsed its options and bound the forwarded ports. That pid file is then removed.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Optional
+
+from kvmvm.errors import ConfigError, KvmvmError
+from kvmvm.record import Factory, record
+
+READY_TIMEOUT_S = 5.0
+STOP_TIMEOUT_S = 1.0
+DEFAULT_MTU = 1500          # the guest's virtio-net has no mergeable buffers: frames fit 1514
+_PORT = re.compile(r"^(?:[0-9a-fA-F.:]+/)?\d{1,5}(?:-\d{1,5})?(?::\d{1,5}(?:-\d{1,5})?)?$")
+
+
+class NetError(KvmvmError):
+    """passt is missing, refused its options, or died."""
+
+    exit_code = 1
+
+
+@record
+class PasstOptions:
+    """What passt is told. Empty fields keep passt's defaults (the host's own address,
+    gateway and DNS, as passt copies them from the interface with the default route)."""
+
+    tcp: list = Factory(list)       # forwarded host ports: "8080:80", "2222", "127.0.0.1/8080:80"
+    udp: list = Factory(list)
+    mtu: int = DEFAULT_MTU
+    address: Optional[str] = None   # the guest's IPv4 address (-a)
+    netmask: Optional[str] = None   # (-n)
+    gateway: Optional[str] = None   # (-g)
+    dns: list = Factory(list)       # (-D)
+
+    def argv(self) -> list:
+        out = ["--mtu", str(self.mtu)]
+        for p in self.tcp:
+            out += ["-t", p]
+        for p in self.udp:
+            out += ["-u", p]
+        if self.address:
+            out += ["-a", self.address]
+        if self.netmask:
+            out += ["-n", self.netmask]
+        if self.gateway:
+            out += ["-g", self.gateway]
+        for d in self.dns:
+            out += ["-D", d]
+        return out
+
+
+def check_port_spec(spec: str, what: str = "port") -> str:
+    if not isinstance(spec, str) or not _PORT.match(spec):
+        raise ConfigError(f"{what} {spec!r}: expected HOST_PORT[:GUEST_PORT] (ranges a-b, optional ADDR/ prefix)")
+    for n in re.findall(r"(?<![./0-9a-fA-F])(\d{1,5})(?![0-9.])", spec.split("/")[-1]):
+        if not 1 <= int(n) <= 65535:
+            raise ConfigError(f"{what} {spec!r}: port {n} is out of range (1-65535)")
+    return spec
+
+
+def passt_binary() -> str:
+    path = shutil.which("passt") or shutil.which("passt", path="/usr/bin:/usr/sbin")
+    if path is None:
+        raise NetError("passt is not installed (Debian package passt: apt-get install passt); "
+                       "--net user needs it")
+    return path
+
+
+def _runas() -> Optional[tuple[int, int]]:
+    """The user passt runs as: itself when not root; as root, "nobody" (passt refuses root)."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        pw = pwd.getpwnam("nobody")
+        return pw.pw_uid, pw.pw_gid
+    except KeyError:
+        return 65534, 65534
+
+
+def _why(err_file) -> str:
+    err_file.seek(0)
+    text = err_file.read().decode(errors="replace")
+    lines = [ln.strip() for ln in text.splitlines()
+             if ln.strip() and not ln.startswith("Failed to send") and "Changing to nobody" not in ln]
+    return lines[-1] if lines else ""
+
+
+class Passt:
+    """A passt process for one VM. `start()` returns kvmvm's end of the socketpair."""
+
+    def __init__(self, options: Optional[PasstOptions] = None):
+        self.options = options or PasstOptions()
+        self.proc: Optional[subprocess.Popen] = None
+        self.sock: Optional[socket.socket] = None
+
+    @property
+    def pid(self) -> Optional[int]:
+        return self.proc.pid if self.proc else None
+
+    def start(self) -> socket.socket:
+        exe = passt_binary()
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        rundir = Path(tempfile.mkdtemp(prefix=f"kvmvm-passt-{os.getpid()}-"))
+        err = tempfile.TemporaryFile()
+        try:
+            os.chmod(rundir, 0o755)
+            pidfile = rundir / "passt.pid"
+            pidfile.touch(0o644)
+            argv = [exe, "--foreground", "--quiet", "--fd", str(theirs.fileno()), "--pid", str(pidfile)]
+            runas = _runas()
+            if runas is not None:
+                os.chown(pidfile, *runas)
+                argv += ["--runas", f"{runas[0]}:{runas[1]}"]
+            argv += self.options.argv()
+            self.proc = subprocess.Popen(argv, pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL,
+                                         stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
+            theirs.close()
+            deadline = time.monotonic() + READY_TIMEOUT_S
+            while True:
+                if pidfile.stat().st_size > 0:
+                    break
+                if self.proc.poll() is not None:
+                    raise NetError(f"passt failed: {_why(err) or f'exit status {self.proc.returncode}'}")
+                if time.monotonic() > deadline:
+                    raise NetError(f"passt did not start within {READY_TIMEOUT_S:.0f} s ({_why(err) or 'no message'})")
+                time.sleep(0.002)
+            self.sock = ours
+            return ours
+        except BaseException:
+            theirs.close()
+            ours.close()
+            self.stop()
+            raise
+        finally:
+            err.close()
+            shutil.rmtree(rundir, ignore_errors=True)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self) -> None:
+        """End passt (it normally has already, when the VM closed its socket) and reap it."""
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+        p, self.proc = self.proc, None
+        if p is None:
+            return
+        try:
+            p.wait(0.3)          # the VM closed its end: passt is on its way out
+            return
+        except subprocess.TimeoutExpired:
+            pass
+        p.send_signal(signal.SIGTERM)
+        try:
+            p.wait(STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+    close = stop
+
+    def __enter__(self) -> "Passt":
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
