@@ -24,6 +24,7 @@ COMMANDS = {
     "bench": "bench",
     "vm": "vm",
     "restore": "restore",
+    "sandbox": "sandbox",
 }
 
 

@@ -100,7 +100,8 @@ class Sandbox:
     def create(cls, image=None, *, cpus: int = 1, memory_mib: int = 512, timeout: float | None = DEFAULT_TIMEOUT_S,
                network: bool = False, envs: dict | None = None, cwd: str | None = None, user: str | None = None,
                pids: int | None = None, hostname: str | None = None, warm: bool = True,
-               output_limit: int = DEFAULT_OUTPUT_LIMIT, metadata: dict | None = None) -> "Sandbox":
+               output_limit: int = DEFAULT_OUTPUT_LIMIT, metadata: dict | None = None,
+               _id: str | None = None) -> "Sandbox":
         """A new sandbox from a container image of the kvmvm store (a name, digest or Image).
 
         cpus, memory_mib: the VM's size. timeout: wall-clock lifetime in seconds (None: no
@@ -119,7 +120,7 @@ class Sandbox:
         check_limit(output_limit)
         if cwd is not None and not (isinstance(cwd, str) and cwd.startswith("/")):
             raise ConfigError(f"cwd: an absolute path (got {cwd!r})")
-        sid = "sb-" + secrets.token_hex(6)
+        sid = _id or "sb-" + secrets.token_hex(6)
         if hostname is not None and not (isinstance(hostname, str) and 0 < len(hostname) <= 63
                                          and all(c.isalnum() or c in "-." for c in hostname)):
             raise ConfigError(f"hostname: 1..63 letters, digits, '-', '.' (got {hostname!r})")
