@@ -130,6 +130,9 @@ def boot_cold(img, *, cpus: int, memory_mib: int, hostname: str, network: bool, 
     if network:
         from kvmvm.net import passt
 
+        if not hasattr(passt, "for_run"):
+            rundir.close()
+            raise SandboxError("network=True: this kvmvm build has no user-mode network for container VMs yet")
         nets, extra, resolv = passt.for_run(rundir, [], stack)
     cvm = ContainerVm(rundir, rootfs=img.rootfs, rootfs_type=img.rootfs_type, memory_mib=memory_mib,
                       cpus=cpus, nets=nets, cmdline_extra=extra, resolv=resolv,
