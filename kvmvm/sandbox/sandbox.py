@@ -37,10 +37,11 @@ def _kill_all_at_exit() -> None:
     for sb in boxes:
         with contextlib.suppress(Exception):
             sb.kill()
-    for key in list(_pools):
-        for r in _pools.pop(key, []):
-            with contextlib.suppress(Exception):
-                r.discard()
+    with _live_lock:
+        pooled = [r for key in list(_pools) for r in _pools.pop(key, [])]
+    for r in pooled:
+        with contextlib.suppress(Exception):
+            r.discard()
 
 
 atexit.register(_kill_all_at_exit)
@@ -174,11 +175,9 @@ class Sandbox:
         use_warm = warm and not self.network
         vm = None
         if use_warm:
-            pool = _pools.get(key)
-            restored = None
-            while pool:
-                restored = pool.pop()
-                break
+            with _live_lock:
+                pool = _pools.get(key)
+                restored = pool.pop() if pool else None
             if restored is None and svm.template_ready(tdir):
                 try:
                     restored = svm.Restored(tdir, RunDir(root=_run_root()))
@@ -249,10 +248,14 @@ class Sandbox:
             cls.create(img, cpus=cpus, memory_mib=memory_mib).kill()
         if not svm.template_ready(tdir):
             raise SandboxError("prewarm: the warm snapshot could not be made (another process is making it?)")
-        pool = _pools.setdefault(key, [])
-        while len(pool) < n:
-            pool.append(svm.Restored(tdir, RunDir(root=_run_root())))
-        return len(pool)
+        while True:
+            with _live_lock:
+                pool = _pools.setdefault(key, [])
+                if len(pool) >= n:
+                    return len(pool)
+            r = svm.Restored(tdir, RunDir(root=_run_root()))
+            with _live_lock:
+                pool.append(r)
 
     # --- lifetime ---
     def set_timeout(self, timeout: float | None) -> None:
