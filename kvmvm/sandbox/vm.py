@@ -158,6 +158,8 @@ def boot_cold(img, *, cpus: int, memory_mib: int, hostname: str, network: bool, 
 def _save_template(machine, final: Path) -> None:
     """Snapshot the paused-at-agent-ready VM into final (published by rename), then resume."""
     tmp = final.parent / f".tmp-{final.name}-{secrets.token_hex(4)}"
+    # ContainerVm starts the vCPUs with machine.vm.start(): the Machine is running all the same
+    machine.started = True
     try:
         machine.snapshot(str(tmp))
         (tmp / "template.json").write_text(json.dumps({"format": TEMPLATE_FORMAT, "created_unix": time.time()}))

@@ -45,7 +45,7 @@ def _build_busybox(work: Path) -> Path:
 @pytest.fixture(scope="module")
 def image(tmp_path_factory):
     work = tmp_path_factory.mktemp("sandbox-image")
-    store = ImageStore(root=work / "store")
+    store = ImageStore(root=work / "store", rootfs_type="ext4")   # ext4: any kvmvm guest kernel mounts it
     (img,) = store.import_(f"oci:{_build_busybox(work / 'build')}:{TAG}", name="kvmvm-sandbox-test:1")
     return img
 
