@@ -139,6 +139,7 @@ def boot_cold(img, *, cpus: int, memory_mib: int, hostname: str, network: bool, 
                       hostname=TEMPLATE_HOSTNAME if template_dir is not None else hostname)
     try:
         session = cvm.start(AGENT_TIMEOUT_S)
+        cvm.machine.started = True      # (see _save_template) pause() snapshots it too
         if template_dir is not None:
             _save_template(cvm.machine, template_dir)
             reseed(session, hostname)
