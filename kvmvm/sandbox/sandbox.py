@@ -162,6 +162,7 @@ class Sandbox:
         self._channel = None
         self.vm = None
         self.warm = False
+        self.warm_error: str | None = None     # why a warm restore was given up, if it was
 
     def _start(self, warm: bool) -> None:
         from kvmvm.agent.rundir import RunDir
@@ -184,7 +185,10 @@ class Sandbox:
                 except Exception:       # a template from another build, removed files: boot cold
                     restored = None
             if restored is not None:
-                vm = restored.connect(self.hostname)
+                try:
+                    vm = restored.connect(self.hostname, svm.RESTORE_CONNECT_TIMEOUT_S)
+                except SandboxError as e:      # the copy failed (and is gone): boot cold
+                    self.warm_error = str(e)
         if vm is None:
             rd = RunDir(root=_run_root())
             with svm.build_lock(tdir) as got:
@@ -383,6 +387,7 @@ class Sandbox:
         return {"sandbox_id": self.sandbox_id, "image": self.image.digest, "names": list(self.image.names),
                 "cpus": self.cpus, "memory_mib": self.memory_mib, "network": self.network, "warm": self.warm,
                 "hostname": self.hostname, "running": self.is_running(), "time_left": self.time_left,
+                "warm_error": self.warm_error,
                 "metadata": self.metadata}
 
 

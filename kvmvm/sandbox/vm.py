@@ -28,6 +28,7 @@ from kvmvm.errors import SandboxError
 TEMPLATE_FORMAT = "kvmvm-sandbox-template-1"
 AGENT_TIMEOUT_S = float(os.environ.get("KVMVM_AGENT_TIMEOUT", "120"))
 TEMPLATE_HOSTNAME = "sandbox"
+RESTORE_CONNECT_TIMEOUT_S = float(os.environ.get("KVMVM_RESTORE_CONNECT_TIMEOUT", "60"))
 
 
 def snapshot_root(home: Path | None = None) -> Path:

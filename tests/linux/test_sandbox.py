@@ -83,7 +83,7 @@ def test_restored_sandboxes_get_their_own_identity(warm):
     a = Sandbox.create(warm, memory_mib=256)
     b = Sandbox.create(warm, memory_mib=256)
     try:
-        assert a.warm and b.warm
+        assert a.warm and b.warm, (a.warm_error, b.warm_error)
         read = "hostname; head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \\n'; echo; date +%s"
         ha, ra, ta = a.commands.run(read).stdout.split()
         hb, rb, tb = b.commands.run(read).stdout.split()
