@@ -164,7 +164,9 @@ def _mounts(vols, rd, stack) -> list:
             from kvmvm.images.volumes import VolumeStore
 
             vs = VolumeStore()
-            path = stack.enter_context(vs.use(v.source, readonly=v.readonly))
+            path = vs.get_or_create(v.source)
+            if not v.readonly:     # one writer at a time: ext4 in two kernels would corrupt it
+                stack.enter_context(vs.lock(v.source))
             out.append(Mount(str(path), "ext4", v.target, v.readonly))
     return out
 
@@ -175,9 +177,17 @@ def _network(net, publish, rd, stack):
         return [], "", None
     if net.startswith("tap="):
         return [net], "", None
-    from kvmvm.net import passt
+    opts = []
+    for spec in publish:      # podman's HOST:GUEST[/tcp|/udp]
+        port, _, proto = spec.partition("/")
+        if proto not in ("", "tcp", "udp"):
+            from kvmvm.errors import ConfigError
 
-    return passt.for_run(rd, list(publish), stack)
+            raise ConfigError(f"-p {spec}: the protocol must be tcp or udp")
+        opts.append(f"{proto or 'tcp'}={port}")
+    # passt answers DHCP; the kernel asks at boot (ip=dhcp), and the agent writes the
+    # name servers it learnt (/proc/net/pnp) into resolv.conf
+    return [",".join(["user", *opts])], "ip=dhcp", None
 
 
 def _run_vm(rd, proc, rootfs_path, rootfs_type, *, memory_mib, cpus, mounts, nets, cmdline_extra,

@@ -1,0 +1,151 @@
+"""`kvmvm run`'s rules without a VM: image config + flags, sizes, run directories."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from kvmvm.agent import spec
+from kvmvm.agent.rundir import RunDir, reclaim
+from kvmvm.errors import ConfigError
+
+CONFIG = {"Entrypoint": ["/bin/entry"], "Cmd": ["default", "args"], "Env": ["PATH=/img/bin", "A=1"],
+          "WorkingDir": "/srv", "User": "app"}
+
+
+def test_image_config_is_honoured():
+    p = spec.process(CONFIG, [], hostname="h")
+    assert p["argv"] == ["/bin/entry", "default", "args"]
+    assert p["cwd"] == "/srv" and p["user"] == "app"
+    assert "PATH=/img/bin" in p["env"] and "A=1" in p["env"] and "HOSTNAME=h" in p["env"]
+
+
+def test_command_replaces_cmd_and_flags_override():
+    p = spec.process(CONFIG, ["x", "y"], env=["A=2", "B=3"], workdir="/tmp", user="0:0", tty=True)
+    assert p["argv"] == ["/bin/entry", "x", "y"]
+    assert p["cwd"] == "/tmp" and p["user"] == "0:0"
+    env = dict(kv.split("=", 1) for kv in p["env"])
+    assert env["A"] == "2" and env["B"] == "3" and env["TERM"] == "xterm"
+
+
+def test_entrypoint_flag_drops_the_image_cmd():
+    assert spec.process(CONFIG, [], entrypoint="/bin/sh")["argv"] == ["/bin/sh"]
+    assert spec.process(CONFIG, ["-c", "true"], entrypoint="/bin/sh")["argv"] == ["/bin/sh", "-c", "true"]
+    assert spec.process(CONFIG, [], entrypoint='["/bin/sh", "-c", "echo hi"]')["argv"] == ["/bin/sh", "-c", "echo hi"]
+    with pytest.raises(ConfigError, match="JSON array"):
+        spec.process(CONFIG, [], entrypoint='["/bin/sh", 1]')
+
+
+def test_no_command_at_all_is_an_error():
+    with pytest.raises(ConfigError, match="no command"):
+        spec.process({}, [])
+
+
+def test_env_file_and_host_passthrough(tmp_path, monkeypatch):
+    f = tmp_path / "env"
+    f.write_text("# comment\n\nX=1\nFROM_HOST\nMISSING_ON_HOST\nY=a=b\n")
+    monkeypatch.setenv("FROM_HOST", "yes")
+    monkeypatch.delenv("MISSING_ON_HOST", raising=False)
+    env = dict(kv.split("=", 1) for kv in spec.process({}, ["true"], env_files=[str(f)], env=["X=2"])["env"])
+    assert env["X"] == "2" and env["FROM_HOST"] == "yes" and env["Y"] == "a=b" and "MISSING_ON_HOST" not in env
+    with pytest.raises(ConfigError, match="--env-file"):
+        spec.read_env_file(str(tmp_path / "nope"))
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        spec.env_arg("=x")
+
+
+@pytest.mark.parametrize("text,mib", [("512m", 512), ("2g", 2048), ("2G", 2048), ("65536k", 64),
+                                      ("1.5g", 1536), ("134217728", 128), ("256MiB", 256), ("256mb", 256)])
+def test_memory_sizes(text, mib):
+    assert spec.parse_memory(text) == mib
+
+
+@pytest.mark.parametrize("text", ["", "lots", "12x", "-5m", "1m", "63m"])
+def test_bad_memory_sizes(text):
+    with pytest.raises(ConfigError, match="--memory"):
+        spec.parse_memory(text)
+
+
+def test_cpus_and_timeout():
+    assert spec.parse_cpus("1.5") == 2 and spec.parse_cpus("4") == 4
+    for bad in ("0", "-1", "x", "nan", "65"):
+        with pytest.raises(ConfigError, match="--cpus"):
+            spec.parse_cpus(bad)
+    assert spec.parse_timeout("2.5") == 2.5 and spec.parse_timeout(None) is None
+    with pytest.raises(ConfigError, match="--timeout"):
+        spec.parse_timeout("0")
+
+
+def test_run_dir_is_removed_on_close(tmp_path):
+    with RunDir(root=tmp_path) as rd:
+        assert rd.path.is_dir() and (rd.path / "lock").read_text().strip() == str(os.getpid())
+        assert reclaim(tmp_path) == []          # alive: left alone
+    assert list(tmp_path.iterdir()) == [] or [p.name for p in tmp_path.iterdir()] == [".names.lock"]
+
+
+def test_names_are_unique_and_checked(tmp_path):
+    with RunDir("web", root=tmp_path):
+        with pytest.raises(ConfigError, match="already in use"):
+            RunDir("web", root=tmp_path)
+    with RunDir("web", root=tmp_path):
+        pass
+    with pytest.raises(ConfigError, match="--name"):
+        RunDir("bad/name", root=tmp_path)
+
+
+def test_a_killed_run_is_reclaimed_with_its_helpers(tmp_path):
+    """kill -9 of the owner: the next start removes the directory and ends recorded helpers."""
+    code = f"""
+import subprocess, sys, time
+from pathlib import Path
+from kvmvm.agent.rundir import RunDir
+rd = RunDir(root=Path({str(tmp_path)!r}))
+helper = subprocess.Popen(["sleep", "300"])
+rd.add_pid(helper.pid)
+print(rd.path, helper.pid, flush=True)
+time.sleep(300)
+"""
+    owner = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    path, helper = owner.stdout.readline().split()
+    os.kill(owner.pid, signal.SIGKILL)
+    owner.wait()
+    assert os.path.isdir(path) and os.path.exists(f"/proc/{helper}")
+    assert reclaim(tmp_path) == [path]
+    assert not os.path.exists(path)
+    for _ in range(50):
+        st = open(f"/proc/{helper}/stat").read().split()[2] if os.path.exists(f"/proc/{helper}") else "gone"
+        if st in ("Z", "gone"):
+            break
+        time.sleep(0.05)
+    assert st in ("Z", "gone")
+
+
+def _kvmvm_run(*args, env=None):
+    e = dict(os.environ, **(env or {}))
+    return subprocess.run([sys.executable, "-m", "kvmvm", "run", *args], capture_output=True, text=True,
+                          timeout=60, env=e)
+
+
+@pytest.mark.parametrize("args,why", [
+    (["--memory", "lots", "img", "true"], "--memory 'lots': not a size"),
+    (["--cpus", "0", "img", "true"], "--cpus 0"),
+    (["--net", "bridge", "img", "true"], "--net 'bridge'"),
+    (["-p", "8080:80", "img", "true"], "-p needs --net user"),
+    (["--no-such-flag", "img"], "No such option"),
+    ([], "Missing argument"),
+])
+def test_bad_flags_exit_125_with_one_line(args, why):
+    r = _kvmvm_run(*args)
+    assert r.returncode == 125, r.stderr
+    assert why in r.stderr and len(r.stderr.strip().splitlines()) == 1 and r.stderr.startswith("kvmvm: ")
+
+
+@pytest.mark.skipif(not os.path.exists("/sys/module/kvm_pvm"), reason="only PVM hosts refuse Linux guests")
+def test_pvm_host_refuses_in_one_line():
+    r = _kvmvm_run("alpine", "true")
+    assert r.returncode == 125 and "PVM" in r.stderr and len(r.stderr.strip().splitlines()) == 1
