@@ -24,12 +24,11 @@ class RichImportProgress(ImportProgress):
 
     def __init__(self):
         from rich.console import Console
-        from rich.progress import (BarColumn, DownloadColumn, Progress, SpinnerColumn, TextColumn,
-                                   TimeElapsedColumn)
+        from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
         self.console = Console(stderr=True, highlight=False)
         self.bar = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(bar_width=24),
-                            DownloadColumn(), TimeElapsedColumn(), console=self.console,
+                            TextColumn("{task.fields[sizes]}"), TimeElapsedColumn(), console=self.console,
                             transient=True, refresh_per_second=8)
         self.task = None
         self.name: Optional[str] = None
@@ -53,12 +52,17 @@ class RichImportProgress(ImportProgress):
         self._finish()
         self.name, self.t0 = name, time.monotonic()
         if self.task is None:
-            self.task = self.bar.add_task(name, total=total)
+            self.task = self.bar.add_task(name, total=total, sizes="")
         else:
-            self.bar.reset(self.task, total=total, description=name)
+            self.bar.reset(self.task, total=total, description=name, sizes="")
 
     def advance(self, n):
-        self.bar.update(self.task, advance=n)
+        from kvmvm.images.store import human_size
+
+        t = self.bar.tasks[0]
+        done = t.completed + n
+        of = f"/{human_size(int(t.total))}" if t.total else ""
+        self.bar.update(self.task, advance=n, sizes=f"{human_size(int(done))}{of}")
 
     def step(self, line):
         self.console.print(f"  [green]✓[/] {line}")
@@ -151,19 +155,22 @@ def list_images(as_json: bool, no_trunc: bool, quiet: bool) -> None:
         click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
 
 
+def _list_options(f):
+    f = click.option("--quiet", "-q", is_flag=True, help="Digests only.")(f)
+    f = click.option("--no-trunc", is_flag=True, help="Full digests.")(f)
+    return click.option("--json", "as_json", is_flag=True,
+                        help="A JSON list: digest, names, size, created, rootfs, ...")(f)
+
+
 @click.command("images")
-@click.option("--json", "as_json", is_flag=True, help="A JSON list: digest, names, size, created, rootfs, ...")
-@click.option("--no-trunc", is_flag=True, help="Full digests.")
-@click.option("--quiet", "-q", is_flag=True, help="Digests only.")
+@_list_options
 def cli(as_json, no_trunc, quiet):
     """List container images (the same as kvmvm image ls)."""
     list_images(as_json, no_trunc, quiet)
 
 
 @click.command("ls")
-@click.option("--json", "as_json", is_flag=True, help="A JSON list: digest, names, size, created, rootfs, ...")
-@click.option("--no-trunc", is_flag=True, help="Full digests.")
-@click.option("--quiet", "-q", is_flag=True, help="Digests only.")
+@_list_options
 def ls_cmd(as_json, no_trunc, quiet):
     """List container images: REPOSITORY TAG DIGEST SIZE CREATED."""
     list_images(as_json, no_trunc, quiet)
@@ -177,8 +184,9 @@ def ls_cmd(as_json, no_trunc, quiet):
 @click.option("--json", "as_json", is_flag=True, help="Print the imported images as JSON.")
 def import_cmd(source, name, plain, quiet, as_json):
     """Import container images from SOURCE: a docker-archive or OCI archive (podman save,
-    docker save, skopeo), an OCI layout directory, podman:NAME (local podman storage), or a
-    registry reference (docker://REF, through skopeo). Prints "NAME:TAG sha256:..." per image."""
+    docker save, skopeo; - reads one from stdin), an OCI layout directory, podman:NAME (local
+    podman storage), or a registry reference (docker://REF, through skopeo).
+    Prints "NAME:TAG sha256:..." per image."""
     from kvmvm.images import ImageStore
 
     with progress_for(plain, quiet or as_json) as progress:

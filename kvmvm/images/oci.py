@@ -104,6 +104,44 @@ def find_manifest(layout: Path, ref: Optional[str]) -> dict:
     return ms[0]
 
 
+_OCI_LAYER = {None: "application/vnd.oci.image.layer.v1.tar",
+              "gzip": "application/vnd.oci.image.layer.v1.tar+gzip",
+              "zstd": "application/vnd.oci.image.layer.v1.tar+zstd"}
+
+
+def fix_layer_media_types(layout: Path, ref: str) -> dict:
+    """Make each layer's media type say its real compression, rewriting the manifest (and
+    its entry in index.json) when one does not; returns the manifest's descriptor.
+
+    skopeo 1.9 copies a docker-archive's uncompressed layers under "+gzip" media types
+    when it is told not to compress them, and umoci then refuses them."""
+    desc = find_manifest(layout, ref)
+    _, manifest = read_json_blob(layout, desc, "manifest")
+    changed = False
+    for layer in manifest.get("layers") or []:
+        if not isinstance(layer, dict) or layer.get("mediaType") not in LAYER_TYPES:
+            continue
+        try:
+            real = _sniff(blob_path(layout, check_digest(layer.get("digest"), "layer digest")))
+        except OSError:
+            continue                    # verify() says what is missing
+        if LAYER_TYPES[layer["mediaType"]] != real:
+            layer["mediaType"] = _OCI_LAYER[real]
+            changed = True
+    if not changed:
+        return desc
+    data = json.dumps(manifest, separators=(",", ":")).encode()
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    blob_path(layout, digest).write_bytes(data)
+    idx = read_index(layout)
+    for m in idx["manifests"]:
+        if isinstance(m, dict) and m.get("annotations", {}).get(REF_NAME) == ref:
+            m["digest"], m["size"] = digest, len(data)
+            m["mediaType"] = MT_MANIFEST
+    (layout / "index.json").write_text(json.dumps(idx))
+    return find_manifest(layout, ref)
+
+
 class Verified:
     """What verification established about one image (digests and sizes from its blobs)."""
 
@@ -127,6 +165,18 @@ class Verified:
 Advance = Callable[[int], None]
 
 
+def _sniff(path: Path) -> Optional[str]:
+    """The layer's compression by its first bytes: media types cannot be trusted for it
+    (skopeo 1.9 labels the uncompressed layers of a docker-archive "+gzip")."""
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic[:2] == b"\x1f\x8b":
+        return "gzip"
+    if magic == b"\x28\xb5\x2f\xfd":
+        return "zstd"
+    return None
+
+
 def _hash_layer(path: Path, compression: Optional[str], advance: Advance) -> tuple[str, int, str, int]:
     """(digest, size, diff_id, uncompressed size) of one layer blob, read once."""
     outer, inner = hashlib.sha256(), hashlib.sha256()
@@ -141,8 +191,7 @@ def _hash_layer(path: Path, compression: Optional[str], advance: Advance) -> tup
             size += len(buf)
             advance(len(buf))
             if d is None:
-                inner.update(buf)
-                usize += len(buf)
+                usize += len(buf)       # uncompressed: the diff_id is the digest
                 continue
             while buf:
                 try:
@@ -157,6 +206,8 @@ def _hash_layer(path: Path, compression: Optional[str], advance: Advance) -> tup
                     buf, d, in_member = d.unused_data, zlib.decompressobj(wbits=31), False
     if in_member:
         raise ImageImportError(f"layer {path.name[:12]} is truncated (its gzip stream ends early)")
+    if d is None:
+        return "sha256:" + outer.hexdigest(), size, "sha256:" + outer.hexdigest(), usize
     return "sha256:" + outer.hexdigest(), size, "sha256:" + inner.hexdigest(), usize
 
 
@@ -213,7 +264,7 @@ def verify(layout: Path, manifest_desc: dict, advance: Advance = lambda n: None,
             raise ImageImportError(f"layer {i + 1} ({short(digest)}) is missing from the image") from None
         if actual_size != size:
             raise ImageImportError(f"layer {i + 1} ({short(digest)}) is {actual_size} bytes, the manifest says {size} (truncated or corrupt)")
-        got, _, diff_id, usize = _hash_layer(p, LAYER_TYPES[mtype], advance)
+        got, _, diff_id, usize = _hash_layer(p, _sniff(p), advance)
         if got != digest:
             raise ImageImportError(f"layer {i + 1} ({short(digest)}) does not match its digest (corrupt)")
         if diff_id != diff_ids[i]:

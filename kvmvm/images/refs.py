@@ -171,9 +171,13 @@ def _archive_kind(p: Path) -> str:
         raise ImageImportError(f"{p}: not a readable tar archive ({e})") from None
     with open(p, "rb") as f:
         magic = f.read(4)
+        size = p.stat().st_size
+        f.seek(max(0, size - 1024))
+        tail = f.read(1024)
     compressed = magic[:2] == b"\x1f\x8b" or magic in (b"\x28\xb5\x2f\xfd", b"\xfd7zX") or magic[:3] == b"BZh"
-    if not compressed and end > p.stat().st_size:
-        raise ImageImportError(f"{p}: the archive is truncated (its last member ends past the end of the file)")
+    # every tool that writes image archives ends them with the two zero blocks tar prescribes
+    if not compressed and (end > size or tail.count(0) != len(tail) or size < 1024):
+        raise ImageImportError(f"{p}: the archive is truncated (it does not end where tar says it should)")
     if "oci-layout" in names and "index.json" in names:
         return "oci-archive"
     if "manifest.json" in names:

@@ -27,6 +27,7 @@ import json
 import os
 import re
 import shutil
+import subprocess
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -252,10 +253,13 @@ class ImageStore:
                 progress: Optional[ImportProgress] = None) -> list[Image]:
         """Import every image of `src` (see refs.parse_source); returns them in order."""
         progress = progress or ImportProgress()
+        if src == "-":
+            return self._import_stdin(name, progress)
         source = parse_source(src)
         if name is not None:
             name = familiar(name)
-        which("skopeo"), which("umoci"), which("mkfs.erofs" if self.rootfs_type == "erofs" else "mkfs.ext4")
+        for tool in ("skopeo", "umoci", "mkfs.erofs" if self.rootfs_type == "erofs" else "mkfs.ext4"):
+            which(tool)                 # a missing one is named before any work is done
         self.reclaim()
         out = []
         with self._staging() as work:
@@ -269,11 +273,32 @@ class ImageStore:
                 ref = f"img{i}"
                 progress.phase(f"copying {_brief(si.ref)}")
                 self._skopeo_copy(si.ref, layout, ref, work, source.kind)
-                v = oci.verify(layout, oci.find_manifest(layout, ref), *self._verify_progress(layout, progress))
+                desc = oci.fix_layer_media_types(layout, ref)
+                _, man = oci.read_json_blob(layout, desc, "manifest")
+                layers = man.get("layers") if isinstance(man.get("layers"), list) else []
+                total = sum(l["size"] for l in layers if isinstance(l, dict) and isinstance(l.get("size"), int))
+                progress.phase(f"verifying {len(layers)} layer{'s' if len(layers) != 1 else ''}", total=total or None)
+                v = oci.verify(layout, desc, *self._verify_progress(layout, progress))
                 self._check_platform(v)
                 names = [name] if name is not None else list(si.names)
                 out.append(self._publish(layout, ref, v, names, work, progress))
         return out
+
+    def _import_stdin(self, name: Optional[str], progress: ImportProgress) -> list[Image]:
+        """`podman save IMG | kvmvm image import -`: the archive is spooled to the store's tmp/."""
+        import sys
+
+        self.tmp.mkdir(parents=True, exist_ok=True)
+        with self._staging() as spool:
+            tar = spool / "stdin.tar"
+            progress.phase("reading the archive from stdin")
+            with open(tar, "wb") as f:
+                for buf in iter(lambda: sys.stdin.buffer.read(1 << 20), b""):
+                    f.write(buf)
+                    progress.advance(len(buf))
+            if tar.stat().st_size == 0:
+                raise ConfigError("import -: nothing on stdin (pipe an archive in: podman save IMAGE | kvmvm image import -)")
+            return self.import_(str(tar), name=name, progress=progress)
 
     def _podman_save(self, source: Source, work: Path, progress: ImportProgress) -> Source:
         # an OCI archive keeps podman's config blob as is, so the digest is podman's image ID
@@ -292,9 +317,10 @@ class ImageStore:
 
     def _skopeo_copy(self, ref: str, layout: Path, tag: str, work: Path, kind: str) -> None:
         env = dict(os.environ, TMPDIR=str(work))
-        argv = [which("skopeo"), "copy", "--quiet", ref, f"oci:{layout}:{tag}"]
-        import subprocess
-
+        # uncompressed layers stay uncompressed: compressing them only to unpack them again
+        # cost most of an import's time (measured in docs/images.md)
+        argv = [which("skopeo"), "copy", "--quiet", "--dest-oci-accept-uncompressed-layers",
+                ref, f"oci:{layout}:{tag}"]
         p = subprocess.run(argv, capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL)
         if p.returncode == 0:
             return
@@ -362,6 +388,9 @@ class ImageStore:
 
     def _pack(self, layout, ref, work, out, fstype, nlayers, progress) -> None:
         tree = work / "rootfs"
+        if rootfs.rootless():
+            progress.note("not running as root: every file will be owned by this user and device "
+                          "nodes will be empty files (import as root for exact ownership)")
         progress.phase(f"applying {nlayers} layer{'s' if nlayers != 1 else ''} (umoci)")
         try:
             rootfs.unpack(layout, ref, tree)
@@ -448,8 +477,8 @@ class ImageStore:
                 os.rename(idir, gone / hexd)
         if gone is not None:
             _rmtree(gone)
-        with contextlib.suppress(FileNotFoundError):
-            (self.locks / f"{hexd}.lock").unlink()
+        # locks/<hex>.lock stays: unlinking a lock file that another process waits on would
+        # let a third one lock a new file of the same name
 
     def _collect_blobs(self) -> tuple[int, int]:
         """Remove blobs no image refers to (store lock held); (count, bytes)."""

@@ -169,8 +169,8 @@ class VolumeStore:
         return p
 
     @contextlib.contextmanager
-    def lock(self, name: str) -> Iterator[Path]:
-        """Hold the volume for one VM (read-write); VolumeError if another VM holds it."""
+    def _exclusive(self, name: str, busy: str) -> Iterator[Path]:
+        """The volume's image with an exclusive flock held; VolumeError(busy) if a VM has it."""
         p = self.path(name)
         try:
             f = open(p, "rb")
@@ -180,20 +180,19 @@ class VolumeStore:
             try:
                 fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                raise VolumeError(f"volume {name} is in use by another VM") from None
+                raise VolumeError(f"volume {name} is {busy}") from None
             yield p
 
-    def _in_use(self, p: Path) -> bool:
+    def lock(self, name: str):
+        """Hold the volume for one VM (read-write); VolumeError if another VM holds it."""
+        return self._exclusive(name, "in use by another VM")
+
+    def _in_use(self, name: str) -> bool:
         try:
-            with open(p, "rb") as f:
-                try:
-                    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    return True
-                fcntl.flock(f, fcntl.LOCK_UN)
+            with self._exclusive(name, "in use"):
                 return False
-        except FileNotFoundError:
-            return False
+        except VolumeError:
+            return self.path(name).exists()
 
     def list(self) -> list[Volume]:
         try:
@@ -209,7 +208,7 @@ class VolumeStore:
                 st = p.stat()
             except FileNotFoundError:
                 continue
-            out.append(Volume(name, p, st.st_size, st.st_blocks * 512, st.st_mtime, self._in_use(p)))
+            out.append(Volume(name, p, st.st_size, st.st_blocks * 512, st.st_mtime, self._in_use(name)))
         return out
 
     def get(self, name: str) -> Optional[Volume]:
@@ -219,18 +218,8 @@ class VolumeStore:
         return None
 
     def remove(self, name: str) -> None:
-        p = self.path(name)
-        with self._store_lock():
-            try:
-                f = open(p, "rb")
-            except FileNotFoundError:
-                raise VolumeError(f"volume {name} does not exist") from None
-            with f:
-                try:
-                    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    raise VolumeError(f"volume {name} is in use by a running VM") from None
-                p.unlink()
+        with self._store_lock(), self._exclusive(name, "in use by a running VM") as p:
+            p.unlink()
 
 
 def volumes_json(vols: list) -> str:

@@ -74,6 +74,14 @@ def test_import_json_and_quiet(kv, archive):
     assert p.returncode == 0 and p.stderr == "" and p.stdout.split()[0] == "renamed:2"
 
 
+def test_import_from_stdin(kv, archive):
+    with open(archive, "rb") as f:
+        p = kv("image", "import", "-q", "-", stdin=f)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.split()[0] == "kvmvm-test:1"
+    assert "nothing on stdin" in _one_line_error(kv("image", "import", "-", stdin=subprocess.DEVNULL), 2)
+
+
 def test_errors(kv, archive, tmp_path):
     assert "not found" in _one_line_error(kv("image", "rm", "nope:1"), 1)
     assert "no such file" in _one_line_error(kv("image", "import", str(tmp_path / "nope.tar")), 2)

@@ -112,6 +112,24 @@ def test_podman_sources(built, store, tmp_path):
         subprocess.run(["podman", "rmi", "-f", f"{name}:1", f"{name}-imported:2"], capture_output=True)
 
 
+def test_multi_image_archive(built, store, tmp_path):
+    """podman save -m: one docker-archive with two images imports both, each with its name."""
+    a, b = (f"localhost/kvmvm-test-multi-{os.getpid()}-{x}:1" for x in "ab")
+    tar = tmp_path / "busybox.tar"
+    with tarfile.open(tar, "w") as tf:
+        tf.add(fx.BUSYBOX, "bin/busybox")
+    try:
+        fx.sh("skopeo", "copy", "--quiet", f"oci:{built['layout']}:{fx.TAG}", f"containers-storage:{a}")
+        fx.podman("import", "-q", tar, b)
+        fx.podman("save", "-q", "-m", "--format", "docker-archive", "-o", tmp_path / "multi.tar", a, b)
+        imgs = store.import_(str(tmp_path / "multi.tar"))
+    finally:
+        subprocess.run(["podman", "rmi", "-f", a, b], capture_output=True)
+    assert sorted(n for i in imgs for n in i.names) == sorted(x.split("/", 1)[1] for x in (a, b))
+    assert len({i.digest for i in imgs}) == 2
+    assert all(i.rootfs.is_file() for i in imgs)
+
+
 def test_podman_source_missing_image(store):
     with pytest.raises(ImageImportError, match="podman save kvmvm-no-such-image"):
         store.import_("podman:kvmvm-no-such-image:0")
@@ -143,10 +161,11 @@ def podman_tree(built):
         subprocess.run(["podman", "rmi", "-f", name], capture_output=True)
 
 
-@pytest.mark.parametrize("fstype", ["erofs", "ext4"])
-def test_rootfs_matches_podman(built, podman_tree, tmp_path, fstype):
+@pytest.mark.parametrize("fstype,kind", [("erofs", "layout"), ("ext4", "layout"), ("erofs", "docker_archive")])
+def test_rootfs_matches_podman(built, podman_tree, tmp_path, fstype, kind):
+    # a docker-archive's layers arrive uncompressed (under skopeo's "+gzip" media types)
     store = ImageStore(tmp_path / "images", rootfs_type=fstype)
-    (img,) = store.import_(str(built["layout"]))
+    (img,) = store.import_(str(built[kind]))
     assert img.rootfs.name == f"rootfs.{fstype}"
     with fx.mounted(img.rootfs, fstype) as mnt:
         ours = fx.snapshot(mnt)
@@ -328,6 +347,11 @@ def test_prune_dangling_and_interrupted(built, store):
             "cm = s._staging(); w = cm.__enter__(); (w / 'half').write_bytes(b'x' * 4096); os._exit(9)")
     subprocess.run([sys.executable, "-c", code, str(store.root)], check=False)
     assert len(_leftovers(store)) == 1
+    with store.resolve(old.digest).use():          # a VM still runs the unnamed image
+        held = store.prune()
+    assert held.images == [] and store.resolve(old.digest).rootfs.exists()
+    assert _leftovers(store) == []
+    subprocess.run([sys.executable, "-c", code, str(store.root)], check=False)      # another one
     res = store.prune()
     assert res.images == [old.digest]
     assert res.blobs > 0 and res.bytes > 0
