@@ -57,6 +57,8 @@ def private_snapshots(tmp_path_factory):
     root = tmp_path_factory.mktemp("sandbox-snapshots")
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(svm, "snapshot_root", lambda home=None: root)
+        # run directories hold Unix sockets: a local directory (KVMVM_HOME may be a 9p share)
+        mp.setenv("XDG_RUNTIME_DIR", str(tmp_path_factory.mktemp("xdg-runtime")))
         yield root
 
 
