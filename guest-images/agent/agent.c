@@ -239,15 +239,17 @@ static void file_start(struct session *s, uint32_t id, int kind, const struct jd
         fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
     }
     struct stat sb;
+    int err = 0;
     if (fd >= 0 && kind == S_GET && (fstat(fd, &sb) < 0 || !S_ISREG(sb.st_mode))) {
         close(fd);
         fd = -1;
-        errno = EISDIR;
+        err = EISDIR;
         snprintf(why, sizeof(why), "%s: not a regular file", path);
         goto fail;
     }
     if (fd < 0) {
-        snprintf(why, sizeof(why), "%s: %s", path, strerror(errno));
+        err = errno;
+        snprintf(why, sizeof(why), "%s: %s", path, strerror(err));
         goto fail;
     }
     if (kind == S_PUT) {
@@ -260,7 +262,7 @@ static void file_start(struct session *s, uint32_t id, int kind, const struct jd
     }
     return;
 fail:
-    send_error(s, id, why, 0);
+    send_error(s, id, why, err > 0 && err < 256 ? err : 0);   /* code: the errno */
     stream_free(s, st);
 }
 
@@ -289,6 +291,12 @@ static void handle_control_stream0(struct session *s, const char *op)
         }
     } else if (!strcmp(op, "ping")) {
         send_ok(s, 0, NULL, 0);
+    } else if (!strcmp(op, "reseed")) {
+        const char *why = s->pid1 ? reseed(&doc) : "reseed: the agent is not the VM's init";
+        if (why)
+            send_error(s, 0, why, 0);
+        else
+            send_ok(s, 0, NULL, 0);
     } else if (!strcmp(op, "poweroff")) {
         send_ok(s, 0, NULL, 0);
         s->main_exited = 1;
@@ -327,12 +335,21 @@ static int handle_control(struct session *s, const struct frame *f)
         }
         return 0;
     }
+    if (!strcmp(op, "ls") || !strcmp(op, "stat") || !strcmp(op, "mkdir") || !strcmp(op, "rm") ||
+        !strcmp(op, "mv")) {
+        if (st)
+            return protocol_error(s, "request on a stream that is still open");
+        fs_request(s, f->stream, op, &doc);
+        return 0;
+    }
     if (!strcmp(op, "signal")) {
         int64_t sig;
         if (json_int(&doc, json_get(&doc, 0, "signal"), 1, 64, &sig))
             return protocol_error(s, "signal: a number 1..64 is required");
+        /* group: the process's whole session (each exec is a session leader) */
+        int group = json_bool(&doc, json_get(&doc, 0, "group")) == 1;
         if (st && st->kind == S_EXEC && !st->exited && st->pid > 0)
-            kill(st->pid, (int)sig);
+            kill(group ? -st->pid : st->pid, (int)sig);
         return 0;
     }
     if (!strcmp(op, "resize")) {
@@ -464,7 +481,7 @@ static int session_read(struct session *s)
     if (n < 0)
         return errno == EAGAIN || errno == EINTR ? 0 : -errno;
     if (n == 0)
-        return -ECONNRESET;
+        return -EPIPE;      /* the host closed the connection */
     s->in_len += n;
     size_t off = 0;
     for (;;) {
@@ -569,7 +586,8 @@ static long now_ms(void)
     return ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-static void serve(struct session *s, int sfd)
+/* serves the session until it ends: 0 (power off after the main process), or -errno */
+static int serve(struct session *s, int sfd)
 {
     struct pollfd pfd[2 + 3 * MAX_STREAMS];
     struct stream *who[2 + 3 * MAX_STREAMS];
@@ -577,8 +595,9 @@ static void serve(struct session *s, int sfd)
     long deadline = 0;
 
     for (;;) {
-        if (outq_flush(&s->out, s->fd) < 0)
-            return;
+        int rc = outq_flush(&s->out, s->fd);
+        if (rc < 0)
+            return rc;
         if (s->main_exited && !deadline)
             deadline = now_ms() + POWEROFF_GRACE_MS;
         int n = 0;
@@ -601,19 +620,19 @@ static void serve(struct session *s, int sfd)
         if (deadline) {
             long left = deadline - now_ms();
             if (left <= 0)
-                return;
+                return 0;
             timeout = (int)left;
         }
-        int rc = poll(pfd, n, timeout);
+        rc = poll(pfd, n, timeout);
         if (rc < 0 && errno != EINTR)
-            return;
+            return -errno;
         if (rc <= 0)
             continue;
         if (pfd[1].revents)
             reap(s, sfd);
         if (pfd[0].revents & (POLLIN | POLLHUP | POLLERR))
-            if (session_read(s) < 0)
-                return;
+            if ((rc = session_read(s)) < 0)
+                return rc;
         /* streams may have ended above: look each one up again before using it */
         for (int i = 2; i < n; i++) {
             if (!pfd[i].revents)
@@ -631,6 +650,38 @@ static void serve(struct session *s, int sfd)
             }
         }
     }
+}
+
+static void send_hello(struct session *s)
+{
+    char hello[320];
+    snprintf(hello, sizeof(hello),
+             "{\"version\":%d,\"agent\":\"kvmvm-agent/1\",\"window\":%u,\"max_frame\":%u,"
+             "\"capabilities\":[\"exec\",\"tty\",\"signal\",\"resize\",\"files\",\"setup\",\"multi-exec\","
+             "\"fs\",\"reseed\",\"reconnect\"]}",
+             PROTO_VERSION, WINDOW, MAX_PAYLOAD);
+    outq_frame(&s->out, 0, T_HELLO, 0, hello, strlen(hello));
+}
+
+/* The connection ended by a vsock transport reset (the host restored a snapshot of this VM:
+ * its old connection is gone), not by the host closing it (which ends the VM). */
+static int transport_reset(struct session *s)
+{
+    int err = 0;
+    socklen_t len = sizeof(err);
+    return getsockopt(s->fd, SOL_SOCKET, SO_ERROR, &err, &len) == 0 && err == ECONNRESET;
+}
+
+/* Forget the old connection and its streams; their processes keep running (as orphans of
+ * the session: their output has nowhere to go). The new host session starts with HELLO. */
+static void session_detach(struct session *s)
+{
+    close_fd(&s->fd);
+    while (s->streams)
+        stream_free(s, s->streams);
+    outq_free(&s->out);
+    s->in_len = 0;
+    s->hello_done = 0;
 }
 
 int main(int argc, char **argv)
@@ -663,13 +714,15 @@ int main(int argc, char **argv)
         agent_log("out of memory at start");
         return 1;
     }
-    char hello[256];
-    snprintf(hello, sizeof(hello),
-             "{\"version\":%d,\"agent\":\"kvmvm-agent/1\",\"window\":%u,\"max_frame\":%u,"
-             "\"capabilities\":[\"exec\",\"tty\",\"signal\",\"resize\",\"files\",\"setup\",\"multi-exec\"]}",
-             PROTO_VERSION, WINDOW, MAX_PAYLOAD);
-    outq_frame(&s.out, 0, T_HELLO, 0, hello, strlen(hello));
-    serve(&s, sfd);
+    send_hello(&s);
+    while (serve(&s, sfd) < 0 && s.pid1 && s.setup_done && transport_reset(&s)) {
+        agent_log("the host's vsock transport was reset (a snapshot was restored): reconnecting");
+        session_detach(&s);
+        if ((s.fd = vsock_connect()) < 0)
+            break;
+        fcntl(s.fd, F_SETFL, fcntl(s.fd, F_GETFL) | O_NONBLOCK);
+        send_hello(&s);
+    }
 
     /* the session ended: nothing may outlive it */
     if (s.pid1) {

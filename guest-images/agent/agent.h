@@ -51,6 +51,12 @@ struct stream *stream_new(struct session *s, uint32_t id, int kind);
 int exec_start(struct session *s, struct stream *st, const struct jdoc *d);
 void exec_reaped(struct session *s, pid_t pid, int wstatus);
 
+/* fs.c: ls / stat / mkdir / rm / mv on stream id, answered at once */
+int fs_request(struct session *s, uint32_t id, const char *op, const struct jdoc *d);
+
+/* container.c: reseed after a restore (hostname, clock, entropy); NULL or a reason */
+const char *reseed(const struct jdoc *d);
+
 /* container.c: mount the image and switch root (PID 1 only); NULL or a reason */
 const char *container_setup(const struct jdoc *d, char *why, size_t cap);
 void early_mounts(void);

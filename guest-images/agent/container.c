@@ -18,6 +18,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "agent.h"
@@ -331,5 +332,53 @@ const char *container_setup(const struct jdoc *d, char *why, size_t cap)
     /* switch root: the initramfs stays underneath, holding nothing but this program */
     if (chdir(NEWROOT) < 0 || mount(NEWROOT, "/", NULL, MS_MOVE, NULL) < 0 || chroot(".") < 0 || chdir("/") < 0)
         return fail(why, cap, "switching root to", NEWROOT);
+    return NULL;
+}
+
+/* After a restore from a snapshot: a new identity for this copy of the VM. The kernel's
+ * RNG is also reseeded by the VM generation ID; the host's bytes are mixed in as well. */
+const char *reseed(const struct jdoc *d)
+{
+    static char why[160];
+    char host[256], hex[1025];
+    int64_t ns;
+    int t;
+    if ((t = json_get(d, 0, "entropy")) >= 0) {
+        int n = json_str(d, t, hex, sizeof(hex));
+        if (n <= 0 || n % 2)
+            return "reseed: entropy must be hex, at most 512 bytes";
+        uint8_t bytes[512];
+        for (int i = 0; i < n / 2; i++) {
+            unsigned v;
+            if (sscanf(hex + 2 * i, "%2x", &v) != 1)
+                return "reseed: entropy must be hex, at most 512 bytes";
+            bytes[i] = (uint8_t)v;
+        }
+        int fd = open("/dev/urandom", O_WRONLY | O_CLOEXEC);
+        if (fd < 0 || write(fd, bytes, n / 2) != n / 2) {
+            snprintf(why, sizeof(why), "reseed: writing /dev/urandom: %s", strerror(errno));
+            if (fd >= 0)
+                close(fd);
+            return why;
+        }
+        close(fd);
+    }
+    if ((t = json_get(d, 0, "time_ns")) >= 0) {
+        if (json_int(d, t, 0, INT64_MAX, &ns))
+            return "reseed: time_ns must be a non-negative integer";
+        struct timespec ts = { .tv_sec = ns / 1000000000, .tv_nsec = ns % 1000000000 };
+        if (clock_settime(CLOCK_REALTIME, &ts) < 0) {
+            snprintf(why, sizeof(why), "reseed: setting the clock: %s", strerror(errno));
+            return why;
+        }
+    }
+    if ((t = json_get(d, 0, "hostname")) >= 0) {
+        if (json_str(d, t, host, sizeof(host)) <= 0 || strlen(host) > 64)
+            return "reseed: hostname must be 1..64 bytes";
+        if (sethostname(host, strlen(host)) < 0) {
+            snprintf(why, sizeof(why), "reseed: sethostname: %s", strerror(errno));
+            return why;
+        }
+    }
     return NULL;
 }

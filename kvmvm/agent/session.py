@@ -20,6 +20,7 @@ from kvmvm.agent.protocol import ProtocolError
 from kvmvm.errors import KvmvmError
 
 CREDIT_BATCH = 32 * 1024
+FS_OPS = ("ls", "stat", "mkdir", "rm", "mv")
 STDIN_HIGH = 256 * 1024     # buffer at most this much stdin host-side before pausing reads
 
 
@@ -80,9 +81,13 @@ class Stream:
         return max(0, STDIN_HIGH - len(self.stdin))
 
     # --- control ---
-    def signal(self, sig: int) -> None:
+    def signal(self, sig: int, group: bool = False) -> None:
+        """Signal the process, or with group its whole session (its children too)."""
         if not self.done:
-            self.session._send(p.encode_json(self.id, p.CONTROL, {"op": "signal", "signal": int(sig)}))
+            msg = {"op": "signal", "signal": int(sig)}
+            if group:
+                msg["group"] = True
+            self.session._send(p.encode_json(self.id, p.CONTROL, msg))
 
     def resize(self, rows: int, cols: int) -> None:
         if not self.done:
@@ -312,10 +317,21 @@ class Session:
             raise AgentError(st.result["reason"], st.result.get("code", 0))
         return st.exit_status, bytes(out), bytes(err)
 
-    def put_file(self, path: str, data: bytes, mode: int = 0o644, parents: bool = False,
-                 timeout: float = 60.0) -> int:
+    def put_request(self, path: str, mode: int = 0o644, parents: bool = False) -> Stream:
+        """Start writing a file: feed it with write()/close_stdin(); ends {"op":"ok","size"}."""
         st = self._new_stream("put")
         self._send(p.encode_json(st.id, p.CONTROL, {"op": "put", "path": path, "mode": mode, "parents": parents}))
+        return st
+
+    def get_request(self, path: str) -> Stream:
+        """Start reading a file: its bytes arrive on the stream's stdout."""
+        st = self._new_stream("get")
+        self._send(p.encode_json(st.id, p.CONTROL, {"op": "get", "path": path}))
+        return st
+
+    def put_file(self, path: str, data: bytes, mode: int = 0o644, parents: bool = False,
+                 timeout: float = 60.0) -> int:
+        st = self.put_request(path, mode, parents)
         st.write(data)
         st.close_stdin()
         self._wait(lambda: st.done, timeout, f"put {path}")
@@ -323,9 +339,25 @@ class Session:
             raise AgentError(st.result["reason"])
         return st.result.get("size", 0)
 
+    def fs_request(self, op: str, path: str, **fields) -> Stream:
+        """Start a file-system request (ls, stat, mkdir, rm, mv); its result is the stream's
+        final message: {"op": "ok", ...} or {"op": "error", "reason", "code": errno}."""
+        if op not in FS_OPS:
+            raise ValueError(f"unknown file-system operation {op!r}")
+        st = self._new_stream("fs")
+        self._send(p.encode_json(st.id, p.CONTROL, {"op": op, "path": path, **fields}))
+        return st
+
+    def fs(self, op: str, path: str, timeout: float = 60.0, **fields) -> dict:
+        """A blocking fs_request: the ok message, or AgentError (code = the guest's errno)."""
+        st = self.fs_request(op, path, **fields)
+        self._wait(lambda: st.done, timeout, f"{op} {path}")
+        if st.result.get("op") == "error":
+            raise AgentError(st.result["reason"], st.result.get("code", 0))
+        return st.result
+
     def get_file(self, path: str, timeout: float = 60.0, limit: int = 1 << 30) -> bytes:
-        st = self._new_stream("get")
-        self._send(p.encode_json(st.id, p.CONTROL, {"op": "get", "path": path}))
+        st = self.get_request(path)
         buf = bytearray()
 
         def drained():

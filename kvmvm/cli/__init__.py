@@ -31,6 +31,7 @@ COMMANDS = {
     "firecracker": "firecracker",
     "vm": "vm",
     "restore": "restore",
+    "sandbox": "sandbox",
 }
 
 

@@ -1,0 +1,133 @@
+"""kvmvm.Sandbox: time to the first command's result cold and warm, commands per second in
+one sandbox, and host memory per idle sandbox.
+
+    .venv/bin/python benchmarks/sandbox.py [--image REF] [--runs 5] [--idle 4] [--json]
+
+Needs a Linux-capable /dev/kvm (on PVM hosts: inside the kvmhost L1,
+`python -m tests.kvmhost run -- .venv/bin/python benchmarks/sandbox.py`). Without --image it
+builds a busybox image into a temporary store. Warm snapshots go to a temporary directory.
+Memory: the growth of this process's PSS per idle sandbox (guest pages it touched included;
+the shared snapshot pages are counted once, split between the sandboxes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import benchlib as bl
+
+bl.use_kvmvm_tree()
+
+
+def pss_kib() -> int:
+    with open("/proc/self/smaps_rollup") as f:
+        for line in f:
+            if line.startswith("Pss:"):
+                return int(line.split()[1])
+    return 0
+
+
+def busybox_image(work: Path):
+    from kvmvm.images.store import ImageStore
+    from tests.imagefixtures import BUSYBOX, TAG, _Tar, sh
+
+    layout = work / "oci"
+    sh("umoci", "init", "--layout", layout)
+    sh("umoci", "new", "--image", f"{layout}:{TAG}")
+    t = _Tar(work / "layer.tar")
+    for d in ("bin", "etc", "tmp", "root"):
+        t.dir(d)
+    t.file("bin/busybox", Path(BUSYBOX).read_bytes(), 0o755)
+    for app in sh(BUSYBOX, "--list").stdout.split():
+        t.symlink(f"bin/{app}", "busybox")
+    t.close()
+    sh("umoci", "raw", "add-layer", "--image", f"{layout}:{TAG}", work / "layer.tar")
+    sh("umoci", "config", "--image", f"{layout}:{TAG}", "--config.env", "PATH=/bin")
+    (img,) = ImageStore(root=work / "store").import_(f"oci:{layout}:{TAG}", name="kvmvm-bench:1")
+    return img
+
+
+def ms(t0: float) -> float:
+    return round((time.perf_counter() - t0) * 1000, 1)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--image")
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--idle", type=int, default=4)
+    ap.add_argument("--commands", type=int, default=200)
+    ap.add_argument("--memory", type=int, default=256)
+    ap.add_argument("--json", action="store_true")
+    a = ap.parse_args()
+
+    from kvmvm.sandbox import Sandbox
+    from kvmvm.sandbox import vm as svm
+
+    work = Path(tempfile.mkdtemp(prefix="kvmvm-bench-sandbox-"))
+    snaps = work / "snapshots"
+    svm.snapshot_root = lambda home=None: snaps          # a private warm-snapshot cache
+    img = a.image or busybox_image(work)
+    out = {"memory_mib": a.memory}
+
+    def first_result(**kw) -> tuple[float, bool]:
+        t0 = time.perf_counter()
+        sb = Sandbox.create(img, memory_mib=a.memory, **kw)
+        sb.commands.run("true")
+        t = ms(t0)
+        warm = sb.warm
+        sb.kill()
+        return t, warm
+
+    out["first_create_with_snapshot_ms"], _ = first_result()
+    cold = [first_result(warm=False)[0] for _ in range(max(1, a.runs // 2))]
+    warm = [first_result()[0] for _ in range(a.runs)]
+    out["cold_create_to_first_result_ms"] = {"median": statistics.median(cold), "min": min(cold)}
+    out["warm_create_to_first_result_ms"] = {"median": statistics.median(warm), "min": min(warm)}
+
+    with Sandbox.create(img, memory_mib=a.memory) as sb:
+        sb.commands.run("true")
+        t0 = time.perf_counter()
+        for _ in range(a.commands):
+            sb.commands.run("true")
+        out["commands_per_s_serial"] = round(a.commands / (time.perf_counter() - t0), 1)
+        t0 = time.perf_counter()
+
+        def worker():
+            for _ in range(a.commands // 4):
+                sb.commands.run("true")
+
+        ts = [threading.Thread(target=worker) for _ in range(4)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+        out["commands_per_s_4_threads"] = round(4 * (a.commands // 4) / (time.perf_counter() - t0), 1)
+
+    base = pss_kib()
+    boxes = [Sandbox.create(img, memory_mib=a.memory) for _ in range(a.idle)]
+    for sb in boxes:
+        sb.commands.run("true")
+    time.sleep(1)
+    out["pss_per_idle_sandbox_mib"] = round((pss_kib() - base) / 1024 / a.idle, 1)
+    out["idle_sandboxes"] = a.idle
+    for sb in boxes:
+        sb.kill()
+
+    if a.json:
+        print(json.dumps(out))
+    else:
+        for k, v in out.items():
+            print(f"{k:36} {v}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,278 @@
+"""A sandbox's VM: booted cold to "agent ready", or restored from that image's warm snapshot.
+
+The first sandbox of an image (for a given kernel, initramfs, vCPUs and memory) boots
+cold, stops once its agent has set up the container root, and saves a snapshot there (the
+"template"), keyed by every input. Later sandboxes restore from it: the memory files are
+mapped MAP_PRIVATE, so all sandboxes of an image share their pages copy-on-write. The
+restore gives the VM a new VM generation ID (its kernel reseeds its RNG); the vsock
+transport reset makes the agent connect again, and the host then sends it a new hostname,
+the current time and fresh entropy. A VM is never reused for another sandbox.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import secrets
+import selectors
+import shutil
+import socket
+import time
+from pathlib import Path
+
+from kvmvm.errors import SandboxError
+
+TEMPLATE_FORMAT = "kvmvm-sandbox-template-1"
+AGENT_TIMEOUT_S = float(os.environ.get("KVMVM_AGENT_TIMEOUT", "120"))
+TEMPLATE_HOSTNAME = "sandbox"
+RESTORE_CONNECT_TIMEOUT_S = float(os.environ.get("KVMVM_RESTORE_CONNECT_TIMEOUT", "60"))
+
+
+def snapshot_root(home: Path | None = None) -> Path:
+    from kvmvm.image.cache import kvmvm_home
+
+    return (home or kvmvm_home()) / "sandbox-snapshots"
+
+
+def _file_id(path) -> dict:
+    st = os.stat(path)
+    return {"path": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def template_key(img, cpus: int, memory_mib: int, kernel: Path, initrd: Path) -> str:
+    """Everything a warm snapshot depends on; any change makes a new key."""
+    from kvmvm.snapshot import format as fmt
+
+    inputs = {"format": TEMPLATE_FORMAT, "snapshot_format": [fmt.FORMAT, fmt.VERSION],
+              "kvmvm": fmt.kvmvm_version(), "image": img.digest, "rootfs": _file_id(img.rootfs),
+              "rootfs_type": img.rootfs_type, "kernel": _file_id(kernel), "initrd": _file_id(initrd),
+              "cpus": cpus, "memory_mib": memory_mib, "host_cpu": fmt.host_cpu()}
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def boot_artifacts() -> tuple[Path, Path]:
+    """kvmvm's guest kernel and the agent initramfs (built or found in the cache)."""
+    from kvmvm.agent import initramfs
+    from kvmvm.image import ensure_default
+
+    return Path(ensure_default().vmlinux), Path(initramfs.build())
+
+
+class SandboxVm:
+    """One running VM and its agent Session. close() stops it and removes its run directory."""
+
+    def __init__(self, rundir, machine, session, console_fd: int, cvm=None, stack=None):
+        self.rundir, self.machine, self.session = rundir, machine, session
+        self.console_fd = console_fd
+        self.cvm = cvm                  # the ContainerVm of a cold boot (it owns machine then)
+        self.stack = stack              # helpers (passt) that end with the VM
+        self.warm = cvm is None
+        self.timings: dict = {}
+
+    def ended(self) -> bool:
+        m = self.machine
+        return m is None or m.vm is None or m.vm.wait(0) is not None
+
+    def end_message(self) -> str:
+        from kvmvm.machine import outcome_of
+
+        m = self.machine
+        stop = m.vm.wait(0) if m is not None and m.vm is not None else None
+        return outcome_of(stop, None)[2] if stop is not None else "running"
+
+    def console_tail(self) -> str:
+        with contextlib.suppress(OSError):
+            lines = [ln for ln in Path(self.rundir.file("console.log")).read_text(errors="replace").splitlines()
+                     if ln.strip()]
+            if lines:
+                return lines[-1].strip()[:200]
+        return ""
+
+    def close(self) -> None:
+        if self.cvm is not None:
+            with contextlib.suppress(Exception):
+                self.cvm.close()
+        else:
+            if self.session is not None:
+                self.session.close()
+            if self.machine is not None:
+                with contextlib.suppress(Exception):
+                    self.machine.stop()
+                    if self.machine.vm is not None:
+                        self.machine.vm.wait(5)
+                self.machine.close()
+            if self.console_fd >= 0:
+                os.close(self.console_fd)
+        self.machine = None
+        self.console_fd = -1
+        if self.stack is not None:
+            with contextlib.suppress(Exception):
+                self.stack.close()
+            self.stack = None
+        self.rundir.close()
+
+
+def reseed(session, hostname: str, timeout: float = 30.0) -> None:
+    session.request("reseed", timeout=timeout, hostname=hostname, time_ns=time.time_ns(),
+                    entropy=os.urandom(64).hex())
+
+
+def boot_cold(img, *, cpus: int, memory_mib: int, hostname: str, network: bool, rundir,
+              template_dir: Path | None) -> SandboxVm:
+    """Boot to agent ready; when template_dir is given, snapshot there first (the caller
+    holds that template's build lock)."""
+    from kvmvm.agent.guest import ContainerVm, VmFailed
+
+    stack = contextlib.ExitStack()
+    nets, extra, resolv = [], "", None
+    if network:
+        from kvmvm.net import passt
+
+        if not hasattr(passt, "for_run"):
+            rundir.close()
+            raise SandboxError("network=True: this kvmvm build has no user-mode network for container VMs yet")
+        nets, extra, resolv = passt.for_run(rundir, [], stack)
+    cvm = ContainerVm(rundir, rootfs=img.rootfs, rootfs_type=img.rootfs_type, memory_mib=memory_mib,
+                      cpus=cpus, nets=nets, cmdline_extra=extra, resolv=resolv,
+                      hostname=TEMPLATE_HOSTNAME if template_dir is not None else hostname)
+    try:
+        session = cvm.start(AGENT_TIMEOUT_S)
+        cvm.machine.started = True      # (see _save_template) pause() snapshots it too
+        if template_dir is not None:
+            _save_template(cvm.machine, template_dir)
+            reseed(session, hostname)
+    except VmFailed as e:
+        cvm.close()
+        stack.close()
+        raise SandboxError(f"the sandbox VM did not start: {e}") from None
+    except BaseException:
+        cvm.close()
+        stack.close()
+        raise
+    vm = SandboxVm(rundir, cvm.machine, session, cvm.console_fd, cvm=cvm, stack=stack)
+    vm.timings = cvm.timings()
+    return vm
+
+
+def _save_template(machine, final: Path) -> None:
+    """Snapshot the paused-at-agent-ready VM into final (published by rename), then resume."""
+    tmp = final.parent / f".tmp-{final.name}-{secrets.token_hex(4)}"
+    # ContainerVm starts the vCPUs with machine.vm.start(): the Machine is running all the same
+    machine.started = True
+    try:
+        machine.snapshot(str(tmp))
+        (tmp / "template.json").write_text(json.dumps({"format": TEMPLATE_FORMAT, "created_unix": time.time()}))
+        os.rename(tmp, final)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)   # another process published it first, or no room
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        machine.resume()
+
+
+def template_ready(path: Path) -> bool:
+    return (path / "template.json").is_file()
+
+
+@contextlib.contextmanager
+def build_lock(key_dir: Path):
+    """Held while one process builds a template; others boot cold meanwhile (no waiting)."""
+    key_dir.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(key_dir.parent / f".{key_dir.name}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            got = True
+        except BlockingIOError:
+            got = False
+        yield got
+    finally:
+        os.close(fd)
+
+
+class Restored:
+    """A VM restored from a template, not yet connected (a pool keeps these paused)."""
+
+    def __init__(self, template: Path, rundir):
+        from kvmvm.agent.protocol import VSOCK_PORT
+        from kvmvm.machine import Machine
+
+        self.rundir = rundir
+        self.console_fd = os.open(rundir.file("console.log"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC,
+                                  0o600)
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        self.machine = None
+        try:
+            self.listener.bind(str(rundir.file(f"v_{VSOCK_PORT}")))
+            self.listener.listen(1)
+            self.machine = Machine.restore(str(template), vsock_uds=str(rundir.file("v")),
+                                           serial_out_fd=self.console_fd, start=False)
+        except BaseException:
+            self.discard()
+            raise
+
+    def connect(self, hostname: str, timeout: float = AGENT_TIMEOUT_S) -> SandboxVm:
+        """Run the VM, accept its agent's new connection, reseed it."""
+        from kvmvm.agent.session import Session
+        from kvmvm.snapshot.persist import announce_genid
+
+        t0 = time.monotonic_ns()
+        try:
+            self.machine.start()
+            announce_genid(self.machine)
+            conn = self._accept(timeout)
+            session = Session(conn)
+            session.handshake(timeout)
+            reseed(session, hostname, timeout)
+        except BaseException:
+            self.discard()
+            raise
+        self.listener.close()
+        vm = SandboxVm(self.rundir, self.machine, session, self.console_fd)
+        vm.timings = {"restore_vmm_ms": getattr(self.machine, "restore_vmm_ms", None),
+                      "connect_ms": round((time.monotonic_ns() - t0) / 1e6, 3)}
+        return vm
+
+    def _accept(self, timeout: float) -> socket.socket:
+        deadline = time.monotonic() + timeout
+        with selectors.DefaultSelector() as sel:
+            sel.register(self.listener, selectors.EVENT_READ)
+            while True:
+                if sel.select(0.05):
+                    conn, _ = self.listener.accept()
+                    return conn
+                stop = self.machine.vm.wait(0)
+                if stop is not None:
+                    raise SandboxError("the restored sandbox VM ended before its agent connected")
+                if time.monotonic() > deadline:
+                    raise SandboxError(f"the restored sandbox's agent did not connect within {timeout:g} s")
+
+    def discard(self) -> None:
+        self.listener.close()
+        if self.machine is not None:
+            with contextlib.suppress(Exception):
+                self.machine.stop()
+            self.machine.close()
+            self.machine = None
+        if self.console_fd >= 0:
+            os.close(self.console_fd)
+            self.console_fd = -1
+        self.rundir.close()
+
+
+def prune(home: Path | None = None) -> list[str]:
+    """Remove every warm snapshot (VMs restored from them keep their mappings)."""
+    root = snapshot_root(home)
+    gone = []
+    if root.is_dir():
+        for d in root.iterdir():
+            if d.is_dir():
+                shutil.rmtree(d, ignore_errors=True)
+                gone.append(d.name)
+            elif d.name.endswith(".lock"):
+                with contextlib.suppress(OSError):
+                    d.unlink()
+    return gone

@@ -1,0 +1,240 @@
+"""kvmvm.Sandbox against real VMs (linux tier): cold boot and warm snapshot, re-seeded
+identity of restored copies, every method, limits, pause/resume, threads, teardown.
+
+One busybox image (every applet linked) is imported into a private store; warm snapshots
+go to a private directory. Kept to a few sandboxes: each one is a VM in the emulated L1.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from kvmvm.errors import CommandExitError, CommandTimeout, SandboxClosed, SandboxFileNotFound
+from kvmvm.images.store import ImageStore
+from kvmvm.sandbox import Sandbox
+from tests.imagefixtures import BUSYBOX, TAG, _Tar, sh
+
+
+def _build_busybox(work: Path) -> Path:
+    work.mkdir(parents=True, exist_ok=True)
+    layout = work / "oci"
+    sh("umoci", "init", "--layout", layout)
+    sh("umoci", "new", "--image", f"{layout}:{TAG}")
+    tar = work / "layer.tar"
+    t = _Tar(tar)
+    for d in ("bin", "etc", "tmp", "root", "home", "home/app"):
+        t.dir(d, 0o1777 if d == "tmp" else 0o755, *((1000, 1000) if d == "home/app" else (0, 0)))
+    t.file("bin/busybox", Path(BUSYBOX).read_bytes(), 0o755)
+    for app in sh(BUSYBOX, "--list").stdout.split():
+        if app != "busybox":
+            t.symlink(f"bin/{app}", "busybox")
+    t.file("etc/passwd", b"root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:app:/home/app:/bin/sh\n")
+    t.file("etc/group", b"root:x:0:\napp:x:1000:\n")
+    t.close()
+    sh("umoci", "raw", "add-layer", "--image", f"{layout}:{TAG}", tar)
+    sh("umoci", "config", "--image", f"{layout}:{TAG}", "--config.env", "PATH=/bin", "--config.env", "IMG=bb",
+       "--config.workingdir", "/root")
+    return layout
+
+
+@pytest.fixture(scope="module")
+def image(tmp_path_factory):
+    work = tmp_path_factory.mktemp("sandbox-image")
+    store = ImageStore(root=work / "store", rootfs_type="ext4")   # ext4: any kvmvm guest kernel mounts it
+    (img,) = store.import_(f"oci:{_build_busybox(work / 'build')}:{TAG}", name="kvmvm-sandbox-test:1")
+    return img
+
+
+@pytest.fixture(scope="module", autouse=True)
+def private_snapshots(tmp_path_factory):
+    from kvmvm.sandbox import vm as svm
+
+    root = tmp_path_factory.mktemp("sandbox-snapshots")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(svm, "snapshot_root", lambda home=None: root)
+        # run directories hold Unix sockets: a local directory (KVMVM_HOME may be a 9p share)
+        mp.setenv("XDG_RUNTIME_DIR", str(tmp_path_factory.mktemp("xdg-runtime")))
+        yield root
+
+
+@pytest.fixture(scope="module")
+def warm(image, private_snapshots):
+    """The first sandbox boots cold and leaves the warm snapshot; it is checked, then killed."""
+    sb = Sandbox.create(image, memory_mib=256, timeout=600)
+    try:
+        assert not sb.warm
+        assert [d for d in private_snapshots.iterdir() if (d / "template.json").is_file()]
+        assert sb.commands.run("hostname").stdout.strip() == sb.sandbox_id
+        assert sb.commands.run("echo $IMG; pwd").stdout == "bb\n/root\n"
+    finally:
+        sb.kill()
+    return image
+
+
+def _fds() -> set:
+    return set(os.listdir("/proc/self/fd"))
+
+
+def test_restored_sandboxes_get_their_own_identity(warm):
+    fds = _fds()
+    a = Sandbox.create(warm, memory_mib=256)
+    b = Sandbox.create(warm, memory_mib=256)
+    try:
+        assert a.warm and b.warm, (a.warm_error, b.warm_error)
+        read = "hostname; head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \\n'; echo; date +%s"
+        ha, ra, ta = a.commands.run(read).stdout.split()
+        hb, rb, tb = b.commands.run(read).stdout.split()
+        assert (ha, hb) == (a.sandbox_id, b.sandbox_id)
+        assert ra != rb and len(ra) == 64
+        assert abs(int(ta) - time.time()) < 30 and abs(int(tb) - time.time()) < 30
+        dirs = [a.vm.rundir.path, b.vm.rundir.path]
+    finally:
+        a.kill()
+        b.kill()
+    assert not any(d.exists() for d in dirs)
+    time.sleep(0.2)
+    assert _fds() <= fds
+    assert not [t for t in threading.enumerate() if t.name.startswith("kvmvm-sb-")]
+
+
+def test_every_method_in_one_vm(warm):
+    with Sandbox.create(warm, memory_mib=256, envs={"A": "1"}) as sb:
+        # commands: string, argv, env, cwd, user, stdin
+        assert sb.commands.run("echo $A $B", envs={"B": "2"}).stdout == "1 2\n"
+        assert sb.commands.run(["sh", "-c", "pwd"], cwd="/tmp").stdout == "/tmp\n"
+        assert sb.commands.run("id -u", user="app").stdout == "1000\n"
+        assert sb.commands.run("wc -c", stdin=b"x" * 100_000).stdout.strip() == "100000"
+        with pytest.raises(CommandExitError) as ei:
+            sb.commands.run("echo no >&2; exit 3")
+        assert ei.value.exit_code == 3 and ei.value.stderr == "no\n"
+        out = []
+        sb.commands.run("for i in 1 2 3; do echo $i; sleep 0.1; done", on_stdout=out.append)
+        assert "".join(out) == "1\n2\n3\n"
+        # a timeout kills the command (and its children), not the sandbox
+        with pytest.raises(CommandTimeout):
+            sb.commands.run("sleep 60 | cat", timeout=1)
+        assert sb.commands.run("pgrep sleep", check=False).stdout == ""
+        # a flood of output hits the cap cleanly
+        r = sb.commands.run("yes | head -c 200000000", output_limit=1 << 20, check=False, timeout=120)
+        assert r.truncated and len(r.stdout_bytes) == 1 << 20 and "output limit" in r.error
+        # background
+        h = sb.commands.run("read x; echo got $x; sleep 60", background=True)
+        h.send_stdin("hi\n")
+        assert h.pid > 1
+        deadline = time.monotonic() + 30
+        while h.stdout != "got hi\n" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert h.stdout == "got hi\n" and h.kill()
+        assert h.wait(check=False).exit_code == 137
+        # many commands at once from several threads
+        res, errs = {}, []
+
+        def work(i):
+            try:
+                res[i] = sb.commands.run(f"echo {i}").stdout
+            except Exception as e:      # noqa: BLE001
+                errs.append(e)
+
+        ts = [threading.Thread(target=work, args=(i,)) for i in range(16)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+        assert not errs and res == {i: f"{i}\n" for i in range(16)}
+        # files
+        sb.files.write("/app/x.py", b"print('hi')\n")
+        assert sb.files.read("/app/x.py") == "print('hi')\n"
+        assert [e.name for e in sb.files.list("/app")] == ["x.py"]
+        assert sb.files.exists("/app/x.py") and not sb.files.exists("/app/nope")
+        assert sb.files.make_dir("/app/d") and not sb.files.make_dir("/app/d")
+        sb.files.rename("/app/x.py", "/app/d/y.py")
+        assert sb.commands.run("cat /app/d/y.py").stdout == "print('hi')\n"
+        sb.files.remove("/app")
+        assert not sb.files.exists("/app")
+        with pytest.raises(SandboxFileNotFound):
+            sb.files.read("/etc/nope")
+        big = os.urandom(2 << 20)
+        sb.files.write("/tmp/big", big)
+        assert sb.files.read("/tmp/big", "bytes") == big
+        # lifetime: extended, then short
+        sb.set_timeout(600)
+        assert 590 < sb.time_left <= 600
+
+
+def test_pause_resume_keeps_state(warm, tmp_path):
+    sb = Sandbox.create(warm, memory_mib=256)
+    sb.files.write("/root/state.txt", "kept")
+    snap = sb.pause(str(tmp_path / "snap"))
+    with pytest.raises(SandboxClosed):
+        sb.commands.run("true")
+    sb2 = Sandbox.resume(snap)
+    try:
+        assert sb2.sandbox_id == sb.sandbox_id
+        assert sb2.commands.run("cat /root/state.txt; hostname").stdout == f"kept{sb.sandbox_id}\n"
+    finally:
+        sb2.kill()
+
+
+def test_limits_pids_and_lifetime(warm):
+    sb = Sandbox.create(warm, memory_mib=256, pids=40, timeout=120)
+    try:
+        r = sb.commands.run("for i in $(seq 100); do sleep 5 & done; wait", check=False, timeout=60)
+        assert "fork" in r.stderr.lower() or r.exit_code != 0
+        assert sb.commands.run("echo still here", timeout=60).stdout == "still here\n"
+        sb.set_timeout(1)
+        time.sleep(2)
+        assert not sb.is_running()
+        with pytest.raises(TimeoutError, match="lifetime"):
+            sb.commands.run("true")
+    finally:
+        sb.kill()
+
+
+CHILD = r"""
+import os, sys, time
+sys.path.insert(0, {root!r})
+from kvmvm.sandbox import vm as svm
+from pathlib import Path
+svm.snapshot_root = lambda home=None: Path({snaps!r})
+from kvmvm.images.store import ImageStore
+from kvmvm.sandbox import Sandbox
+img = ImageStore(root={store!r}).resolve({digest!r})
+sb = Sandbox.create(img, memory_mib=256)
+print(sb.vm.rundir.path, sb.warm, flush=True)
+if sys.argv[1] == "hang":
+    sb.commands.run("sleep 600", timeout=None)
+"""
+
+
+def test_process_exit_and_sigkill_leave_nothing(warm, private_snapshots):
+    """Interpreter exit tears the sandbox down (atexit); a SIGKILL mid-command leaves a run
+    directory that the next start reclaims (the VM died with the process)."""
+    import signal
+    import subprocess
+    import sys
+
+    from kvmvm.agent.rundir import reclaim
+    from kvmvm.sandbox.sandbox import _run_root
+
+    root = Path(__file__).resolve().parents[2]
+    code = CHILD.format(root=str(root), snaps=str(private_snapshots), store=str(warm.store.root),
+                        digest=warm.digest)
+    for mode in ("exit", "hang"):
+        p = subprocess.Popen([sys.executable, "-c", code, mode], stdout=subprocess.PIPE, text=True)
+        rundir, was_warm = p.stdout.readline().split()
+        assert was_warm == "True"
+        if mode == "hang":
+            time.sleep(1)
+            p.send_signal(signal.SIGKILL)
+        assert p.wait(120) in (0, -signal.SIGKILL)
+        if mode == "exit":
+            assert not Path(rundir).exists()
+        else:
+            assert Path(rundir).exists()            # what a SIGKILL leaves ...
+            assert rundir in reclaim(_run_root())   # ... goes with the next start
+            assert not Path(rundir).exists()
