@@ -50,6 +50,8 @@ class MissingPackages(KvmvmError):
     def __init__(self, message: str, packages=()):
         super().__init__(message)
         self.packages = list(packages)
+
+
 class SandboxError(KvmvmError):
     """A sandbox (kvmvm.Sandbox) could not do what was asked."""
 
