@@ -34,7 +34,9 @@ def run(kernel, initrd, cmdline, memory, cpus, timeout, entry, use_bzimage, no_a
                         cpus=cpus, timeout=timeout, entry=entry, acpi=not no_acpi,
                         drives=list(drives), nets=list(nets), vsock=vsock, rng=not no_rng,
                         virtio_cmdline=virtio_cmdline, pit=pit, seccomp_level=int(seccomp_level),
-                        seccomp_main=True)
+                        # the main thread is filtered too, unless it serves the API (its
+                        # server threads write snapshots, and closing it needs shutdown())
+                        seccomp_main=not api_sock)
     if not jail:
         return _boot(cfg, as_json, prepared=prepared, api_sock=api_sock)
     if api_sock:

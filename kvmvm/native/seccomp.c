@@ -56,7 +56,9 @@ static const char *const vcpu_calls[] = {
 };
 static const char *const worker_calls[] = {
     "epoll_wait", "epoll_ctl", "poll", "readv", "writev", "preadv", "pwritev", "fdatasync",
-    "getrandom", "socket", "connect", "accept4", "sendto", "shutdown", "ioctl", NULL,
+    "getrandom", "socket", "connect", "accept4", "sendto", "shutdown", "ioctl",
+    "timerfd_settime",     /* the rate limiters (rate_limiter.c) re-arm their timers */
+    NULL,
 };
 static const char *const serial_out_calls[] = { "poll", NULL };
 static const char *const serial_in_calls[] = { "poll", "ioctl", NULL };

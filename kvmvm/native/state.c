@@ -179,7 +179,7 @@ static int vm_save(struct kvmvm_vm *vm, struct state_buf *b)
             state_put(b, KVMVM_SEC_IRQCHIP, chip, 1, &c, sizeof(c));
         }
     }
-    if (vm->caps.pit2) {
+    if (vm->has_pit) {     /* only a VM that made one (Linux guests: --pit auto) */
         struct kvm_pit_state2 pit;
         GET(vm->vm_fd, KVM_GET_PIT2, "pit2", pit, KVMVM_SEC_PIT2, 0);
     }
@@ -406,7 +406,7 @@ int kvmvm_vm_load_state(kvmvm_vm *vm, const uint8_t *buf, uint64_t len, const ch
             rc = set_sized(vm->vm_fd, KVM_SET_IRQCHIP, s, sizeof(struct kvm_irqchip));
             break;
         case KVMVM_SEC_PIT2:
-            if (!vm->caps.pit2) { rc = -ENOTSUP; break; }
+            if (!vm->has_pit) { rc = -ENOTSUP; break; }
             rc = set_sized(vm->vm_fd, KVM_SET_PIT2, s, sizeof(struct kvm_pit_state2));
             break;
         case KVMVM_SEC_CLOCK: {

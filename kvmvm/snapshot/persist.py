@@ -127,8 +127,9 @@ def assemble(cls, cfg, ram_fds: list[int], state: bytes, guest_cpuid: list | Non
     m.virtio = []
     m.t_vm_created_ns = 0
     m.ram = layout.RamLayout(cfg.memory_mib * layout.MiB)
-    m.kernel = None
-    m.restored_linux = linux
+    m.kernel = m.kernel_data = m.initrd_data = None
+    m.prepared = None
+    m.restored_linux = m._was_linux = linux      # (Machine.is_linux without a kernel)
     try:
         m._build_platform(ram_fds)
         m.vm.create_vcpus(cfg.cpus)
