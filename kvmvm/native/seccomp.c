@@ -57,6 +57,7 @@ static const char *const vcpu_calls[] = {
 static const char *const worker_calls[] = {
     "epoll_wait", "epoll_ctl", "poll", "readv", "writev", "preadv", "pwritev", "fdatasync",
     "getrandom", "socket", "connect", "accept4", "sendto", "shutdown", "ioctl",
+    "sendmsg",             /* passt's stream backend (net_stream.c): frames gathered in one call */
     "timerfd_settime",     /* the rate limiters (rate_limiter.c) re-arm their timers */
     NULL,
 };
@@ -71,7 +72,9 @@ static const char *const thread_start_calls[] = {
 static const char *const main_calls[] = {
     "ioctl", "openat", "fcntl", "lseek", "fstat", "newfstatat", "getdents64", "getcwd",
     "readlink", "pread64", "rt_sigaction", "sigaltstack", "poll", "getrandom", "dup",
-    "mremap", "unlink", "epoll_ctl", "kill", NULL,
+    "mremap", "unlink", "epoll_ctl", "kill",
+    "wait4",        /* reaping the VM's passt (kvmvm/net/passt.py) after the VM ends */
+    NULL,
 };
 
 static const unsigned long vcpu_ioctls[] = {

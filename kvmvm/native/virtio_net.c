@@ -81,13 +81,10 @@ static int64_t rx_one(struct virtio_dev *d, struct virtq_chain *c, void *arg)
     }
     int cnt = chain_iov(c, 1, 0, c->in_len, n->iov, NET_IOV_MAX);
     ssize_t r = n->be->ops->recv(n->be, n->iov, cnt);
-    if (r == -EPIPE) {
-        /* gone for good (a TAP deleted under us, passt ended): stop reading it, or its
-           level-triggered error would wake the worker in a loop; the guest sees the device
-           broken */
-        backend_gone(d, n);
-        virtio_set_broken(d, "rx backend gone");
-    }
+    if (r == -EPIPE)
+        backend_gone(d, n);     /* gone for good (a TAP deleted under us, passt ended, a
+                                   corrupt stream): stop reading it, or its level-triggered
+                                   error would wake the worker in a loop */
     if (r < 0)
         return VIRTIO_RETRY;    /* EAGAIN: nothing more to read */
     rl_take(&n->rx_rl, r > NET_HDR_LEN ? (uint64_t)r - NET_HDR_LEN : 0);
