@@ -1,5 +1,7 @@
 import sys
 
-from kvmvm.cli import main
-
+try:
+    from kvmvm.cli import main
+except KeyboardInterrupt:   # Ctrl-C while Python was still starting
+    sys.exit(130)
 sys.exit(main())
