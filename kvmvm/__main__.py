@@ -1,3 +1,7 @@
-from kvmvm.cli import entry
+import sys
 
+try:
+    from kvmvm.cli import entry
+except KeyboardInterrupt:   # Ctrl-C while Python was still starting
+    sys.exit(130)
 entry()

@@ -175,7 +175,14 @@ def _stop_on_signals() -> None:
 
 def main(argv=None):
     """Entry point: run a command, turning kvmvm errors into one line + exit code."""
-    _stop_on_signals()
+    try:
+        _stop_on_signals()
+        return _main(argv)
+    except KeyboardInterrupt:   # wherever a signal lands, even inside an error handler
+        return 130
+
+
+def _main(argv):
     _fill_stdio()
     from kvmvm.errors import KvmvmError
 

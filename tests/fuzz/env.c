@@ -1,6 +1,7 @@
 /* The fuzz harnesses' fake world: see env.h. */
 #include <errno.h>
 #include <poll.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -131,8 +132,18 @@ void fuzz_worker_round(struct virtio_dev *d)
 
 /* --- the VM --- */
 
+static void kick_handler(int sig) { (void)sig; }
+
 struct kvmvm_vm *fuzz_vm_new(void)
 {
+    static int once;
+    if (!once) {    /* as kvmvm_vm_new does: the kick that interrupts a stuck write() */
+        struct sigaction sa;
+        memset(&sa, 0, sizeof(sa));
+        sa.sa_handler = kick_handler;
+        sigaction(vm_kick_signal(), &sa, NULL);
+        once = 1;
+    }
     struct kvmvm_vm *vm = calloc(1, sizeof(*vm));
     if (!vm)
         abort();
