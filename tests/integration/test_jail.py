@@ -313,3 +313,17 @@ def test_jail_input_errors_are_one_line(kvm_ok, tiny_images, jroot, tmp_path):
         assert r.status == status, (args, r.out, r.err)
         assert msg in r.err and len(r.err.strip().splitlines()) == 1, (args, r.err)
     assert_clean(jroot)
+
+
+def test_new_network_namespace_has_only_loopback(kvm_ok, tiny_images, jroot):
+    host = [n for _, n in socket.if_nameindex() if n != "lo"]
+    assert host, "this host has no network interface besides lo"
+    code = ("import ctypes\n"
+            "libc = ctypes.CDLL(None)\n"
+            f"print('lo', libc.if_nametoindex(b'lo') > 0)\n"
+            f"print('host', [n for n in {host!r} if libc.if_nametoindex(n.encode())])\n")
+    r = probe(jroot, code, "--jail-netns", "new")
+    assert r.status == 0, r.out + r.err
+    assert r.out.splitlines() == ["lo True", "host []"]
+    r = probe(jroot, code)      # without --jail-netns: the host's namespace
+    assert f"host {host!r}" in r.out
