@@ -124,8 +124,6 @@ static const char *etc_file(const char *name, const char *text, int readonly, ch
         return fail(why, cap, "writing", src);
     struct stat sb;
     if (lstat(dst, &sb) < 0 || !S_ISREG(sb.st_mode)) {
-        if (readonly)
-            return NULL;    /* nowhere to put it */
         mkdir(NEWROOT "/etc", 0755);
         if (S_ISLNK(sb.st_mode))
             unlink(dst);
@@ -215,6 +213,20 @@ static const char *disk_fields(const struct jdoc *d, int o, char *dev, char *typ
     return NULL;
 }
 
+/* nameserver lines from /proc/net/pnp (kernel IP autoconfiguration), or 0 */
+static int read_pnp(char *out, size_t cap)
+{
+    int fd = open("/proc/net/pnp", O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return 0;
+    ssize_t n = read(fd, out, cap - 1);
+    close(fd);
+    if (n <= 0)
+        return 0;
+    out[n] = 0;
+    return strstr(out, "nameserver") ? (int)n : 0;
+}
+
 const char *container_setup(const struct jdoc *d, char *why, size_t cap)
 {
     char dev[64], type[16], path[4096], target[4200], text[16384];
@@ -243,18 +255,15 @@ const char *container_setup(const struct jdoc *d, char *why, size_t cap)
     }
     if (mkdir_p(RW "/upper", 0755) < 0 || mkdir_p(RW "/work", 0755) < 0 || mkdir_p(RW "/etc", 0755) < 0)
         return fail(why, cap, "mkdir in", RW);
-    if (readonly) {
-        if (mount(LOWER, NEWROOT, NULL, MS_BIND, NULL) < 0 ||
-            mount(NULL, NEWROOT, NULL, MS_REMOUNT | MS_BIND | MS_RDONLY, NULL) < 0)
-            return fail(why, cap, "bind-mounting the image on", NEWROOT);
-    } else if (mount("overlay", NEWROOT, "overlay", 0,
-                     "lowerdir=" LOWER ",upperdir=" RW "/upper,workdir=" RW "/work") < 0) {
+    /* an overlay also with --read-only: mount points and /etc files can be made, then the
+     * root is remounted read-only at the end */
+    if (mount("overlay", NEWROOT, "overlay", 0,
+              "lowerdir=" LOWER ",upperdir=" RW "/upper,workdir=" RW "/work") < 0)
         return fail(why, cap, "mounting the overlay on", NEWROOT);
-    }
 
     /* kernel filesystems (podman's set) */
     static const char *dirs[] = { "/proc", "/sys", "/dev", "/tmp", "/run", "/etc" };
-    for (unsigned i = 0; i < sizeof(dirs) / sizeof(dirs[0]) && !readonly; i++) {
+    for (unsigned i = 0; i < sizeof(dirs) / sizeof(dirs[0]); i++) {
         snprintf(target, sizeof(target), NEWROOT "%s", dirs[i]);
         mkdir(target, !strcmp(dirs[i], "/tmp") ? 01777 : 0755);
     }
@@ -266,7 +275,8 @@ const char *container_setup(const struct jdoc *d, char *why, size_t cap)
     if ((bad = dev_nodes(why, cap)))
         return bad;
     if (readonly) {
-        /* podman --read-only keeps /tmp, /var/tmp and /run writable (tmpfs) */
+        /* podman --read-only keeps /tmp, /var/tmp and /run writable (tmpfs); the root is
+         * made read-only below, after the last file is written */
         static const char *tmps[] = { "/tmp", "/var/tmp", "/run" };
         for (unsigned i = 0; i < 3; i++) {
             snprintf(target, sizeof(target), NEWROOT "%s", tmps[i]);
@@ -310,7 +320,14 @@ const char *container_setup(const struct jdoc *d, char *why, size_t cap)
             return snprintf(why, cap, "resolv: a string is required"), why;
         if ((bad = etc_file("resolv.conf", text, readonly, why, cap)))
             return bad;
+    } else if (read_pnp(text, sizeof(text)) > 0) {
+        /* the kernel's DHCP (ip=dhcp) learnt name servers: /proc/net/pnp is resolv.conf syntax */
+        if ((bad = etc_file("resolv.conf", text, readonly, why, cap)))
+            return bad;
     }
+
+    if (readonly && mount(NULL, NEWROOT, NULL, MS_REMOUNT | MS_BIND | MS_RDONLY, NULL) < 0)
+        return fail(why, cap, "remounting read-only", "/");
 
     /* switch root: the initramfs stays underneath, holding nothing but this program */
     if (chdir(NEWROOT) < 0 || mount(NEWROOT, "/", NULL, MS_MOVE, NULL) < 0 || chroot(".") < 0 || chdir("/") < 0)

@@ -151,7 +151,7 @@ class Attach:
 
     def step(self, timeout: float, wake_fd: int | None = None) -> None:
         """One round: wait for any fd (at most `timeout`), then move what can move."""
-        sel = selectors.DefaultSelector()
+        sel = selectors.PollSelector()
         try:
             ev = selectors.EVENT_READ | (selectors.EVENT_WRITE if self.session.wants_write else 0)
             sel.register(self.session.fileno(), ev, "session")

@@ -101,13 +101,13 @@ class ContainerVm:
         from kvmvm.image import ensure_default
         from kvmvm.machine import Machine
 
-        art = ensure_default()
+        kernel = os.environ.get("KVMVM_GUEST_KERNEL") or str(ensure_default().vmlinux)
         initrd = initramfs.build()
         self.console_fd = os.open(self.rundir.file("console.log"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         self.listener.bind(str(self.rundir.file(f"v_{VSOCK_PORT}")))
         self.listener.listen(1)
-        cfg = self._machine_config(str(art.vmlinux), str(initrd))
+        cfg = self._machine_config(kernel, str(initrd))
         self.machine = Machine(cfg, t0_ns=self.t0_ns or None)
         self.machine.build()
         self.machine.vm.start()

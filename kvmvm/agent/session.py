@@ -244,7 +244,7 @@ class Session:
     # --- blocking helpers ---
     def pump(self, timeout: float | None) -> None:
         """Wait up to `timeout` for the socket, then read/write what it allows."""
-        sel = selectors.DefaultSelector()
+        sel = selectors.PollSelector()
         try:
             ev = selectors.EVENT_READ | (selectors.EVENT_WRITE if self.wbuf else 0)
             sel.register(self.sock, ev)
@@ -312,7 +312,7 @@ class Session:
             err.extend(st.take(p.STDERR))
             return st.done
 
-        self._wait(drained, timeout, f"exec {argv[0]!r}")
+        self._wait(drained, timeout, f"exec {argv[:1]!r}")
         if st.result.get("op") == "error":
             raise AgentError(st.result["reason"], st.result.get("code", 0))
         return st.exit_status, bytes(out), bytes(err)

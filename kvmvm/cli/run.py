@@ -116,7 +116,8 @@ def run(interactive, tty, env, env_file, workdir, user, entrypoint, hostname, cp
     else:
         from kvmvm.images import ImageStore
 
-        img = ImageStore().resolve(image)
+        fstype = os.environ.get("KVMVM_ROOTFS_TYPE")     # erofs (default) or ext4
+        img = (ImageStore(rootfs_type=fstype) if fstype else ImageStore()).resolve(image)
         config = dict(img.config.get("config") or {}) if "config" in (img.config or {}) else dict(img.config or {})
         rootfs_path, rootfs_type = str(img.rootfs), img.rootfs_type
         use = getattr(img, "use", None)
@@ -251,6 +252,7 @@ def _run_vm(rd, proc, rootfs_path, rootfs_type, *, memory_mib, cpus, mounts, net
                             _say(f"the VM ended before the container's process did ({vm.end_message()})"
                                  f"{vm._console_hint()}")
                             return KVMVM_FAILED
+            vm.t["exec_started"] = getattr(st, "t_started_ns", 0)
             vm.t["exit"] = getattr(st, "t_done_ns", 0)
             r = st.result
             if r.get("op") == "error":

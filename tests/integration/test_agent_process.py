@@ -204,3 +204,21 @@ def test_malformed_host_input_ends_the_session(blob, why):
     a.close()
     assert rc == 0
     assert why in err and len(err.strip().splitlines()) <= 2, err
+
+
+def test_json_strings_survive_escapes_and_unicode(agent):
+    """kvmvm's JSON escapes non-ASCII (surrogate pairs too) and quotes; the agent's decoder
+    gives the process the exact bytes."""
+    words = ["é", "☃", "𝄞", '"quoted" \\ back', "tab\there", "new\nline"]
+    rc, out, _ = agent.run(["printf", "%s|"] + words)
+    assert rc == 0 and out.decode() == "|".join(words) + "|"
+
+
+def test_bad_requests_get_errors_not_crashes(agent):
+    with pytest.raises(AgentError, match="argv"):
+        agent.run([])
+    st = agent._new_stream("exec")
+    agent._send(p.encode_json(st.id, p.CONTROL, {"op": "exec", "argv": ["true"], "cwd": "relative"}))
+    agent._wait(lambda: st.done, 10, "exec")
+    assert st.result["op"] == "error" and "cwd" in st.result["reason"]
+    assert agent.request("ping")["op"] == "ok"      # the session goes on

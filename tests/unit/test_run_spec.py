@@ -149,3 +149,34 @@ def test_bad_flags_exit_125_with_one_line(args, why):
 def test_pvm_host_refuses_in_one_line():
     r = _kvmvm_run("alpine", "true")
     assert r.returncode == 125 and "PVM" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_agent_initramfs_holds_the_agent_as_init(tmp_path):
+    from kvmvm.agent import initramfs
+    from kvmvm.image.initramfs import read_newc
+
+    path = initramfs.build(tmp_path)
+    ents = {e.path: e for e in read_newc(path.read_bytes())}
+    assert ents["init"].data == initramfs.agent_binary().read_bytes() and ents["init"].mode == 0o755
+    assert ents["dev/console"].kind == "c" and ents["dev/console"].rdev == (5, 1)
+    assert initramfs.build(tmp_path) == path          # cached by the agent's bytes
+
+
+def test_container_vm_config_and_setup_message(tmp_path):
+    """The disks the VM gets and how the agent is told to find them (by virtio serial)."""
+    from kvmvm.agent.guest import ContainerVm, Mount
+
+    with RunDir(root=tmp_path) as rd:
+        vm = ContainerVm(rd, rootfs=tmp_path / "root.erofs", rootfs_type="erofs", memory_mib=256, cpus=2,
+                         mounts=[Mount("/v/data.ext4", "ext4", "/data"), Mount("/p/in.erofs", "erofs", "/in", True)],
+                         nets=["user,tcp=8080:80"], cmdline_extra="ip=dhcp", readonly=True, hostname="web")
+        cfg = vm._machine_config("/k/vmlinux", "/k/initrd")
+        assert cfg.drives == [f"{tmp_path}/root.erofs,ro,id=kvmvm-root", "/v/data.ext4,id=kvmvm-m0",
+                              "/p/in.erofs,ro,id=kvmvm-m1"]
+        assert cfg.vsock == f"cid=3,uds={rd.path}/v" and cfg.nets == ["user,tcp=8080:80"]
+        assert cfg.cmdline.endswith(" ip=dhcp") and cfg.memory_mib == 256 and cfg.cpus == 2
+        msg = vm.setup_message()
+        assert msg["rootfs"] == {"serial": "kvmvm-root", "type": "erofs"} and msg["readonly"] is True
+        assert msg["mounts"] == [{"serial": "kvmvm-m0", "type": "ext4", "path": "/data", "ro": False},
+                                 {"serial": "kvmvm-m1", "type": "erofs", "path": "/in", "ro": True}]
+        assert msg["hostname"] == "web" and "resolv" not in msg
