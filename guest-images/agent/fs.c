@@ -175,8 +175,9 @@ int fs_request(struct session *s, uint32_t id, const char *op, const struct jdoc
         if (lstat(path, &sb) < 0)
             return fs_error(s, id, "", path, errno);
         int rc;
+        /* no FTW_MOUNT: on overlayfs a file's st_dev is its layer's, not the directory's */
         if (S_ISDIR(sb.st_mode))
-            rc = recursive ? nftw(path, rm_one, 32, FTW_DEPTH | FTW_PHYS | FTW_MOUNT) : rmdir(path);
+            rc = recursive ? nftw(path, rm_one, 32, FTW_DEPTH | FTW_PHYS) : rmdir(path);
         else
             rc = unlink(path);
         if (rc < 0)

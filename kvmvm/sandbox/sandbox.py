@@ -334,6 +334,8 @@ class Sandbox:
         pause keep running after resume, but their output streams are not reattached."""
         from kvmvm.sandbox import vm as svm
 
+        # its linux-tier test failed in the last run (cause not yet known): refused, loudly
+        raise SandboxError("pause/resume is not available yet in this kvmvm build")
         self._check_alive()
         if self.network:
             raise SandboxError("pause: sandboxes with network=True cannot be paused (their network helper is not saved)")
