@@ -6,7 +6,7 @@
 #   linux  Linux guests, on a standard KVM: the local /dev/kvm when it can run Linux guests,
 #          else inside the kvmhost L1 (QEMU TCG emulating AMD SVM; see tests/kvmhost/)
 # Usage: scripts/test.sh [pytest args]   (given paths replace the default ones; both tiers get the args)
-# Environment: KVMVM_TIERS=host,asan,linux (which tiers), KVMVM_LINUX_TIER_TIMEOUT=seconds (L1, default 3000),
+# Environment: KVMVM_TIERS=host,asan,linux (which tiers), KVMVM_LINUX_TIER_TIMEOUT=seconds (L1, default 1800),
 #              CI=true: nothing is skipped for lack of KVM.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -14,7 +14,7 @@ PY=.venv/bin/python
 REPORTS=build/test-reports
 TIERS=${KVMVM_TIERS:-host,asan,linux}
 ASAN_PATHS=(tests/integration/test_hostile.py tests/integration/test_virtio.py tests/integration/test_snapshot.py)
-LINUX_TIMEOUT=${KVMVM_LINUX_TIER_TIMEOUT:-3000}
+LINUX_TIMEOUT=${KVMVM_LINUX_TIER_TIMEOUT:-1800}
 # one linux-tier test may not take longer than this (a hung nested guest fails, not stalls)
 LINUX_TEST_TIMEOUT=${KVMVM_LINUX_TEST_TIMEOUT:-420}
 
