@@ -69,7 +69,7 @@ def _set_source(absolute: bool) -> None:
         '#include "internal.h"\n' + "".join(f'#include "{h}"\n' for h in _HEADERS[1:]) + ident,
         sources=srcs,
         include_dirs=[HERE],
-        extra_compile_args=CFLAGS + _SANITIZE,
+        extra_compile_args=CFLAGS + _SANITIZE + (["-DKVMVM_ASAN_BUILD"] if _SANITIZE else []),
         extra_link_args=["-pthread"] + _SANITIZE,
         libraries=["seccomp"],
     )
