@@ -1,5 +1,4 @@
-"""PENDING (not collected): it passed in the L1 on its own branch, but not (or not yet) in the
-merged tree's first L1 run (stop 16); rename to test_*.py once it passes there. kvmvm.Sandbox against real VMs (linux tier): cold boot and warm snapshot, re-seeded
+"""kvmvm.Sandbox against real VMs (linux tier): cold boot and warm snapshot, re-seeded
 identity of restored copies, every method, limits, pause/resume, threads, teardown.
 
 One busybox image (every applet linked) is imported into a private store; warm snapshots
