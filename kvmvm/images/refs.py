@@ -168,7 +168,8 @@ def _archive_kind(p: Path) -> str:
     except (tarfile.TarError, OSError, EOFError) as e:
         if "unexpected end of data" in str(e):
             raise ImageImportError(f"{p}: the archive is truncated (unexpected end of data)") from None
-        raise ImageImportError(f"{p}: not a readable tar archive ({e})") from None
+        why = " ".join(str(e).split())     # tarfile's "r:*" lists each method on a line of its own
+        raise ImageImportError(f"{p}: not a readable tar archive ({why})") from None
     with open(p, "rb") as f:
         magic = f.read(4)
         size = p.stat().st_size
