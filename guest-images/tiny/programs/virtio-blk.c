@@ -6,7 +6,9 @@
  *   blk<i>: sector0 '<first 16 bytes>'
  *   blk<i>: write+flush+read ok | blk<i>: write rejected (status 1)
  *   virtio-blk: ok            (exit 0; any failure: "FAIL ..." and status 3)
- * Arguments: word=<text> (what goes into sector 1, default "kvmvm")
+ * Arguments: word=<text> (what goes into sector 1, default "kvmvm"); segs=<n> (descriptors
+ * of the write, default 3: 341+341+342 bytes); skew=<n> (the data buffers start n bytes past
+ * a page boundary, default 0: unaligned buffers for a direct drive's bounce path)
  */
 #include "tiny.h"
 #include "tiny/vblk.h"
@@ -22,10 +24,22 @@ int main(const struct tiny_boot_info *bi)
 	static struct vblk b;
 	char word[64] = "kvmvm";
 	char id[21];
+	char num[16];
 	uint8_t *buf = tiny_alloc(4096, 4096), *back = tiny_alloc(4096, 4096);
+	unsigned long segs = 3, skew = 0;
 	int i, st;
 
 	cmdline_get(bi->cmdline, "word", word, sizeof(word));
+	if (cmdline_get(bi->cmdline, "segs", num, sizeof(num)) == 0)
+		parse_ulong(num, &segs);
+	if (cmdline_get(bi->cmdline, "skew", num, sizeof(num)) == 0)
+		parse_ulong(num, &skew);
+	if (segs < 1 || segs > 60 || skew > 2048) {
+		printf("FAIL segs must be 1-60, skew 0-2048\n");
+		return 1;
+	}
+	buf += skew;
+	back += skew;
 	for (i = 0; vblk_open(&b, bi->cmdline, i) == 0; i++) {
 		memset(id, 0, sizeof(id));
 		st = vblk_req(&b, VBLK_T_GET_ID, 0, id, 20, 1, 0);
@@ -42,7 +56,7 @@ int main(const struct tiny_boot_info *bi)
 		printf("blk%d: sector0 '%s'\n", i, (char *)buf);
 		for (int k = 0; k < 1024; k++)
 			buf[k] = (uint8_t)word[k % strlen(word)];
-		st = vblk_req(&b, VBLK_T_OUT, 1, buf, 1024, 3, 0);
+		st = vblk_req(&b, VBLK_T_OUT, 1, buf, 1024, (int)segs, 0);
 		if (b.ro) {
 			if (st != 1)
 				return fail("write to a read-only drive did not fail", i, st);
