@@ -170,3 +170,22 @@ def test_direct_refused_where_the_file_system_has_no_o_direct(tiny_images, tmp_p
                      "(O_DIRECT); drop ,direct"], p.stderr
     assert "blk0" not in p.stdout
     assert list(mnt.iterdir()) == []
+
+
+def test_block_benchmark_runs_the_o_direct_pair(tiny_images, kvm_ok, disk_dir):
+    # the benchmark's "O_DIRECT on both" row: kvmvm ,direct against QEMU cache=none
+    import json
+    import sys
+
+    p = subprocess.run([sys.executable, "benchmarks/virtio_blk.py", "--direct", "--runs", "1",
+                        "--count", "50", "--dir", str(disk_dir), "--json"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    r = json.loads(p.stdout)
+    assert r["caching"].startswith("O_DIRECT on both")
+    assert ",direct " in r["commands"]["kvmvm"] + " "
+    assert "cache=none," in r["commands"]["qemu"]
+    for name in ("kvmvm", "qemu"):
+        e = r["runtimes"][name]
+        assert e.get("failed_runs") == 0 and e["requests_per_s"] > 0, (name, e)
+    assert list(disk_dir.iterdir()) == []     # the image went with the run
