@@ -75,19 +75,21 @@ def cached_pages(path: Path) -> int:
         os.close(fd)
 
 
-# (drive options, guest arguments): aligned single-segment write (straight O_DIRECT),
-# 341/341/342-byte segments (bounce), buffers 3 bytes past a page boundary (bounce)
+# (drive options, guest arguments, bytes written from sector 1): aligned single-segment
+# write (straight O_DIRECT), 341/341/342-byte segments (bounce), buffers 3 bytes past a page
+# boundary (bounce), 300 KiB through unaligned buffers (more than one bounce-buffer piece)
 CASES = {
-    "aligned": (",direct", "segs=1"),
-    "odd-segments": (",direct", "segs=3"),
-    "unaligned-buffers": (",direct", "segs=2 skew=3"),
-    "cached": ("", "segs=1"),       # the control: without direct the page cache fills
+    "aligned": (",direct", "segs=1", 1024),
+    "odd-segments": (",direct", "segs=3", 1024),
+    "unaligned-buffers": (",direct", "segs=2 skew=3", 1024),
+    "unaligned-300k": (",direct", "segs=5 skew=3 len=307200", 307200),
+    "cached": ("", "segs=1", 1024),       # the control: without direct the page cache fills
 }
 
 
 @pytest.mark.parametrize("case", CASES)
 def test_direct_drive_reads_and_writes_around_the_page_cache(tiny_images, kvm_ok, disk_dir, case):
-    opts, args = CASES[case]
+    opts, args, n = CASES[case]
     img = make_image(disk_dir / "d.img")
     r = kvmvm("boot", "--kernel", BLK, "--drive", f"{img}{opts},id=direct0", "--cmdline",
               f"word=odirect {args}", "--timeout", "30")
@@ -102,8 +104,8 @@ def test_direct_drive_reads_and_writes_around_the_page_cache(tiny_images, kvm_ok
         assert pages > 0, "a cached drive left nothing in the page cache: the check proves nothing"
     data = img.read_bytes()
     assert data[:16] == b"KVMVM-DIRECT-0.."
-    assert data[512:1536] == (b"odirect" * 200)[:1024]
-    assert data[1536:] == bytes(len(data) - 1536)
+    assert data[512:512 + n] == (b"odirect" * (n // 7 + 1))[:n]
+    assert data[512 + n:] == bytes(len(data) - 512 - n)
 
 
 def test_direct_read_only_drive_rejects_writes(tiny_images, kvm_ok, disk_dir):
