@@ -320,3 +320,28 @@ def test_restored_vms_share_guest_memory(kvm_ok, tiny_images, tmp_path):
         for p in procs:
             p.kill()
             p.wait()
+
+
+def test_a_pause_that_times_out_leaves_the_guest_running(kvm_ok, tiny_images, tmp_path):
+    """pause(timeout=0) mostly gives up before every vCPU is parked; the vCPUs it had asked
+    to leave KVM_RUN must then run the guest again (they spun on EINTR, the guest frozen)."""
+    m, out, f = start_counter(tmp_path)
+    try:
+        wait_for(out, r"tick 2\n")
+        gave_up = 0
+        for _ in range(50):
+            try:
+                m.pause(timeout=0)
+            except Exception:
+                gave_up += 1
+            else:
+                m.resume()
+        print("pauses that gave up:", gave_up, "of 50")
+        n = ticks(out)[-1]
+        wait_for(out, rf"tick {n + 3}\n", timeout=10)
+        m.pause()       # and a later pause still works
+        n = ticks(out)[-1]
+        time.sleep(0.3)
+        assert ticks(out)[-1] == n
+    finally:
+        end(m)
