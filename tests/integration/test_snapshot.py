@@ -354,8 +354,15 @@ def test_a_pause_that_times_out_leaves_the_guest_running(kvm_ok, tiny_images, tm
         deadline = time.monotonic() + 10
         while port.writes < 5 and time.monotonic() < deadline:
             time.sleep(0.01)
-        with pytest.raises(Exception, match="did not stop within"):
-            m.pause(timeout=0.002)
+        gave_up = None
+        for _ in range(100):    # the vCPU is mostly in the handler; a kick between two
+            try:                # writes lets it park in time, and then we just resume
+                m.pause(timeout=0.002)
+            except Exception as e:
+                gave_up = str(e)
+                break
+            m.resume()
+        assert gave_up and "did not stop within" in gave_up, gave_up
         assert not m.paused
         t.join(30)
         assert not t.is_alive(), f"the guest froze after the pause gave up ({port.writes} of 200 writes)"
