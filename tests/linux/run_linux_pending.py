@@ -346,9 +346,7 @@ def test_net_user_outbound_and_published_port(image, xdg, routed_netns):
     import json
 
     env = dict(os.environ, XDG_RUNTIME_DIR=xdg)
-    from tests.linux.hostns import unchrooted
-
-    r = subprocess.run([*routed_netns, *unchrooted([sys.executable, "-c", _NET_DRIVER, image[0], *KVMVM])],
+    r = subprocess.run([*routed_netns, sys.executable, "-c", _NET_DRIVER, image[0], *KVMVM],
                        capture_output=True, text=True, timeout=TIMEOUT + 100, env=env)
     assert r.returncode == 0, r.stderr
     res = json.loads(r.stdout.strip().splitlines()[-1])
