@@ -1,7 +1,7 @@
 #!/bin/busybox sh
 # kvmhost L1 /init: load KVM (kvm_amd, nested) and 9p, mount the host root read-only at
 # /host with the shares the host asked for (ctl/shares.sh) at their own paths, run the
-# command (ctl/cmd.sh) chrooted into /host, write its exit status, power off.
+# command (ctl/cmd.sh) with /host as its root mount, write its exit status, power off.
 # Lines starting with "@@kvmhost " on the console are read by the host (runner.py).
 /bin/busybox --install -s /bin
 export PATH=/bin

@@ -1,10 +1,5 @@
 """Snapshot, restore and fork of Linux guests (linux tier: standard KVM only).
 
-PENDING: written but not yet run in the L1 (it was not free before the author's deadline),
-so it is named so that the default collection skips it. Run it explicitly with
-`flock /tmp/kvmvm-l1.lock env KVMVM_TIERS=linux scripts/test.sh tests/linux/snapshot_linux_pending.py`,
-and once it passes, rename it to test_snapshot_linux.py.
-
 The guest runs kvmvm's default kernel and initramfs with its pipe console (a shell reading
 /dev/console line by line). Machines run in this process through the Python API; each
 has its own console pipe and output file.
