@@ -4,13 +4,21 @@
  * pipe, a paused terminal) the buffer fills and further bytes are dropped and counted.
  * Input comes from a host fd through a small reader thread. Enough of the register set
  * (FIFO, loopback, scratch, THRE/RDI interrupts) for Linux's 8250 driver.
+ *
+ * No thread where none could do anything: output to /dev/null is discarded as it is
+ * written, and input from /dev/null (or from an fd that is not open for reading) is only
+ * its end, which the guest gets when its driver opens the port, as it would from the
+ * reader thread. A tiny guest's whole run costs less than starting those threads.
  */
 #define _GNU_SOURCE     /* pthread_timedjoin_np */
 #include <errno.h>
 #include <poll.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -46,6 +54,9 @@ struct serial {
     int out_fd, in_fd;
     int stop_pipe[2];
     int in_started, in_stopping;
+    int in_eof_only;    /* input is only its end (/dev/null, a write-only fd): no thread */
+    int in_tty, eof_sent;
+    int out_null;       /* output goes to /dev/null: discarded, no thread */
     int rx_open;        /* FIFO and RX interrupts enabled: a driver is taking input */
     pthread_t in_thread;
 
@@ -64,7 +75,7 @@ struct serial {
 /* vCPU side: queue one byte, or count it dropped when the host is not keeping up */
 static void tx_put(struct serial *s, uint8_t b)
 {
-    if (s->out_fd < 0)
+    if (s->out_fd < 0 || s->out_null)
         return;
     if (s->tx_len == TX_CAP || s->out_dead || !s->tx) {
         atomic_fetch_add_explicit(s->dropped, 1, memory_order_relaxed);
@@ -144,20 +155,30 @@ static void pulse_irq(struct kvmvm_device *dev, struct serial *s)
    receive interrupts on, as Linux's 8250 leaves them once a tty is open. Probing (which
    sets IER to 0x0f) and start-up (which clears the FIFO and reads RBR "for luck") would
    otherwise eat it. The gate closes again while the driver turns reception off. */
-static void update_rx_gate(struct serial *s)
-{
-    int open = (s->ier & IER_RDI) && (s->fcr & 0x01);
-    if (open && !s->rx_open)
-        pthread_cond_broadcast(&s->space);
-    s->rx_open = open;
-}
-
 static void rx_push(struct serial *s, uint8_t b)
 {
     if (s->rx_count == RX_CAP)
         return;
     s->rx[(s->rx_head + s->rx_count) % RX_CAP] = b;
     s->rx_count++;
+}
+
+/* Returns 1 when input became available to the guest (the caller pulses the IRQ). */
+static int update_rx_gate(struct serial *s)
+{
+    int open = (s->ier & IER_RDI) && (s->fcr & 0x01);
+    int was = s->rx_open;
+    if (open && !was)
+        pthread_cond_broadcast(&s->space);
+    s->rx_open = open;
+    /* input that is only its end: what the reader thread would deliver (input_thread) */
+    if (open && s->in_eof_only && !s->eof_sent) {
+        if (!s->in_tty)
+            rx_push(s, 0x04);
+        s->eof_sent = 1;
+        return 1;
+    }
+    return 0;
 }
 
 static void serial_read(struct kvmvm_device *dev, uint64_t off, uint8_t *data, uint32_t len)
@@ -245,7 +266,7 @@ static void serial_write(struct kvmvm_device *dev, uint64_t off, const uint8_t *
             s->rx_count = 0;
             pthread_cond_signal(&s->space);
         }
-        update_rx_gate(s);
+        event = update_rx_gate(s);
         break;
     case 3: s->lcr = v; break;
     case 4: s->mcr = v & 0x1f; break;
@@ -308,7 +329,7 @@ static void *input_thread(void *arg)
 
 static int start_input(struct serial *s, struct kvmvm_device *dev)
 {
-    if (s->in_fd < 0 || s->in_started)
+    if (s->in_fd < 0 || s->in_started || s->in_eof_only)
         return 0;
     if (pipe(s->stop_pipe) < 0)
         return -errno;
@@ -324,7 +345,7 @@ static int start_input(struct serial *s, struct kvmvm_device *dev)
 
 static int start_output(struct serial *s)
 {
-    if (s->out_fd < 0 || s->out_started)
+    if (s->out_fd < 0 || s->out_started || s->out_null)
         return 0;
     s->tx = malloc(TX_CAP);
     if (!s->tx)
@@ -414,6 +435,20 @@ static const struct device_ops serial_ops = {
     .destroy = serial_destroy,
 };
 
+static int is_dev_null(int fd)
+{
+    struct stat st;
+    return fd >= 0 && fstat(fd, &st) == 0 && S_ISCHR(st.st_mode) && st.st_rdev == makedev(1, 3);
+}
+
+/* An fd from which nothing but its end can ever be read: /dev/null, or one not open for
+   reading (the reader thread's read() would fail at once, which it takes as the end). */
+static int input_is_eof_only(int fd)
+{
+    int fl = fcntl(fd, F_GETFL);
+    return fl < 0 || (fl & O_ACCMODE) == O_WRONLY || is_dev_null(fd);
+}
+
 struct kvmvm_device *serial_new(struct kvmvm_vm *vm, int irq, int out_fd, int in_fd)
 {
     struct kvmvm_device *dev = calloc(1, sizeof(*dev));
@@ -431,6 +466,11 @@ struct kvmvm_device *serial_new(struct kvmvm_vm *vm, int irq, int out_fd, int in
     s->irq = irq;
     s->out_fd = out_fd;
     s->in_fd = in_fd;
+    s->out_null = is_dev_null(out_fd);
+    if (in_fd >= 0 && input_is_eof_only(in_fd)) {
+        s->in_eof_only = 1;
+        s->in_tty = isatty(in_fd);
+    }
     s->mcr = 0x08;      /* OUT2 */
     dev->name = "serial";
     dev->ops = &serial_ops;
@@ -514,7 +554,7 @@ int serial_load(struct kvmvm_device *dev, const void *data, uint32_t len)
     s->rx_head = 0;
     s->rx_count = (int)st->rx_count;
     memcpy(s->rx, st->rx, st->rx_count);
-    update_rx_gate(s);
+    update_rx_gate(s);      /* with eof-only input, its end once the gate is open */
     pulse_irq(dev, s);      /* an interrupt condition that held at the snapshot holds again */
     pthread_mutex_unlock(&s->lock);
     free(st);

@@ -429,7 +429,8 @@ int kvmvm_vm_start(kvmvm_vm *vm)
     if (vm->started || vm->nr_vcpus == 0)
         return -EINVAL;
     vm->started = 1;
-    int src = seccomp_spawner_start(vm);
+    /* the spawner creates virtio workers for the vCPUs: none without a virtio device */
+    int src = virtio_any(vm) ? seccomp_spawner_start(vm) : 0;
     if (src < 0)
         return src;
     if (vm->serial) {
