@@ -166,8 +166,11 @@ class _ImageFile:
     """An image to load into guest memory. A mapped regular file (read_image) is read
     straight into guest memory (pread, no buffer between) or, when it lies in kvmvm's own
     cache (immutable: entries are published whole and never rewritten), mapped there
-    copy-on-write page by page, so that nothing is copied before the guest touches it.
-    Anything else is copied from `data`."""
+    copy-on-write page by page, so that nothing is copied before the guest touches it
+    (only for images of MAP_MIN bytes or more: below that, reading costs less than mapping,
+    and than finding the cache). Anything else is copied from `data`."""
+
+    MAP_MIN = 1 << 20
 
     def __init__(self, path: str, data):
         self.path, self.data, self.fd, self.map = path, data, -1, False
@@ -179,6 +182,8 @@ class _ImageFile:
             try:
                 self.fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
             except OSError:
+                return self
+            if len(self.data) < self.MAP_MIN:
                 return self
             from kvmvm.image.index import home_dir
 

@@ -57,11 +57,14 @@ class PreparedVm:
     starting up (the kernel makes each memory slot wait for an SRCU grace period). Hand it
     to Vm(prepared=...); one that is never used is freed by discard() or the collector."""
 
-    def __init__(self, dev_path: str, regions, pit: bool = False):
+    def __init__(self, dev_path: str, regions, pit: bool = False, seccomp_level: int = 0):
+        """seccomp_level: also compile that level's filters on the thread (set_seccomp
+        then finds them ready)."""
         self.dev_path, self.regions, self.pit = dev_path, [tuple(r) for r in regions], pit
         gpas = ffi.new("uint64_t[]", [g for g, _ in self.regions])
         sizes = ffi.new("uint64_t[]", [n for _, n in self.regions])
-        p = lib.kvmvm_vm_prepare(dev_path.encode(), gpas, sizes, len(self.regions), int(pit))
+        p = lib.kvmvm_vm_prepare(dev_path.encode(), gpas, sizes, len(self.regions), int(pit),
+                                 int(seccomp_level))
         self._p = None if p == ffi.NULL else p
 
     def take(self):

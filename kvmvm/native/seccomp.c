@@ -368,6 +368,16 @@ void seccomp_thread_enter(struct kvmvm_vm *vm, int cls)
     }
 }
 
+void seccomp_precompile(int level)
+{
+    int rc;
+    if (level <= KVMVM_SECCOMP_OFF || level > KVMVM_SECCOMP_ADVANCED)
+        return;
+    for (int c = 0; c < KVMVM_SC_NCLASSES; c++)
+        (void)program(c, level, 0, &rc);
+    prepare();
+}
+
 int kvmvm_vm_set_seccomp(kvmvm_vm *vm, int level, int test_hook, int py_devices)
 {
     if (level < KVMVM_SECCOMP_OFF || level > KVMVM_SECCOMP_ADVANCED || vm->started)

@@ -30,6 +30,7 @@
 #define TX_CAP (1u << 20)       /* guest output held for a slow host fd */
 #define TX_CHUNK 4096           /* one write() */
 #define TX_FLUSH_NS (300ll * 1000 * 1000)   /* at the end: how long a stuck fd is waited for */
+#define TX_GATHER_NS (2ll * 1000 * 1000)    /* how long the writer waits for the rest of a line */
 
 #define IER_RDI   0x01
 #define IER_THRI  0x02
@@ -63,6 +64,7 @@ struct serial {
     /* output: a ring the vCPUs fill and the writer thread drains */
     uint8_t *tx;
     uint32_t tx_head, tx_len;
+    int tx_ready;       /* a line end or a chunk is buffered, or a drain asks: write now */
     pthread_cond_t tx_cond;
     pthread_t out_thread;
     int out_started, out_stopping, out_dead;
@@ -82,7 +84,10 @@ static void tx_put(struct serial *s, uint8_t b)
         return;
     }
     s->tx[(s->tx_head + s->tx_len) % TX_CAP] = b;
-    if (s->tx_len++ == 0)
+    /* the writer wakes for the first byte, then gathers the line (output_thread) */
+    if (b == '\n' || s->tx_len + 1 >= TX_CHUNK)
+        s->tx_ready = 1;
+    if (s->tx_len++ == 0 || s->tx_ready)
         pthread_cond_signal(&s->tx_cond);
 }
 
@@ -102,6 +107,18 @@ static void *output_thread(void *arg)
     for (;;) {
         while (!s->tx_len && !s->out_stopping)
             pthread_cond_wait(&s->tx_cond, &s->lock);
+        /* a guest writes its console one byte per exit: give it a moment to finish the
+           line, which then goes out in one write() (and one wake-up of whoever reads),
+           not one per byte */
+        if (s->tx_len && !s->tx_ready && !s->out_stopping) {
+            struct timespec ts;
+            clock_gettime(CLOCK_REALTIME, &ts);
+            ts.tv_nsec += TX_GATHER_NS;
+            if (ts.tv_nsec >= 1000000000L) { ts.tv_sec++; ts.tv_nsec -= 1000000000L; }
+            while (!s->tx_ready && !s->out_stopping &&
+                   pthread_cond_timedwait(&s->tx_cond, &s->lock, &ts) != ETIMEDOUT)
+                ;
+        }
         if (!s->tx_len || (s->out_stopping && kvmvm_now_ns() >= s->out_deadline_ns))
             break;
         uint32_t n = s->tx_len, first = TX_CAP - s->tx_head;
@@ -128,6 +145,8 @@ static void *output_thread(void *arg)
         if (w > 0) {
             s->tx_head = (s->tx_head + (uint32_t)w) % TX_CAP;
             s->tx_len -= (uint32_t)w;
+            if (!s->tx_len)
+                s->tx_ready = 0;
         }
     }
     /* what could not be written in time is dropped */
@@ -487,6 +506,8 @@ void serial_drain_output(struct kvmvm_device *dev, int timeout_ms)
     int64_t end = kvmvm_now_ns() + (int64_t)timeout_ms * 1000000;
     struct timespec ts = { 0, 1000000 };
     pthread_mutex_lock(&s->lock);
+    s->tx_ready = 1;        /* no gathering: out with it */
+    pthread_cond_signal(&s->tx_cond);
     while (s->tx_len && !s->out_dead && s->out_started && kvmvm_now_ns() < end) {
         pthread_mutex_unlock(&s->lock);
         nanosleep(&ts, NULL);

@@ -114,7 +114,7 @@ struct kvmvm_prep {
     char *dev_path;
     int n;
     uint64_t gpa[PREP_MAX_REGIONS], size[PREP_MAX_REGIONS];
-    int pit;
+    int pit, seccomp_level;
     kvmvm_vm *vm;
     int err;
     int nr_ram;
@@ -135,11 +135,13 @@ static void *prep_thread(void *arg)
     }
     if (p->vm && p->pit)
         kvmvm_vm_add_pit(p->vm);    /* on failure the caller's own add_pit reports it */
+    if (p->seccomp_level > KVMVM_SECCOMP_OFF)
+        seccomp_precompile(p->seccomp_level);   /* failures are reported by set_seccomp */
     return NULL;
 }
 
 kvmvm_prep *kvmvm_vm_prepare(const char *dev_path, const uint64_t *gpa, const uint64_t *size, int n,
-                             int pit)
+                             int pit, int seccomp_level)
 {
     struct kvmvm_prep *p = calloc(1, sizeof(*p));
 
@@ -147,6 +149,7 @@ kvmvm_prep *kvmvm_vm_prepare(const char *dev_path, const uint64_t *gpa, const ui
         goto fail;
     p->n = n;
     p->pit = pit;
+    p->seccomp_level = seccomp_level;
     memcpy(p->gpa, gpa, n * sizeof(*gpa));
     memcpy(p->size, size, n * sizeof(*size));
     if (pthread_create(&p->thread, NULL, prep_thread, p) == 0)
