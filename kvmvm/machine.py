@@ -150,10 +150,12 @@ def _boot_tables(cpus: int, windows: tuple, with_acpi: bool) -> tuple[bytes, int
     key = (cpus, windows, with_acpi)
     t = _TABLES.get(key)
     if t is None:
-        from kvmvm.boot import acpi, mptable
+        from kvmvm.boot import mptable
 
         rsdp, blob = 0, b""
         if with_acpi:
+            from kvmvm.boot import acpi
+
             rsdp, blob = acpi.build(cpus, [acpi.AcpiDevice(*w) for w in windows])
         t = (mptable.build(cpus), rsdp, blob)
         if len(_TABLES) >= 64:
