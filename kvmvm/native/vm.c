@@ -128,6 +128,10 @@ static void *prep_thread(void *arg)
     sigfillset(&all);       /* Ctrl-C and friends go to Python's main thread */
     pthread_sigmask(SIG_SETMASK, &all, NULL);
     p->vm = kvmvm_vm_new(p->dev_path, &p->err);
+    /* now: registering the RAM waits for an SRCU grace period that creating the irqchip
+       started, and compiling the filters (failures: reported by set_seccomp) fits in it */
+    if (p->seccomp_level > KVMVM_SECCOMP_OFF)
+        seccomp_precompile(p->seccomp_level);
     for (int i = 0; p->vm && i < p->n; i++) {
         if (kvmvm_vm_add_ram(p->vm, p->gpa[i], p->size[i]) < 0)
             break;      /* the caller adds the rest itself, and reports the error */
@@ -135,8 +139,6 @@ static void *prep_thread(void *arg)
     }
     if (p->vm && p->pit)
         kvmvm_vm_add_pit(p->vm);    /* on failure the caller's own add_pit reports it */
-    if (p->seccomp_level > KVMVM_SECCOMP_OFF)
-        seccomp_precompile(p->seccomp_level);   /* failures are reported by set_seccomp */
     return NULL;
 }
 
