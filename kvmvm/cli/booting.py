@@ -110,7 +110,7 @@ def _prepare_vm(memory, pit: bool, seccomp_level="2"):
     (kvmvm.vm.PreparedVm); None if anything is off (Machine then reports it the usual way)."""
     try:
         from kvmvm.boot.layout import MiB, RamLayout
-        from kvmvm.vm import PreparedVm
+        from kvmvm.prepared import PreparedVm
 
         level = int(seccomp_level) if str(seccomp_level) in ("0", "1", "2") else 0
         return PreparedVm("/dev/kvm", RamLayout(memory * MiB).regions, pit, level)
