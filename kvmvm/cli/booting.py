@@ -75,6 +75,10 @@ def _boot(cfg, as_json: bool, after_build=None, prepared=None, api_sock=None) ->
                 from kvmvm.api import serve_machine
 
                 api = serve_machine(api_sock, m)[0]
+            m.start()
+            import gc
+
+            gc.enable()     # off for the start-up (bin/kvmvm); a long run needs it
             res = m.run()
     finally:
         if api is not None:
