@@ -56,7 +56,16 @@ static int check_ext(int kvm_fd, int cap)
     return r < 0 ? 0 : r;
 }
 
-kvmvm_vm *kvmvm_vm_new(const char *dev_path, int *err)
+/* The in-kernel irqchip (PIC + IOAPIC + LAPICs); without one, no PIT either. */
+static void vm_add_irqchip(struct kvmvm_vm *vm)
+{
+    if (vm->caps.irqchip && ioctl(vm->vm_fd, KVM_CREATE_IRQCHIP, 0) < 0)
+        vm->caps.irqchip = 0;
+    if (!vm->caps.irqchip)
+        vm->caps.pit2 = 0;
+}
+
+static kvmvm_vm *vm_new(const char *dev_path, int *err, int irqchip_now)
 {
     struct kvmvm_vm *vm = calloc(1, sizeof(*vm));
     int e = 0;
@@ -91,12 +100,8 @@ kvmvm_vm *kvmvm_vm_new(const char *dev_path, int *err)
     ioctl(vm->vm_fd, KVM_SET_TSS_ADDR, (unsigned long)TSS_ADDR);
     uint64_t ident = IDENTITY_ADDR;
     ioctl(vm->vm_fd, KVM_SET_IDENTITY_MAP_ADDR, &ident);
-    if (vm->caps.irqchip) {
-        if (ioctl(vm->vm_fd, KVM_CREATE_IRQCHIP, 0) < 0)
-            vm->caps.irqchip = 0;
-    }
-    if (!vm->caps.irqchip)
-        vm->caps.pit2 = 0;
+    if (irqchip_now)
+        vm_add_irqchip(vm);
     install_kick_handler();
     vm->t_created_ns = kvmvm_now_ns();
     return vm;
@@ -105,6 +110,11 @@ fail:
         *err = e;
     kvmvm_vm_free(vm);
     return NULL;
+}
+
+kvmvm_vm *kvmvm_vm_new(const char *dev_path, int *err)
+{
+    return vm_new(dev_path, err, 1);
 }
 
 #define PREP_MAX_REGIONS 4
@@ -127,16 +137,20 @@ static void *prep_thread(void *arg)
 
     sigfillset(&all);       /* Ctrl-C and friends go to Python's main thread */
     pthread_sigmask(SIG_SETMASK, &all, NULL);
-    p->vm = kvmvm_vm_new(p->dev_path, &p->err);
-    /* now: registering the RAM waits for an SRCU grace period that creating the irqchip
-       started, and compiling the filters (failures: reported by set_seccomp) fits in it */
-    if (p->seccomp_level > KVMVM_SECCOMP_OFF)
-        seccomp_precompile(p->seccomp_level);
+    /* The RAM before the irqchip: creating the irqchip leaves the VM's SRCU busy for a
+       while (milliseconds, more under load), and a memory slot registered meanwhile waits
+       for it; registered first, it does not. What else waits for it (a PIT below, virtio
+       notifiers, the VM's release) comes later, overlapping the caller's own work. */
+    p->vm = vm_new(p->dev_path, &p->err, 0);
     for (int i = 0; p->vm && i < p->n; i++) {
         if (kvmvm_vm_add_ram(p->vm, p->gpa[i], p->size[i]) < 0)
             break;      /* the caller adds the rest itself, and reports the error */
         p->nr_ram = i + 1;
     }
+    if (p->vm)
+        vm_add_irqchip(p->vm);
+    if (p->seccomp_level > KVMVM_SECCOMP_OFF)
+        seccomp_precompile(p->seccomp_level);   /* failures: reported by set_seccomp */
     if (p->vm && p->pit)
         kvmvm_vm_add_pit(p->vm);    /* on failure the caller's own add_pit reports it */
     return NULL;
