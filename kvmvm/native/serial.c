@@ -170,10 +170,6 @@ static void pulse_irq(struct kvmvm_device *dev, struct serial *s)
     }
 }
 
-/* Host input is held back until the guest's driver is really taking it: FIFO enabled and
-   receive interrupts on, as Linux's 8250 leaves them once a tty is open. Probing (which
-   sets IER to 0x0f) and start-up (which clears the FIFO and reads RBR "for luck") would
-   otherwise eat it. The gate closes again while the driver turns reception off. */
 static void rx_push(struct serial *s, uint8_t b)
 {
     if (s->rx_count == RX_CAP)
@@ -182,7 +178,11 @@ static void rx_push(struct serial *s, uint8_t b)
     s->rx_count++;
 }
 
-/* Returns 1 when input became available to the guest (the caller pulses the IRQ). */
+/* Host input is held back until the guest's driver is really taking it: FIFO enabled and
+   receive interrupts on, as Linux's 8250 leaves them once a tty is open. Probing (which
+   sets IER to 0x0f) and start-up (which clears the FIFO and reads RBR "for luck") would
+   otherwise eat it. The gate closes again while the driver turns reception off.
+   Returns 1 when input became available to the guest (the caller pulses the IRQ). */
 static int update_rx_gate(struct serial *s)
 {
     int open = (s->ier & IER_RDI) && (s->fcr & 0x01);
