@@ -246,7 +246,7 @@ class Machine:
     """One microVM: build it with `Machine(cfg)`, run it with `run()`."""
 
     def __init__(self, cfg: MachineConfig, t0_ns: int | None = None, prepared=None):
-        """prepared: a kvmvm.vm.PreparedVm started earlier for this configuration (used
+        """prepared: a kvmvm.prepared.PreparedVm started earlier for this configuration (used
         when its device and RAM regions match, freed otherwise)."""
         self.prepared = prepared
         cfg.validate()
@@ -305,7 +305,7 @@ class Machine:
         """The VM, its RAM (anonymous, or ram_fds mapped copy-on-write) and its devices."""
         from kvmvm.vm import Vm
 
-        # what building needs, imported before the VM is joined (kvmvm.vm.PreparedVm: its
+        # what building needs, imported before the VM is joined (kvmvm.prepared.PreparedVm: its
         # kernel waits overlap these imports)
         from kvmvm.boot import bootparams, mptable, pvh  # noqa: F401
         from kvmvm.devices import attach_all, windows
@@ -325,7 +325,7 @@ class Machine:
             raise ValueError("a prepared VM already has anonymous RAM")
         for i, (gpa, size) in enumerate(self.ram.regions):
             if i < vm.ram_regions:
-                continue        # made by the prepared VM (kvmvm.vm.PreparedVm) already
+                continue        # made by the prepared VM (kvmvm.prepared.PreparedVm) already
             if ram_fds is None:
                 vm.add_ram(gpa, size)
             else:

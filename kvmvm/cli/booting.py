@@ -111,7 +111,7 @@ def report(res, as_json: bool) -> int:
 
 def _prepare_vm(memory, pit: bool, seccomp_level="2"):
     """Start creating the VM and its RAM, and compiling the seccomp filters
-    (kvmvm.vm.PreparedVm); None if anything is off (Machine then reports it the usual way)."""
+    (kvmvm.prepared.PreparedVm); None if anything is off (Machine then reports it the usual way)."""
     try:
         from kvmvm.boot.layout import MiB, RamLayout
         from kvmvm.prepared import PreparedVm
