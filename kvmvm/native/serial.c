@@ -112,7 +112,7 @@ static void *output_thread(void *arg)
            not one per byte */
         if (s->tx_len && !s->tx_ready && !s->out_stopping) {
             struct timespec ts;
-            clock_gettime(CLOCK_REALTIME, &ts);
+            clock_gettime(CLOCK_MONOTONIC, &ts);    /* tx_cond's clock (serial_new) */
             ts.tv_nsec += TX_GATHER_NS;
             if (ts.tv_nsec >= 1000000000L) { ts.tv_sec++; ts.tv_nsec -= 1000000000L; }
             while (!s->tx_ready && !s->out_stopping &&
@@ -479,7 +479,11 @@ struct kvmvm_device *serial_new(struct kvmvm_vm *vm, int irq, int out_fd, int in
     }
     pthread_mutex_init(&s->lock, NULL);
     pthread_cond_init(&s->space, NULL);
-    pthread_cond_init(&s->tx_cond, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);  /* the writer's gathering wait */
+    pthread_cond_init(&s->tx_cond, &ca);
+    pthread_condattr_destroy(&ca);
     s->dropped = vm ? &vm->serial_dropped : &s->dropped_own;
     s->vm = vm;
     s->irq = irq;
