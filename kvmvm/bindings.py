@@ -12,7 +12,6 @@ import _thread
 import itertools
 import os
 
-from kvmvm.errors import BusError, GuestMemoryError, KvmError
 
 
 
@@ -55,9 +54,13 @@ STOP_REASONS = {
 }
 
 
-def check(rc: int, what: str, exc=KvmError) -> int:
-    """Return rc when >= 0, else raise exc with the errno's text."""
+def check(rc: int, what: str, exc=None) -> int:
+    """Return rc when >= 0, else raise exc (default KvmError) with the errno's text."""
     if rc < 0:
+        if exc is None:
+            # kvmvm.errors only now: this module is on the way to kvmvm.prepared, which
+            # `kvmvm boot` starts before anything else
+            from kvmvm.errors import KvmError as exc
         err = -rc
         raise exc(err, f"{what}: {os.strerror(err)}")
     return rc
@@ -121,6 +124,8 @@ class GuestMemory:
             raise MemoryError("guest memory")
 
     def add(self, gpa: int, size: int) -> int:
+        from kvmvm.errors import GuestMemoryError
+
         return check(lib.kvmvm_gmem_add(self._gm, gpa, size), f"map {size:#x} bytes at {gpa:#x}",
                      GuestMemoryError)
 
@@ -128,15 +133,21 @@ class GuestMemory:
         buf = ffi.new("uint8_t[]", size)
         rc = lib.kvmvm_gmem_read(self._gm, gpa, buf, size)
         if rc < 0:
+            from kvmvm.errors import GuestMemoryError
+
             raise GuestMemoryError(f"read of {size:#x} bytes at {gpa:#x} is outside guest memory")
         return bytes(ffi.buffer(buf, size))
 
     def write(self, gpa: int, data: bytes) -> None:
         rc = lib.kvmvm_gmem_write(self._gm, gpa, data, len(data))
         if rc < 0:
+            from kvmvm.errors import GuestMemoryError
+
             raise GuestMemoryError(f"write of {len(data):#x} bytes at {gpa:#x} is outside guest memory")
 
     def load_file(self, gpa: int, fd: int, offset: int, length: int, map: bool = False) -> None:
+        from kvmvm.errors import GuestMemoryError
+
         check(lib.kvmvm_gmem_load_file(self._gm, gpa, fd, offset, length, int(map)),
               f"load {length:#x} bytes at {gpa:#x}", GuestMemoryError)
 
@@ -158,10 +169,14 @@ class Bus:
             unregister_py_device(h)
             why = {_errno.EEXIST: "overlaps an existing range", _errno.EINVAL: "is empty",
                    _errno.EOVERFLOW: "wraps past the end of the address space"}.get(-rc, os.strerror(-rc))
+            from kvmvm.errors import BusError
+
             raise BusError(f"range {base:#x}+{length:#x} {why}")
         self._handles[base] = h
 
     def remove(self, base: int) -> None:
+        from kvmvm.errors import BusError
+
         check(lib.kvmvm_bus_remove(self._bus, base), f"remove range at {base:#x}", BusError)
         unregister_py_device(self._handles.pop(base))
 

@@ -150,10 +150,12 @@ def _boot_tables(cpus: int, windows: tuple, with_acpi: bool) -> tuple[bytes, int
     key = (cpus, windows, with_acpi)
     t = _TABLES.get(key)
     if t is None:
-        from kvmvm.boot import acpi, mptable
+        from kvmvm.boot import mptable
 
         rsdp, blob = 0, b""
         if with_acpi:
+            from kvmvm.boot import acpi
+
             rsdp, blob = acpi.build(cpus, [acpi.AcpiDevice(*w) for w in windows])
         t = (mptable.build(cpus), rsdp, blob)
         if len(_TABLES) >= 64:
@@ -166,8 +168,11 @@ class _ImageFile:
     """An image to load into guest memory. A mapped regular file (read_image) is read
     straight into guest memory (pread, no buffer between) or, when it lies in kvmvm's own
     cache (immutable: entries are published whole and never rewritten), mapped there
-    copy-on-write page by page, so that nothing is copied before the guest touches it.
-    Anything else is copied from `data`."""
+    copy-on-write page by page, so that nothing is copied before the guest touches it
+    (only for images of MAP_MIN bytes or more: below that, reading costs less than mapping,
+    and than finding the cache). Anything else is copied from `data`."""
+
+    MAP_MIN = 1 << 20
 
     def __init__(self, path: str, data):
         self.path, self.data, self.fd, self.map = path, data, -1, False
@@ -179,6 +184,8 @@ class _ImageFile:
             try:
                 self.fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
             except OSError:
+                return self
+            if len(self.data) < self.MAP_MIN:
                 return self
             from kvmvm.image.index import home_dir
 
@@ -239,7 +246,7 @@ class Machine:
     """One microVM: build it with `Machine(cfg)`, run it with `run()`."""
 
     def __init__(self, cfg: MachineConfig, t0_ns: int | None = None, prepared=None):
-        """prepared: a kvmvm.vm.PreparedVm started earlier for this configuration (used
+        """prepared: a kvmvm.prepared.PreparedVm started earlier for this configuration (used
         when its device and RAM regions match, freed otherwise)."""
         self.prepared = prepared
         cfg.validate()
@@ -298,7 +305,7 @@ class Machine:
         """The VM, its RAM (anonymous, or ram_fds mapped copy-on-write) and its devices."""
         from kvmvm.vm import Vm
 
-        # what building needs, imported before the VM is joined (kvmvm.vm.PreparedVm: its
+        # what building needs, imported before the VM is joined (kvmvm.prepared.PreparedVm: its
         # kernel waits overlap these imports)
         from kvmvm.boot import bootparams, mptable, pvh  # noqa: F401
         from kvmvm.devices import attach_all, windows
@@ -318,7 +325,7 @@ class Machine:
             raise ValueError("a prepared VM already has anonymous RAM")
         for i, (gpa, size) in enumerate(self.ram.regions):
             if i < vm.ram_regions:
-                continue        # made by the prepared VM (kvmvm.vm.PreparedVm) already
+                continue        # made by the prepared VM (kvmvm.prepared.PreparedVm) already
             if ram_fds is None:
                 vm.add_ram(gpa, size)
             else:

@@ -12,6 +12,7 @@ from kvmvm.record import Factory, record
 
 from kvmvm.bindings import STOP_REASONS, check, ffi, lib, register_py_device, unregister_py_device
 from kvmvm.errors import GuestMemoryError, KvmError
+from kvmvm.prepared import PreparedVm  # noqa: F401 (also kvmvm.vm.PreparedVm)
 
 BUS_PIO = lib.KVMVM_BUS_PIO
 BUS_MMIO = lib.KVMVM_BUS_MMIO
@@ -50,39 +51,6 @@ def open_error(path: str, err: int) -> KvmError:
     if err == errno.ENOTSUP:
         return KvmError(err, f"{path}: unsupported KVM API version (need 12)")
     return KvmError(err, f"{path}: cannot create a VM: {os.strerror(err)}")
-
-
-class PreparedVm:
-    """A VM being created, with its RAM regions, on a C thread while the caller goes on
-    starting up (the kernel makes each memory slot wait for an SRCU grace period). Hand it
-    to Vm(prepared=...); one that is never used is freed by discard() or the collector."""
-
-    def __init__(self, dev_path: str, regions, pit: bool = False):
-        self.dev_path, self.regions, self.pit = dev_path, [tuple(r) for r in regions], pit
-        gpas = ffi.new("uint64_t[]", [g for g, _ in self.regions])
-        sizes = ffi.new("uint64_t[]", [n for _, n in self.regions])
-        p = lib.kvmvm_vm_prepare(dev_path.encode(), gpas, sizes, len(self.regions), int(pit))
-        self._p = None if p == ffi.NULL else p
-
-    def take(self):
-        """(vm cdata or NULL, -errno, regions added); None when already taken."""
-        if self._p is None:
-            return None
-        err, nr = ffi.new("int *"), ffi.new("int *")
-        vm = lib.kvmvm_vm_prepared(self._p, err, nr)
-        self._p = None
-        return vm, err[0], nr[0]
-
-    def discard(self) -> None:
-        got = self.take()
-        if got is not None and got[0] != ffi.NULL:
-            lib.kvmvm_vm_free(got[0])
-
-    def __del__(self):
-        try:
-            self.discard()
-        except Exception:
-            pass
 
 
 class Vm:

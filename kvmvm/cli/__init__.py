@@ -163,14 +163,17 @@ def _fill_stdio() -> None:
 
 def _stop_on_signals() -> None:
     """SIGTERM and SIGHUP end a command the way Ctrl-C does (KeyboardInterrupt: a running VM
-    is stopped and torn down, its sockets and TAPs removed; exit status 130)."""
-    import signal
+    is stopped and torn down, its sockets and TAPs removed; exit status 130).
+
+    Through `_signal` (the C module): `signal` wraps it in enums, and importing `enum`
+    (with functools and collections) costs more than a tiny guest's whole run."""
+    import _signal
 
     def on_signal(signum, frame):
         raise KeyboardInterrupt
 
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, on_signal)
+    for sig in (_signal.SIGTERM, _signal.SIGHUP):
+        _signal.signal(sig, on_signal)
 
 
 def main(argv=None):
@@ -184,8 +187,6 @@ def main(argv=None):
 
 def _main(argv):
     _fill_stdio()
-    from kvmvm.errors import KvmvmError
-
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = os.environ.get("KVMVM_DEBUG") == "1"
     try:
@@ -195,18 +196,20 @@ def _main(argv):
         if rv is None:
             rv = _click_main(argv)
         return rv
-    except KvmvmError as e:
-        if debug:
-            raise
-        sys.stderr.write(f"kvmvm: {e}\n")
-        return e.exit_code
     except KeyboardInterrupt:
         return 130
     except SystemExit as e:
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    except Exception as e:  # a bug in kvmvm: still one line unless debugging
+    except Exception as e:
+        # kvmvm.errors only now: `kvmvm --help` and `--version` never need it
+        from kvmvm.errors import KvmvmError
+
         if debug:
             raise
+        if isinstance(e, KvmvmError):
+            sys.stderr.write(f"kvmvm: {e}\n")
+            return e.exit_code
+        # a bug in kvmvm: still one line unless debugging
         sys.stderr.write(f"kvmvm: internal error: {type(e).__name__}: {e} (KVMVM_DEBUG=1 for a traceback)\n")
         return 1
 

@@ -18,7 +18,8 @@ def run(kernel, initrd, cmdline, memory, cpus, timeout, entry, use_bzimage, no_a
     """`kvmvm boot` itself, called by the click command and by the fast path (kvmvm.cli)."""
     # first: its kernel waits overlap everything below (the default kernel is Linux: a PIT);
     # never for a jailed VM, whose /dev/kvm is opened inside the jail
-    prepared = None if jail else _prepare_vm(memory, pit == "on" or (kernel is None and pit == "auto"))
+    prepared = None if jail else _prepare_vm(memory, pit == "on" or (kernel is None and pit == "auto"),
+                                             seccomp_level)
     from kvmvm.machine import MachineConfig
 
     if as_json:     # now: the main thread's seccomp filter refuses loading C extensions later
@@ -74,6 +75,10 @@ def _boot(cfg, as_json: bool, after_build=None, prepared=None, api_sock=None) ->
                 from kvmvm.api import serve_machine
 
                 api = serve_machine(api_sock, m)[0]
+            m.start()
+            import gc
+
+            gc.enable()     # off for the start-up (bin/kvmvm); a long run needs it
             res = m.run()
     finally:
         if api is not None:
@@ -104,14 +109,15 @@ def report(res, as_json: bool) -> int:
     return res.status
 
 
-def _prepare_vm(memory, pit: bool):
-    """Start creating the VM and its RAM (kvmvm.vm.PreparedVm); None if anything is off
-    (Machine then reports it the usual way)."""
+def _prepare_vm(memory, pit: bool, seccomp_level="2"):
+    """Start creating the VM and its RAM, and compiling the seccomp filters
+    (kvmvm.prepared.PreparedVm); None if anything is off (Machine then reports it the usual way)."""
     try:
         from kvmvm.boot.layout import MiB, RamLayout
-        from kvmvm.vm import PreparedVm
+        from kvmvm.prepared import PreparedVm
 
-        return PreparedVm("/dev/kvm", RamLayout(memory * MiB).regions, pit)
+        level = int(seccomp_level) if str(seccomp_level) in ("0", "1", "2") else 0
+        return PreparedVm("/dev/kvm", RamLayout(memory * MiB).regions, pit, level)
     except Exception:  # noqa: BLE001 - bad input is reported by Machine
         return None
 

@@ -64,6 +64,9 @@ def windows(cfg) -> list[tuple[int, int, int]]:
 
 def attach_all(vm, cfg) -> list[VirtioSlot]:
     """Create the virtio devices that cfg asks for; one VirtioSlot each, in slot order."""
+    planned = plan(cfg)
+    if not planned:
+        return []       # nothing of kvmvm.devices.virtio needed (start-up time)
     import sys
 
     from kvmvm.devices.virtio import flags_from_env
@@ -71,7 +74,7 @@ def attach_all(vm, cfg) -> list[VirtioSlot]:
     flags = getattr(cfg, "virtio_flags", None)
     flags = flags_from_env() if flags is None else flags
     slots = []
-    for i, (kind, spec) in enumerate(plan(cfg)):
+    for i, (kind, spec) in enumerate(planned):
         base = layout.VIRTIO_MMIO_BASE + i * layout.VIRTIO_MMIO_SIZE
         irq = FIRST_IRQ + i
         if kind == "rng":

@@ -114,10 +114,12 @@ void kvmvm_vm_free(kvmvm_vm *vm);
 /* Start creating a VM with its RAM regions (and with pit, a PIT) on a thread of its own,
    so that the kernel's waits (an SRCU grace period per memory slot, milliseconds) overlap
    the caller's start-up; kvmvm_vm_prepared() joins it: the VM (with as many of the regions
-   as succeeded: *nr_ram), or NULL and *err. Either way the handle is gone afterwards. */
+   as succeeded: *nr_ram), or NULL and *err. Either way the handle is gone afterwards.
+   seccomp_level > 0: the thread also compiles that level's filters meanwhile (about a
+   millisecond that kvmvm_vm_set_seccomp would otherwise spend). */
 typedef struct kvmvm_prep kvmvm_prep;
 kvmvm_prep *kvmvm_vm_prepare(const char *dev_path, const uint64_t *gpa, const uint64_t *size, int n,
-                             int pit);
+                             int pit, int seccomp_level);
 kvmvm_vm *kvmvm_vm_prepared(kvmvm_prep *p, int *err, int *nr_ram);
 int kvmvm_vm_caps(kvmvm_vm *vm, struct kvmvm_caps *caps);
 int kvmvm_vm_add_ram(kvmvm_vm *vm, uint64_t gpa, uint64_t size);

@@ -136,6 +136,8 @@ void serial_drain_output(struct kvmvm_device *dev, int timeout_ms);
 int serial_load(struct kvmvm_device *dev, const void *data, uint32_t len);
 int virtio_save_all(struct kvmvm_vm *vm, struct state_buf *b);
 int virtio_load(struct kvmvm_vm *vm, uint32_t index, const void *data, uint32_t len);
+/* whether the VM has a virtio device (one whose worker a vCPU may start) */
+int virtio_any(struct kvmvm_vm *vm);
 /* park (1) or unpark (0) every virtio worker of the VM */
 void virtio_park_all(struct kvmvm_vm *vm, int park);
 int kvmvm_gmem_add_file(struct kvmvm_gmem *gm, uint64_t gpa, uint64_t size, int fd);

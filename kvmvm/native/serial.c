@@ -4,13 +4,21 @@
  * pipe, a paused terminal) the buffer fills and further bytes are dropped and counted.
  * Input comes from a host fd through a small reader thread. Enough of the register set
  * (FIFO, loopback, scratch, THRE/RDI interrupts) for Linux's 8250 driver.
+ *
+ * No thread where none could do anything: output to /dev/null is discarded as it is
+ * written, and input from /dev/null (or from an fd that is not open for reading) is only
+ * its end, which the guest gets when its driver opens the port, as it would from the
+ * reader thread. A tiny guest's whole run costs less than starting those threads.
  */
 #define _GNU_SOURCE     /* pthread_timedjoin_np */
 #include <errno.h>
 #include <poll.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -22,6 +30,7 @@
 #define TX_CAP (1u << 20)       /* guest output held for a slow host fd */
 #define TX_CHUNK 4096           /* one write() */
 #define TX_FLUSH_NS (300ll * 1000 * 1000)   /* at the end: how long a stuck fd is waited for */
+#define TX_GATHER_NS (2ll * 1000 * 1000)    /* how long the writer waits for the rest of a line */
 
 #define IER_RDI   0x01
 #define IER_THRI  0x02
@@ -46,12 +55,16 @@ struct serial {
     int out_fd, in_fd;
     int stop_pipe[2];
     int in_started, in_stopping;
+    int in_eof_only;    /* input is only its end (/dev/null, a write-only fd): no thread */
+    int in_tty, eof_sent;
+    int out_null;       /* output goes to /dev/null: discarded, no thread */
     int rx_open;        /* FIFO and RX interrupts enabled: a driver is taking input */
     pthread_t in_thread;
 
     /* output: a ring the vCPUs fill and the writer thread drains */
     uint8_t *tx;
     uint32_t tx_head, tx_len;
+    int tx_ready;       /* a line end or a chunk is buffered, or a drain asks: write now */
     pthread_cond_t tx_cond;
     pthread_t out_thread;
     int out_started, out_stopping, out_dead;
@@ -64,14 +77,17 @@ struct serial {
 /* vCPU side: queue one byte, or count it dropped when the host is not keeping up */
 static void tx_put(struct serial *s, uint8_t b)
 {
-    if (s->out_fd < 0)
+    if (s->out_fd < 0 || s->out_null)
         return;
     if (s->tx_len == TX_CAP || s->out_dead || !s->tx) {
         atomic_fetch_add_explicit(s->dropped, 1, memory_order_relaxed);
         return;
     }
     s->tx[(s->tx_head + s->tx_len) % TX_CAP] = b;
-    if (s->tx_len++ == 0)
+    /* the writer wakes for the first byte, then gathers the line (output_thread) */
+    if (b == '\n' || s->tx_len + 1 >= TX_CHUNK)
+        s->tx_ready = 1;
+    if (s->tx_len++ == 0 || s->tx_ready)
         pthread_cond_signal(&s->tx_cond);
 }
 
@@ -91,6 +107,18 @@ static void *output_thread(void *arg)
     for (;;) {
         while (!s->tx_len && !s->out_stopping)
             pthread_cond_wait(&s->tx_cond, &s->lock);
+        /* a guest writes its console one byte per exit: give it a moment to finish the
+           line, which then goes out in one write() (and one wake-up of whoever reads),
+           not one per byte */
+        if (s->tx_len && !s->tx_ready && !s->out_stopping) {
+            struct timespec ts;
+            clock_gettime(CLOCK_MONOTONIC, &ts);    /* tx_cond's clock (serial_new) */
+            ts.tv_nsec += TX_GATHER_NS;
+            if (ts.tv_nsec >= 1000000000L) { ts.tv_sec++; ts.tv_nsec -= 1000000000L; }
+            while (!s->tx_ready && !s->out_stopping &&
+                   pthread_cond_timedwait(&s->tx_cond, &s->lock, &ts) != ETIMEDOUT)
+                ;
+        }
         if (!s->tx_len || (s->out_stopping && kvmvm_now_ns() >= s->out_deadline_ns))
             break;
         uint32_t n = s->tx_len, first = TX_CAP - s->tx_head;
@@ -117,6 +145,8 @@ static void *output_thread(void *arg)
         if (w > 0) {
             s->tx_head = (s->tx_head + (uint32_t)w) % TX_CAP;
             s->tx_len -= (uint32_t)w;
+            if (!s->tx_len)
+                s->tx_ready = 0;
         }
     }
     /* what could not be written in time is dropped */
@@ -140,24 +170,34 @@ static void pulse_irq(struct kvmvm_device *dev, struct serial *s)
     }
 }
 
-/* Host input is held back until the guest's driver is really taking it: FIFO enabled and
-   receive interrupts on, as Linux's 8250 leaves them once a tty is open. Probing (which
-   sets IER to 0x0f) and start-up (which clears the FIFO and reads RBR "for luck") would
-   otherwise eat it. The gate closes again while the driver turns reception off. */
-static void update_rx_gate(struct serial *s)
-{
-    int open = (s->ier & IER_RDI) && (s->fcr & 0x01);
-    if (open && !s->rx_open)
-        pthread_cond_broadcast(&s->space);
-    s->rx_open = open;
-}
-
 static void rx_push(struct serial *s, uint8_t b)
 {
     if (s->rx_count == RX_CAP)
         return;
     s->rx[(s->rx_head + s->rx_count) % RX_CAP] = b;
     s->rx_count++;
+}
+
+/* Host input is held back until the guest's driver is really taking it: FIFO enabled and
+   receive interrupts on, as Linux's 8250 leaves them once a tty is open. Probing (which
+   sets IER to 0x0f) and start-up (which clears the FIFO and reads RBR "for luck") would
+   otherwise eat it. The gate closes again while the driver turns reception off.
+   Returns 1 when input became available to the guest (the caller pulses the IRQ). */
+static int update_rx_gate(struct serial *s)
+{
+    int open = (s->ier & IER_RDI) && (s->fcr & 0x01);
+    int was = s->rx_open;
+    if (open && !was)
+        pthread_cond_broadcast(&s->space);
+    s->rx_open = open;
+    /* input that is only its end: what the reader thread would deliver (input_thread) */
+    if (open && s->in_eof_only && !s->eof_sent) {
+        if (!s->in_tty)
+            rx_push(s, 0x04);
+        s->eof_sent = 1;
+        return 1;
+    }
+    return 0;
 }
 
 static void serial_read(struct kvmvm_device *dev, uint64_t off, uint8_t *data, uint32_t len)
@@ -245,7 +285,7 @@ static void serial_write(struct kvmvm_device *dev, uint64_t off, const uint8_t *
             s->rx_count = 0;
             pthread_cond_signal(&s->space);
         }
-        update_rx_gate(s);
+        event = update_rx_gate(s);
         break;
     case 3: s->lcr = v; break;
     case 4: s->mcr = v & 0x1f; break;
@@ -308,7 +348,7 @@ static void *input_thread(void *arg)
 
 static int start_input(struct serial *s, struct kvmvm_device *dev)
 {
-    if (s->in_fd < 0 || s->in_started)
+    if (s->in_fd < 0 || s->in_started || s->in_eof_only)
         return 0;
     if (pipe(s->stop_pipe) < 0)
         return -errno;
@@ -324,7 +364,7 @@ static int start_input(struct serial *s, struct kvmvm_device *dev)
 
 static int start_output(struct serial *s)
 {
-    if (s->out_fd < 0 || s->out_started)
+    if (s->out_fd < 0 || s->out_started || s->out_null)
         return 0;
     s->tx = malloc(TX_CAP);
     if (!s->tx)
@@ -414,6 +454,20 @@ static const struct device_ops serial_ops = {
     .destroy = serial_destroy,
 };
 
+static int is_dev_null(int fd)
+{
+    struct stat st;
+    return fd >= 0 && fstat(fd, &st) == 0 && S_ISCHR(st.st_mode) && st.st_rdev == makedev(1, 3);
+}
+
+/* An fd from which nothing but its end can ever be read: /dev/null, or one not open for
+   reading (the reader thread's read() would fail at once, which it takes as the end). */
+static int input_is_eof_only(int fd)
+{
+    int fl = fcntl(fd, F_GETFL);
+    return fl < 0 || (fl & O_ACCMODE) == O_WRONLY || is_dev_null(fd);
+}
+
 struct kvmvm_device *serial_new(struct kvmvm_vm *vm, int irq, int out_fd, int in_fd)
 {
     struct kvmvm_device *dev = calloc(1, sizeof(*dev));
@@ -425,12 +479,21 @@ struct kvmvm_device *serial_new(struct kvmvm_vm *vm, int irq, int out_fd, int in
     }
     pthread_mutex_init(&s->lock, NULL);
     pthread_cond_init(&s->space, NULL);
-    pthread_cond_init(&s->tx_cond, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);  /* the writer's gathering wait */
+    pthread_cond_init(&s->tx_cond, &ca);
+    pthread_condattr_destroy(&ca);
     s->dropped = vm ? &vm->serial_dropped : &s->dropped_own;
     s->vm = vm;
     s->irq = irq;
     s->out_fd = out_fd;
     s->in_fd = in_fd;
+    s->out_null = is_dev_null(out_fd);
+    if (in_fd >= 0 && input_is_eof_only(in_fd)) {
+        s->in_eof_only = 1;
+        s->in_tty = isatty(in_fd);
+    }
     s->mcr = 0x08;      /* OUT2 */
     dev->name = "serial";
     dev->ops = &serial_ops;
@@ -447,6 +510,8 @@ void serial_drain_output(struct kvmvm_device *dev, int timeout_ms)
     int64_t end = kvmvm_now_ns() + (int64_t)timeout_ms * 1000000;
     struct timespec ts = { 0, 1000000 };
     pthread_mutex_lock(&s->lock);
+    s->tx_ready = 1;        /* no gathering: out with it */
+    pthread_cond_signal(&s->tx_cond);
     while (s->tx_len && !s->out_dead && s->out_started && kvmvm_now_ns() < end) {
         pthread_mutex_unlock(&s->lock);
         nanosleep(&ts, NULL);
@@ -514,7 +579,7 @@ int serial_load(struct kvmvm_device *dev, const void *data, uint32_t len)
     s->rx_head = 0;
     s->rx_count = (int)st->rx_count;
     memcpy(s->rx, st->rx, st->rx_count);
-    update_rx_gate(s);
+    update_rx_gate(s);      /* with eof-only input, its end once the gate is open */
     pulse_irq(dev, s);      /* an interrupt condition that held at the snapshot holds again */
     pthread_mutex_unlock(&s->lock);
     free(st);

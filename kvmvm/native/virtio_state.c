@@ -39,6 +39,12 @@ static int for_each_virtio(struct kvmvm_vm *vm, struct virtio_dev **out, int max
     return n;
 }
 
+int virtio_any(struct kvmvm_vm *vm)
+{
+    struct virtio_dev *d;
+    return for_each_virtio(vm, &d, 1) > 0;
+}
+
 int virtio_save_all(struct kvmvm_vm *vm, struct state_buf *b)
 {
     struct virtio_dev *devs[32];

@@ -56,7 +56,16 @@ static int check_ext(int kvm_fd, int cap)
     return r < 0 ? 0 : r;
 }
 
-kvmvm_vm *kvmvm_vm_new(const char *dev_path, int *err)
+/* The in-kernel irqchip (PIC + IOAPIC + LAPICs); without one, no PIT either. */
+static void vm_add_irqchip(struct kvmvm_vm *vm)
+{
+    if (vm->caps.irqchip && ioctl(vm->vm_fd, KVM_CREATE_IRQCHIP, 0) < 0)
+        vm->caps.irqchip = 0;
+    if (!vm->caps.irqchip)
+        vm->caps.pit2 = 0;
+}
+
+static kvmvm_vm *vm_new(const char *dev_path, int *err, int irqchip_now)
 {
     struct kvmvm_vm *vm = calloc(1, sizeof(*vm));
     int e = 0;
@@ -91,12 +100,8 @@ kvmvm_vm *kvmvm_vm_new(const char *dev_path, int *err)
     ioctl(vm->vm_fd, KVM_SET_TSS_ADDR, (unsigned long)TSS_ADDR);
     uint64_t ident = IDENTITY_ADDR;
     ioctl(vm->vm_fd, KVM_SET_IDENTITY_MAP_ADDR, &ident);
-    if (vm->caps.irqchip) {
-        if (ioctl(vm->vm_fd, KVM_CREATE_IRQCHIP, 0) < 0)
-            vm->caps.irqchip = 0;
-    }
-    if (!vm->caps.irqchip)
-        vm->caps.pit2 = 0;
+    if (irqchip_now)
+        vm_add_irqchip(vm);
     install_kick_handler();
     vm->t_created_ns = kvmvm_now_ns();
     return vm;
@@ -107,6 +112,11 @@ fail:
     return NULL;
 }
 
+kvmvm_vm *kvmvm_vm_new(const char *dev_path, int *err)
+{
+    return vm_new(dev_path, err, 1);
+}
+
 #define PREP_MAX_REGIONS 4
 
 struct kvmvm_prep {
@@ -114,7 +124,7 @@ struct kvmvm_prep {
     char *dev_path;
     int n;
     uint64_t gpa[PREP_MAX_REGIONS], size[PREP_MAX_REGIONS];
-    int pit;
+    int pit, seccomp_level;
     kvmvm_vm *vm;
     int err;
     int nr_ram;
@@ -127,19 +137,27 @@ static void *prep_thread(void *arg)
 
     sigfillset(&all);       /* Ctrl-C and friends go to Python's main thread */
     pthread_sigmask(SIG_SETMASK, &all, NULL);
-    p->vm = kvmvm_vm_new(p->dev_path, &p->err);
+    /* The RAM before the irqchip: creating the irqchip leaves the VM's SRCU busy for a
+       while (milliseconds, more under load), and a memory slot registered meanwhile waits
+       for it; registered first, it does not. What else waits for it (a PIT below, virtio
+       notifiers, the VM's release) comes later, overlapping the caller's own work. */
+    p->vm = vm_new(p->dev_path, &p->err, 0);
     for (int i = 0; p->vm && i < p->n; i++) {
         if (kvmvm_vm_add_ram(p->vm, p->gpa[i], p->size[i]) < 0)
             break;      /* the caller adds the rest itself, and reports the error */
         p->nr_ram = i + 1;
     }
+    if (p->vm)
+        vm_add_irqchip(p->vm);
+    if (p->seccomp_level > KVMVM_SECCOMP_OFF)
+        seccomp_precompile(p->seccomp_level);   /* failures: reported by set_seccomp */
     if (p->vm && p->pit)
         kvmvm_vm_add_pit(p->vm);    /* on failure the caller's own add_pit reports it */
     return NULL;
 }
 
 kvmvm_prep *kvmvm_vm_prepare(const char *dev_path, const uint64_t *gpa, const uint64_t *size, int n,
-                             int pit)
+                             int pit, int seccomp_level)
 {
     struct kvmvm_prep *p = calloc(1, sizeof(*p));
 
@@ -147,6 +165,7 @@ kvmvm_prep *kvmvm_vm_prepare(const char *dev_path, const uint64_t *gpa, const ui
         goto fail;
     p->n = n;
     p->pit = pit;
+    p->seccomp_level = seccomp_level;
     memcpy(p->gpa, gpa, n * sizeof(*gpa));
     memcpy(p->size, size, n * sizeof(*size));
     if (pthread_create(&p->thread, NULL, prep_thread, p) == 0)
@@ -434,7 +453,8 @@ int kvmvm_vm_start(kvmvm_vm *vm)
     if (vm->started || vm->nr_vcpus == 0)
         return -EINVAL;
     vm->started = 1;
-    int src = seccomp_spawner_start(vm);
+    /* the spawner creates virtio workers for the vCPUs: none without a virtio device */
+    int src = virtio_any(vm) ? seccomp_spawner_start(vm) : 0;
     if (src < 0)
         return src;
     if (vm->serial) {
