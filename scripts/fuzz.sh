@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # libFuzzer harnesses (tests/fuzz/fuzz_*.c) over kvmvm's C device code, built with clang-14,
 # AddressSanitizer and UBSan (any UB aborts). Each harness drives the real kvmvm/native/
-# code against a fake guest memory (tests/fuzz/env.c).
+# code against a fake guest memory (tests/fuzz/env.c). atheris harnesses (tests/fuzz/fuzz_*.py,
+# pip atheris, a test dependency) do the same for the Python parsers of untrusted input: the
+# agent protocol (agent) and the snapshot loader (snapshot). Both kinds take libFuzzer's flags.
 #
 #   scripts/fuzz.sh build                      build every harness into build/fuzz/
 #   scripts/fuzz.sh run [-t SECONDS] [-r RUNS | --execs N] [-j] [NAME...]
@@ -13,7 +15,8 @@
 #                                              (default 6 h), under `nice -n 15`
 #   scripts/fuzz.sh regress [NAME...]          run every saved input once (tests/fuzz/corpus/)
 #
-# NAME is a harness without the fuzz_ prefix (virtq, blk, net, vsock, mmio, uart).
+# NAME is a harness without the fuzz_ prefix (C: virtq, blk, net, vsock, mmio, uart; Python:
+# agent, snapshot). tests/fuzz/NAME.dict, when there is one, is passed as -dict.
 # The working corpus is build/fuzz/corpus/NAME, seeded from tests/fuzz/corpus/NAME (which
 # holds the regression inputs: every crash ever found). A crash leaves its input in
 # build/fuzz/crashes/ and fails the run. One summary line per harness:
@@ -26,7 +29,10 @@ SRC=tests/fuzz
 NATIVE=kvmvm/native
 CFLAGS=(-g -O1 -std=gnu11 -pthread -fno-omit-frame-pointer -fsanitize=fuzzer,address,undefined
         -fno-sanitize-recover=all -I"$NATIVE" -I"$SRC" -Wall -Wno-unused-parameter)
-ALL=$(ls $SRC/fuzz_*.c | sed 's|.*/fuzz_||; s|\.c$||')
+PY=.venv/bin/python
+C_ALL=$(ls $SRC/fuzz_*.c | sed 's|.*/fuzz_||; s|\.c$||')
+PY_ALL=$(ls $SRC/fuzz_*.py | sed 's|.*/fuzz_||; s|\.py$||')
+ALL="$C_ALL $PY_ALL"
 
 die() { echo "fuzz.sh: $*" >&2; exit 2; }
 
@@ -43,8 +49,11 @@ build() {
     fi
     objs+=("$o")
   done
+  if [ -n "$PY_ALL" ]; then
+    "$PY" -c "import atheris" 2>/dev/null || die "atheris is not installed in .venv (scripts/setup.sh installs the test extras)"
+  fi
   local h x
-  for h in $ALL; do
+  for h in $C_ALL; do
     o=$OUT/fuzz_$h
     if [ -e "$o" ] && [ ! "$SRC/fuzz_$h.c" -nt "$o" ]; then
       for x in "${objs[@]}"; do [ "$x" -nt "$o" ] && break; done
@@ -66,13 +75,24 @@ summary() {  # name log seconds
           printf "fuzz %s: %d runs in %d s (%d/s), cov %s, ft %s, corpus %s\n", name, runs, secs, rate, cov, ft, c[1] }' "$2"
 }
 
+harness() {  # name: the command that runs it
+  if [ -e "$SRC/fuzz_$1.py" ]; then
+    echo "env KVMVM_FUZZ_WORKDIR=$OUT/work/$1 $PY $SRC/fuzz_$1.py"
+  elif [ -x "$OUT/fuzz_$1" ]; then
+    echo "$OUT/fuzz_$1"
+  else
+    die "no harness fuzz_$1"
+  fi
+}
+
 one() {  # name limit...: fuzz one harness, print its summary line
-  local h=$1 t0 r secs; shift
-  [ -x "$OUT/fuzz_$h" ] || die "no harness fuzz_$h"
+  local h=$1 t0 r secs cmd dict=(); shift
+  cmd=$(harness "$h") || exit 2
+  [ -e "$SRC/$h.dict" ] && dict=(-dict="$SRC/$h.dict")
   mkdir -p "$OUT/corpus/$h" "$SRC/corpus/$h"
   t0=$(date +%s)
   # -rss_limit_mb: the harnesses map guest RAM with guard pages; ASan counts the mappings
-  "$OUT/fuzz_$h" "$@" -rss_limit_mb=4096 -timeout=10 -print_final_stats=1 \
+  $cmd "$@" "${dict[@]}" -rss_limit_mb=4096 -timeout=10 -print_final_stats=1 \
     -artifact_prefix="$OUT/crashes/$h-" "$OUT/corpus/$h" "$SRC/corpus/$h" \
     > "$OUT/logs/${LOGPFX:-}$h.log" 2>&1
   r=$?
@@ -80,7 +100,7 @@ one() {  # name limit...: fuzz one harness, print its summary line
   summary "$h" "$OUT/logs/${LOGPFX:-}$h.log" "$secs"
   if [ $r -ne 0 ]; then
     echo "fuzz.sh: fuzz_$h failed (exit $r); input: $(ls -t $OUT/crashes/$h-* 2>/dev/null | head -1)" >&2
-    grep -m5 -E "ERROR|runtime error|SUMMARY" "$OUT/logs/${LOGPFX:-}$h.log" >&2
+    grep -m5 -E "ERROR|runtime error|SUMMARY|Uncaught Python exception|^[A-Za-z]+Error:" "$OUT/logs/${LOGPFX:-}$h.log" >&2
     return 1
   fi
 }
@@ -129,13 +149,14 @@ long() {
 
 regress() {
   build
-  local h rc=0 n
+  local h rc=0 n cmd
   for h in $(names "$@"); do
     n=$(ls "$SRC/corpus/$h" 2>/dev/null | wc -l)
     [ "$n" -gt 0 ] || continue
-    if ! "$OUT/fuzz_$h" -runs=0 -rss_limit_mb=4096 "$SRC/corpus/$h"/* > "$OUT/regress-$h.log" 2>&1; then
+    cmd=$(harness "$h") || exit 2
+    if ! $cmd -runs=0 -rss_limit_mb=4096 "$SRC/corpus/$h"/* > "$OUT/regress-$h.log" 2>&1; then
       echo "fuzz.sh: a saved input crashes fuzz_$h again:" >&2
-      grep -m5 -E "ERROR|runtime error|Running:" "$OUT/regress-$h.log" >&2
+      grep -m5 -E "ERROR|runtime error|Running:|Uncaught Python exception|^[A-Za-z]+Error:" "$OUT/regress-$h.log" >&2
       rc=1
     else
       echo "fuzz $h: $n saved inputs pass"
@@ -149,5 +170,5 @@ case ${1:-} in
   run) shift; run "$@" ;;
   long) shift; long "$@" ;;
   regress) shift; regress "$@" ;;
-  *) sed -n '2,22p' "$0"; exit 2 ;;
+  *) sed -n '2,25p' "$0"; exit 2 ;;
 esac
