@@ -47,6 +47,7 @@ class Mount:
     fstype: str
     target: str
     readonly: bool = False
+    direct: bool = False        # O_DIRECT on the host file (`,direct` drive option)
 
 
 @dataclass
@@ -79,7 +80,7 @@ class ContainerVm:
 
         drives = [f"{self.rootfs},ro,id=kvmvm-root"]
         for i, m in enumerate(self.mounts):
-            drives.append(f"{m.path}{',ro' if m.readonly else ''},id=kvmvm-m{i}")
+            drives.append(f"{m.path}{',ro' if m.readonly else ''}{',direct' if m.direct else ''},id=kvmvm-m{i}")
         cmdline = CMDLINE + (" " + self.cmdline_extra if self.cmdline_extra else "")
         return MachineConfig(kernel=kernel, cmdline=cmdline, initrd=initrd, memory_mib=self.memory_mib,
                              cpus=self.cpus, serial_out_fd=self.console_fd, drives=drives,
