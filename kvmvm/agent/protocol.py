@@ -56,7 +56,7 @@ class Frame:
         """The payload of a HELLO/CONTROL frame as a dict (ProtocolError if it is not one)."""
         try:
             obj = json.loads(self.payload)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):   # RecursionError: nested too deep
             raise ProtocolError(f"{TYPE_NAMES[self.type]} frame is not JSON") from None
         if not isinstance(obj, dict) or len(obj) > MAX_CONTROL_KEYS:
             raise ProtocolError(f"{TYPE_NAMES[self.type]} frame is not a JSON object")

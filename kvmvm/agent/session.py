@@ -274,9 +274,16 @@ class Session:
         """A stream-0 request (setup, ping, poweroff): waits for ok, raises AgentError."""
         self._send(p.encode_json(0, p.CONTROL, {"op": op, **fields}))
         self._wait(lambda: bool(self.replies), timeout, op)
-        r = self.replies.popleft()
+        return self.reply(self.replies.popleft())
+
+    @staticmethod
+    def reply(r: dict) -> dict:
+        """A stream-0 reply as request() returns it; an error reply raises AgentError."""
         if r.get("op") == "error":
-            raise AgentError(str(r.get("reason", "?")), int(r.get("code") or 0))
+            code = r.get("code")
+            if not isinstance(code, int) or isinstance(code, bool) or not 0 <= code <= 255:
+                code = 0        # the guest's to choose, but only as a small number
+            raise AgentError(str(r.get("reason", "?"))[:1000], code)
         return r
 
     def _new_stream(self, kind: str) -> Stream:

@@ -32,8 +32,31 @@ class EntryInfo:
         return dict(self.__dict__)
 
 
+def _num(v) -> int:
+    """A number from the guest agent's answer (the guest is not trusted): anything that is
+    not an integer counts as 0."""
+    return v if isinstance(v, int) and not isinstance(v, bool) else 0
+
+
+def entries_from(path: str, r: dict) -> list[EntryInfo]:
+    """The entries of an `ls` answer; malformed ones are left out."""
+    entries = r.get("entries")
+    out = []
+    for e in entries if isinstance(entries, list) else []:
+        if isinstance(e, dict) and isinstance(e.get("name"), str):
+            out.append(EntryInfo(e["name"], posixpath.join(path, e["name"]), str(e.get("type")),
+                                 _num(e.get("size")), _num(e.get("mode")), _num(e.get("mtime"))))
+    return out
+
+
+def info_from(path: str, r: dict) -> EntryInfo:
+    """A `stat` answer."""
+    return EntryInfo(posixpath.basename(path) or "/", path, str(r.get("type")), _num(r.get("size")),
+                     _num(r.get("mode")), _num(r.get("mtime")))
+
+
 def _file_error(result: dict, what: str) -> SandboxFileError:
-    code = int(result.get("code") or 0)
+    code = _num(result.get("code"))
     msg = str(result.get("reason") or what)
     if code == errno_mod.ENOENT:
         return SandboxFileNotFound(code, msg)
@@ -162,19 +185,11 @@ class Files:
     def list(self, path: str = ".") -> list[EntryInfo]:
         """The entries of a directory (one level)."""
         path = self._path(path)
-        r = self._fs("ls", path)
-        out = []
-        for e in r.get("entries") or []:
-            if isinstance(e, dict) and isinstance(e.get("name"), str):
-                out.append(EntryInfo(e["name"], posixpath.join(path, e["name"]), str(e.get("type")),
-                                     int(e.get("size") or 0), int(e.get("mode") or 0), int(e.get("mtime") or 0)))
-        return out
+        return entries_from(path, self._fs("ls", path))
 
     def get_info(self, path: str) -> EntryInfo:
         path = self._path(path)
-        r = self._fs("stat", path)
-        return EntryInfo(posixpath.basename(path) or "/", path, str(r.get("type")), int(r.get("size") or 0),
-                         int(r.get("mode") or 0), int(r.get("mtime") or 0))
+        return info_from(path, self._fs("stat", path))
 
     def exists(self, path: str) -> bool:
         try:

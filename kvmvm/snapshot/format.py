@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 
 from kvmvm.errors import ConfigError
 from kvmvm.record import record
@@ -101,6 +102,55 @@ def _fail(snap_dir: str, why: str) -> SnapshotError:
     return SnapshotError(f"cannot restore {snap_dir}: {why}")
 
 
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _plain_name(v) -> bool:
+    """A file name inside the snapshot directory: no path, nothing that leaves it."""
+    return isinstance(v, str) and v not in ("", ".", "..") and "/" not in v and "\0" not in v
+
+
+def _shape_problem(h: dict) -> str | None:
+    """What is missing or of the wrong type in a header (None: its shape is right).
+    Everything else in it is checked by what reads it."""
+    for key in ("host_cpu", "state", "memory", "config"):
+        if key not in h:
+            return f"no {key!r}"
+    if not isinstance(h["host_cpu"], dict):
+        return "'host_cpu' is not an object"
+    st = h["state"]
+    if not (isinstance(st, dict) and _plain_name(st.get("file")) and _is_int(st.get("size"))
+            and isinstance(st.get("sha256"), str)):
+        return "'state' is not {file, size, sha256}"
+    if not isinstance(h["config"], dict):
+        return "'config' is not an object"
+    regions = h["memory"]
+    if not isinstance(regions, list) or not regions:
+        return "'memory' is not a list of regions"
+    for r in regions:
+        if not (isinstance(r, dict) and _plain_name(r.get("file")) and _is_int(r.get("gpa"))
+                and _is_int(r.get("size"))):
+            return "a 'memory' region is not {file, gpa, size}"
+    cpuid = h.get("guest_cpuid")
+    if cpuid is not None and not (isinstance(cpuid, list) and all(
+            isinstance(e, list) and len(e) == 7 and all(_is_int(x) for x in e) for e in cpuid)):
+        return "'guest_cpuid' is not a list of [function, index, flags, eax, ebx, ecx, edx]"
+    return None
+
+
+def _regular(snap_dir: str, what: str, path: str) -> os.stat_result:
+    """stat of a state or memory file, which must be a regular file (a FIFO or a device
+    would block or never end)."""
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        raise _fail(snap_dir, f"{what} file {os.path.basename(path)}: {e.strerror}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise _fail(snap_dir, f"{what} file {os.path.basename(path)} is not a regular file")
+    return st
+
+
 def load(snap_dir: str) -> tuple[Snapshot, bytes]:
     """The checked header and the state bytes of a snapshot directory."""
     hp = os.path.join(snap_dir, HEADER_FILE)
@@ -113,46 +163,43 @@ def load(snap_dir: str) -> tuple[Snapshot, bytes]:
         raise _fail(snap_dir, f"not a kvmvm snapshot (no {HEADER_FILE})") from None
     except (OSError, ValueError) as e:
         raise _fail(snap_dir, f"{HEADER_FILE} is unreadable or corrupt ({e})") from None
+    except RecursionError:
+        raise _fail(snap_dir, f"{HEADER_FILE} is corrupt (nested too deep)") from None
     if not isinstance(header, dict) or header.get("format") != FORMAT:
         raise _fail(snap_dir, f"{HEADER_FILE} is not a kvmvm snapshot header")
     if header.get("version") != VERSION:
         raise _fail(snap_dir, f"snapshot format version {header.get('version')!r}; this kvmvm "
                               f"({kvmvm_version()}) restores version {VERSION}")
-    try:
-        snap = Snapshot(snap_dir, header)
-        cpu = header["host_cpu"]
-        state = header["state"]
-        regions = header["memory"]
-        config = header["config"]
-        if not isinstance(config, dict) or not isinstance(regions, list):
-            raise TypeError
-    except (KeyError, TypeError):
-        raise _fail(snap_dir, f"{HEADER_FILE} lacks required fields (corrupt)") from None
+    why = _shape_problem(header)
+    if why:
+        raise _fail(snap_dir, f"{HEADER_FILE} is corrupt ({why})")
+    snap = Snapshot(snap_dir, header)
+    cpu, state, regions = header["host_cpu"], header["state"], header["memory"]
     here = host_cpu()
     if (cpu.get("vendor"), cpu.get("family"), cpu.get("model")) != \
             (here["vendor"], here["family"], here["model"]):
         raise _fail(snap_dir, f"taken on a {cpu.get('vendor')} family {cpu.get('family')} model "
                               f"{cpu.get('model')} CPU; this host has a {here['vendor']} family "
                               f"{here['family']} model {here['model']}")
+    size = _regular(snap_dir, "state", snap.state_path).st_size
+    if size != state["size"]:
+        raise _fail(snap_dir, f"state file {state['file']} is truncated or padded "
+                              f"({size} bytes, the header says {state['size']})")
     try:
         with open(snap.state_path, "rb") as f:
             data = f.read()
     except OSError as e:
-        raise _fail(snap_dir, f"state file {state.get('file')}: {e.strerror}") from None
-    if len(data) != state.get("size"):
+        raise _fail(snap_dir, f"state file {state['file']}: {e.strerror}") from None
+    if len(data) != state["size"]:    # it changed under us
         raise _fail(snap_dir, f"state file {state['file']} is truncated or padded "
-                              f"({len(data)} bytes, the header says {state.get('size')})")
-    if sha256(data) != state.get("sha256"):
+                              f"({len(data)} bytes, the header says {state['size']})")
+    if sha256(data) != state["sha256"]:
         raise _fail(snap_dir, f"state file {state['file']} is corrupt (SHA-256 mismatch)")
     for i, r in enumerate(regions):
-        p = snap.memory_path(i)
-        try:
-            size = os.stat(p).st_size
-        except OSError as e:
-            raise _fail(snap_dir, f"memory file {r.get('file')}: {e.strerror}") from None
-        if size != r.get("size"):
+        size = _regular(snap_dir, "memory", snap.memory_path(i)).st_size
+        if size != r["size"]:
             raise _fail(snap_dir, f"memory file {r['file']} is truncated ({size} bytes; the "
-                                  f"region has {r.get('size')})")
+                                  f"region has {r['size']})")
     return snap, data
 
 

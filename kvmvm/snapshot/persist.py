@@ -14,9 +14,31 @@ import time
 from kvmvm.errors import ConfigError
 from kvmvm.snapshot import format as fmt
 
-# MachineConfig fields a snapshot keeps (the rest belong to the process that restores)
-CONFIG_FIELDS = ("kernel", "cmdline", "initrd", "memory_mib", "cpus", "drives", "nets", "vsock",
-                 "rng", "virtio_cmdline", "entry", "acpi")
+# MachineConfig fields a snapshot keeps (the rest belong to the process that restores),
+# with the JSON types each may have (None: null allowed; list: a list of strings)
+CONFIG_TYPES = {"kernel": (str, None), "cmdline": (str,), "initrd": (str, None),
+                "memory_mib": (int,), "cpus": (int,), "drives": (list,), "nets": (list,),
+                "vsock": (str, None), "rng": (bool,), "virtio_cmdline": (str,), "entry": (str,),
+                "acpi": (bool,)}
+CONFIG_FIELDS = tuple(CONFIG_TYPES)
+
+
+def config_problem(cfgd: dict) -> str | None:
+    """The first field of a snapshot's configuration that is missing or of the wrong type."""
+    for k, types in CONFIG_TYPES.items():
+        if k not in cfgd:
+            return f"no {k!r}"
+        v = cfgd[k]
+        if v is None and None in types:
+            continue
+        ok = isinstance(v, tuple(t for t in types if t is not None))
+        if ok and int in types:
+            ok = not isinstance(v, bool)
+        if ok and list in types:
+            ok = all(isinstance(x, str) for x in v)
+        if not ok:
+            return f"{k!r} is a {type(v).__name__}"
+    return None
 
 
 def save(m, out_dir: str, *, resume: bool = False) -> fmt.Snapshot:
@@ -158,12 +180,19 @@ def check_cpuid(what: str, saved: list, now: list) -> None:
                                     f"(leaf {key[0]:#x} index {key[1]}): other CPU features")
 
 
-def restore(cls, snap_dir: str, *, net_override=None, vsock_uds=None, serial_out_fd: int = 1,
-            serial_in_fd: int = -1, drives=None, start: bool = True):
+def check(snap_dir: str, *, net_override=None, vsock_uds=None, serial_out_fd: int = 1,
+          serial_in_fd: int = -1, drives=None):
+    """Everything restore checks in a snapshot before it builds anything: the header
+    (format.load), the configuration with its overrides, and the memory regions against
+    that configuration. Returns (snapshot, state bytes, MachineConfig); a snapshot that
+    cannot be restored raises SnapshotError (or ConfigError for a bad override)."""
     from kvmvm.boot import layout
     from kvmvm.machine import MachineConfig
 
     snap, state = fmt.load(snap_dir)
+    why = config_problem(snap.config)
+    if why:
+        raise fmt.SnapshotError(f"cannot restore {snap_dir}: corrupt configuration in the header ({why})")
     cfgd = apply_overrides(snap.config, net_override=net_override, vsock_uds=vsock_uds,
                            drives=drives)
     try:
@@ -172,6 +201,16 @@ def restore(cls, snap_dir: str, *, net_override=None, vsock_uds=None, serial_out
         cfg.validate()
     except (KeyError, TypeError) as e:
         raise fmt.SnapshotError(f"cannot restore {snap_dir}: corrupt configuration in the header ({e})") from None
+    if [(r["gpa"], r["size"]) for r in snap.regions] != layout.RamLayout(cfg.memory_mib << 20).regions:
+        raise fmt.SnapshotError(f"cannot restore {snap_dir}: memory regions do not match the "
+                                f"configuration (corrupt header)")
+    return snap, state, cfg
+
+
+def restore(cls, snap_dir: str, *, net_override=None, vsock_uds=None, serial_out_fd: int = 1,
+            serial_in_fd: int = -1, drives=None, start: bool = True):
+    snap, state, cfg = check(snap_dir, net_override=net_override, vsock_uds=vsock_uds,
+                             serial_out_fd=serial_out_fd, serial_in_fd=serial_in_fd, drives=drives)
     if snap.header.get("linux"):
         from kvmvm.host import linux_guest_problem
 
@@ -184,9 +223,6 @@ def restore(cls, snap_dir: str, *, net_override=None, vsock_uds=None, serial_out
     try:
         for i in range(len(snap.regions)):
             fds.append(os.open(snap.memory_path(i), os.O_RDONLY | os.O_CLOEXEC))
-        if [(r["gpa"], r["size"]) for r in snap.regions] != layout.RamLayout(cfg.memory_mib << 20).regions:
-            raise fmt.SnapshotError(f"cannot restore {snap_dir}: memory regions do not match the "
-                                    f"configuration (corrupt header)")
         return assemble(cls, cfg, fds, state, snap.header.get("guest_cpuid"), what=snap_dir,
                         start=start, linux=bool(snap.header.get("linux")))
     finally:

@@ -1,6 +1,7 @@
-"""The libFuzzer harnesses (scripts/fuzz.sh) as tests: every saved input (tests/fuzz/corpus/,
-crash regressions and seeds) still passes, and each harness fuzzes for a while without a
-sanitizer report. KVMVM_FUZZ_SECONDS sets the time per harness (CI: 30 s, else 10 s).
+"""The fuzz harnesses (scripts/fuzz.sh: libFuzzer over the C core, atheris over the Python
+parsers of untrusted input) as tests: every saved input (tests/fuzz/corpus/, crash
+regressions and seeds) still passes, and each harness fuzzes for a while without a
+sanitizer report or an unexpected exception. KVMVM_FUZZ_SECONDS sets the time per harness (CI: 30 s, else 10 s).
 """
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-HARNESSES = sorted(p.stem.removeprefix("fuzz_") for p in (ROOT / "tests" / "fuzz").glob("fuzz_*.c"))
+HARNESSES = sorted(p.stem.removeprefix("fuzz_") for p in (ROOT / "tests" / "fuzz").iterdir()
+                   if p.name.startswith("fuzz_") and p.suffix in (".c", ".py"))
 SECONDS = int(os.environ.get("KVMVM_FUZZ_SECONDS", "30" if os.environ.get("CI") == "true" else "10"))
 
 
@@ -24,7 +26,7 @@ def fuzz_sh(*args: str, timeout: float) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def built():
     r = fuzz_sh("build", timeout=600)
-    assert r.returncode == 0, f"fuzz harnesses did not build (clang-14, libclang-rt-14-dev):\n{r.stderr[-3000:]}"
+    assert r.returncode == 0, f"fuzz harnesses did not build (clang-14, libclang-rt-14-dev, atheris):\n{r.stderr[-3000:]}"
 
 
 def test_saved_inputs_pass(built):

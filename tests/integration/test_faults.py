@@ -3,8 +3,10 @@ random moments of many lifecycles. The guest sees errors; the host process neith
 nor crashes nor leaves anything behind."""
 from __future__ import annotations
 
+import errno
 import os
 import random
+import re
 import signal
 import subprocess
 import threading
@@ -70,6 +72,84 @@ def test_disk_full_is_an_io_error_for_the_guest(tiny_images, kvm_ok, tiny_tmpfs)
     assert "Traceback" not in r.err and "internal error" not in r.err
     assert img.read_bytes() == bytes(1 << 20)
     assert filler.read_bytes() == filled
+
+
+@pytest.fixture(scope="session")
+def eiofs_bin(tmp_path_factory) -> Path:
+    """tests/integration/eiofs.c, built (libfuse3-dev)."""
+    src = Path(__file__).with_name("eiofs.c")
+    flags = subprocess.run(["pkg-config", "--cflags", "--libs", "fuse3"], capture_output=True, text=True)
+    assert flags.returncode == 0, f"pkg-config fuse3 failed (Debian: libfuse3-dev): {flags.stderr}"
+    out = tmp_path_factory.mktemp("eiofs") / "eiofs"
+    r = subprocess.run(["cc", "-O1", "-Wall", "-o", str(out), str(src), *flags.stdout.split()],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, f"eiofs did not build:\n{r.stderr}"
+    return out
+
+
+EIO_SIZE, EIO_BAD_SECTOR = 1 << 20, 8
+
+
+@pytest.fixture
+def eio_drive(eiofs_bin, tmp_path):
+    """A 1 MiB drive on FUSE whose host reads and writes of sector 8 fail with EIO. Yields
+    (image path, a function that unmounts and returns eiofs's counters line)."""
+    mnt = tmp_path / "eio"
+    mnt.mkdir()
+    bad = EIO_BAD_SECTOR * 512
+    fs = subprocess.Popen([str(eiofs_bin), str(mnt), str(EIO_SIZE), str(bad), "512"],
+                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True)
+    img = mnt / "disk.img"
+    deadline = time.monotonic() + 10
+    while not os.path.ismount(mnt):
+        assert fs.poll() is None, f"eiofs exited: {fs.stderr.read()}"
+        assert time.monotonic() < deadline, "eiofs did not mount within 10 s"
+        time.sleep(0.02)
+    ended = []
+
+    def finish() -> str:
+        if not ended:
+            subprocess.run(["umount", str(mnt)], capture_output=True)
+            try:
+                ended.append(fs.communicate(timeout=10)[1])
+            except subprocess.TimeoutExpired:
+                fs.kill()
+                ended.append(fs.communicate()[1])
+        return ended[0]
+    try:
+        yield img, finish
+    finally:
+        finish()
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def test_eio_from_the_backing_file_is_an_io_error_for_that_request_only(tiny_images, kvm_ok,
+                                                                        eio_drive):
+    img, finish = eio_drive
+    with open(img, "rb") as f:      # the host really fails there
+        with pytest.raises(OSError) as e:
+            os.pread(f.fileno(), 512, EIO_BAD_SECTOR * 512)
+        assert e.value.errno == errno.EIO
+    rounds = 4
+    t0 = time.monotonic()
+    r = kvmvm("boot", "--kernel", elf("blk-eio"), "--drive", str(img), "--cmdline",
+              f"bad={EIO_BAD_SECTOR} rounds={rounds}", "--timeout", "30", timeout=60)
+    took = time.monotonic() - t0
+    exited_normally(r)
+    assert r.status == 0, r.out + r.err
+    for i in range(1, rounds + 1):      # IOERR each time, and the device served what followed
+        assert f"blk-eio: round {i}: read bad 1, write bad 1, span 1, good ok" in r.out, r.out
+    assert f"blk-eio: ok {rounds} rounds" in r.out, r.out
+    assert "Traceback" not in r.err and "internal error" not in r.err, r.err
+    assert took < 30, f"kvmvm took {took:.1f} s"
+    with open(img, "rb") as f:          # the last good write reached the backing file
+        assert f.read(1024)[512:] == bytes((rounds * 31 + k) & 0xff for k in range(512))
+    counts = finish()
+    m = re.search(r"eiofs: (\d+) reads (\d+) writes (\d+) errors", counts)
+    assert m, counts
+    # every bad request failed on the host: read, write and span per round, plus the probe
+    assert int(m.group(3)) >= 3 * rounds + 1, counts
 
 
 def test_tap_deleted_under_a_running_vm(tiny_images, kvm_ok, netns):

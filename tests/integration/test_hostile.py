@@ -186,6 +186,109 @@ def test_queue_ready_zero_stops_the_old_rings(tiny_images, kvm_ok):
     assert "qoff: recovered after reset" in r.out
 
 
+# --- exit storms from every vCPU at once ---
+
+STORM_CPUS = 4
+
+
+def vcpu_seconds(pid: int) -> dict[str, float]:
+    """CPU seconds so far of each of pid's vCPU threads (kvmvm names them vcpuN)."""
+    out = {}
+    for t in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            name = (t / "comm").read_text().strip()
+            if name.startswith("vcpu"):
+                f = (t / "stat").read_text().rsplit(")", 1)[1].split()
+                out[name] = (int(f[11]) + int(f[12])) / CLK_TCK
+        except OSError:
+            pass
+    return out
+
+
+def read_for(fd: int, seconds: float) -> bytes:
+    got = b""
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        if select.select([fd], [], [], left)[0]:
+            chunk = os.read(fd, 1 << 16)
+            if not chunk:
+                break
+            got += chunk
+    return got
+
+
+def assert_all_storm(out: bytes) -> None:
+    """Every vCPU took part: each wrote its digit to the UART during the storm."""
+    digits = {chr(c) for c in out if chr(c).isdigit()}
+    assert digits == {str(i) for i in range(STORM_CPUS)}, f"console output from vCPUs {digits}"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_exit_storm_from_every_vcpu_stops_on_signal(tiny_images, kvm_ok, disk, sig):
+    """All vCPUs hammer the UART, unmapped ports, every virtio-mmio register and unmapped
+    MMIO at once: a signal still ends the VM within a second."""
+    p = start("--kernel", elf("flood"), "--cpus", str(STORM_CPUS), "--drive", str(disk),
+              "--cmdline", f"mode=storm cpus={STORM_CPUS}", "--timeout", "60")
+    try:
+        wait_line(p, f"flood storm: {STORM_CPUS} cpus running")
+        c0 = vcpu_seconds(p.pid)
+        out = read_for(p.stdout.fileno(), 1.0)
+        c1 = vcpu_seconds(p.pid)
+        assert p.poll() is None
+        took = stop_with(p, sig)
+    finally:
+        kill_quietly(p)
+    err = p.stderr.read().decode()
+    assert_all_storm(out)
+    assert sorted(c1) == [f"vcpu{i}" for i in range(STORM_CPUS)], c1
+    busy = {n: round(c1[n] - c0.get(n, 0), 3) for n in c1}
+    assert all(v > 0.02 for v in busy.values()), f"vCPU CPU seconds during 1 s of storm: {busy}"
+    assert p.returncode == 130, err
+    assert "VM stopped on request" in err and "Traceback" not in err, err
+    assert took < STOP_LIMIT_S, f"stop took {took:.2f} s"
+
+
+def test_exit_storm_from_every_vcpu_machine_api(tiny_images, kvm_ok, disk):
+    """The same storm through the Python API: the calling thread stays responsive (stats()
+    answers at once, every exit kind climbs) and Machine.stop() ends the VM within a second."""
+    from kvmvm.machine import Machine, MachineConfig
+
+    r_fd, w_fd = os.pipe()
+    m = Machine(MachineConfig(kernel=elf("flood"), cmdline=f"mode=storm cpus={STORM_CPUS}",
+                              cpus=STORM_CPUS, drives=[str(disk)], serial_out_fd=w_fd))
+    try:
+        m.start()
+        got = b""
+        deadline = time.monotonic() + 20
+        while b"cpus running" not in got:
+            assert time.monotonic() < deadline, f"the storm did not start: {got!r}"
+            got += read_for(r_fd, 0.2)
+        s0 = m.vm.stats()
+        slowest = 0.0
+        out = b""
+        for _ in range(10):
+            out += read_for(r_fd, 0.1)
+            t = time.monotonic()
+            s1 = m.vm.stats()
+            slowest = max(slowest, time.monotonic() - t)
+        assert m.wait(0) is None, "the VM ended by itself"
+        assert slowest < 0.1, f"stats() took {slowest * 1000:.0f} ms during the storm"
+        for kind in ("exits_io", "exits_mmio", "io_unhandled", "mmio_unhandled"):
+            assert s1[kind] > s0[kind], f"{kind} did not climb: {s0[kind]} -> {s1[kind]}"
+        assert_all_storm(out)
+        t0 = time.monotonic()
+        m.stop()
+        res = m.wait(STOP_LIMIT_S)
+        took = time.monotonic() - t0
+        assert res is not None, f"Machine.stop() did not end the VM within {STOP_LIMIT_S} s"
+        assert res.outcome == "stopped", res
+        assert took < STOP_LIMIT_S, f"stop took {took:.2f} s"
+    finally:
+        m.close()
+        os.close(r_fd)
+        os.close(w_fd)
+
+
 # --- vsock: host-side states a guest can leave hanging ---
 
 def _vsock_vm(tmp_path, mode: str, extra: str = ""):

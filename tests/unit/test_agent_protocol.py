@@ -59,6 +59,26 @@ def test_control_payload_must_be_a_json_object():
         p.Frame(0, p.CONTROL, 0, b"[1, 2]").json()
 
 
+
+@pytest.mark.parametrize("payload", [b"[" * 5000, b'{"a":' * 5000, b"[" * 100000])
+def test_control_payload_nested_too_deep_is_not_json(payload):
+    """Regression (atheris, tests/fuzz/fuzz_agent.py): json's RecursionError escaped."""
+    with pytest.raises(ProtocolError, match="not JSON"):
+        p.Frame(0, p.CONTROL, 0, payload).json()
+
+
+@pytest.mark.parametrize("code,want", [("x", 0), ([1], 0), (1e999, 0), (True, 0), (-1, 0),
+                                       (300, 0), (None, 0), (5, 5)])
+def test_error_reply_with_a_bad_code_is_an_agent_error(code, want):
+    """Regression (atheris): int(code) on a guest-chosen value raised ValueError/TypeError/
+    OverflowError instead of AgentError."""
+    from kvmvm.agent.session import AgentError
+
+    with pytest.raises(AgentError) as ei:
+        Session.reply({"op": "error", "reason": "r" * 5000, "code": code})
+    assert ei.value.code == want and len(ei.value.reason) == 1000
+
+
 # --- a scripted guest on the other end of a socketpair ---
 
 class FakeGuest:

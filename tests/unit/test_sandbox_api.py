@@ -247,3 +247,28 @@ def test_create_validates_before_booting():
             Sandbox.create(IMG, **kw)
     with pytest.raises(ConfigError, match="image"):
         Sandbox.create()
+
+
+@pytest.mark.parametrize("answer", [
+    {"op": "ok", "type": "file", "size": "10", "mode": [1], "mtime": 1e999},
+    {"op": "ok", "type": None, "size": True, "mode": None, "mtime": {"a": 1}},
+])
+def test_stat_answer_with_values_of_the_wrong_type(answer):
+    """Regression (atheris, tests/fuzz/fuzz_agent.py): int() of the guest's values raised
+    TypeError/OverflowError; they count as 0 now."""
+    from kvmvm.sandbox.files import info_from
+
+    e = info_from("/tmp/x", answer)
+    assert (e.name, e.size, e.mode, e.mtime) == ("x", 0, 0, 0)
+
+
+@pytest.mark.parametrize("entries,names", [
+    ({"a": 1}, []), (5, []), ("ab", []),
+    ([{"name": "a", "size": 3}, {"name": 7}, "b", {"name": "c", "size": "x"}], ["a", "c"]),
+])
+def test_ls_answer_with_malformed_entries(entries, names):
+    from kvmvm.sandbox.files import entries_from
+
+    got = entries_from("/d", {"op": "ok", "entries": entries})
+    assert [e.name for e in got] == names
+    assert all(isinstance(e.size, int) for e in got)

@@ -11,11 +11,16 @@
  *   qoff     QueueReady=0 on a live queue: the device must stop using the old rings
  *            (prints "qoff: no answer from a switched-off queue"), then recovers after reset
  *   halt     fills the rng ring, then halts with interrupts off (no vCPU runs again)
- * Every flooding mode first prints "flood <m>: running".
+ *   storm    every vCPU at once (cpus=<n>, default 1; lib/smp.c starts the others) hammers
+ *            the UART's registers and its output, unmapped ports, every virtio-mmio register
+ *            of every device and unmapped MMIO, for ever; prints "flood storm: <n> cpus
+ *            running" when all of them have started (they begin together after it)
+ * Every flooding mode first prints "flood <m>: running" (storm: as above).
  */
 #include "tiny.h"
 #include "tiny/virtio.h"
 #include "tiny/vblk.h"
+#include "tiny/smp.h"
 
 #define RNG_Q 64
 
@@ -153,6 +158,60 @@ static void flood_mmio(const struct tiny_boot_info *bi)
 	}
 }
 
+static struct vdev storm_devs[16];
+static int storm_ndevs;
+static volatile int storm_go;
+
+/* one vCPU's share of the storm: a mix of every kind of exit, the registers of shared
+ * devices included, so that the VMM's per-device locking sees all vCPUs at once */
+static void storm(uint32_t cpu)
+{
+	while (!__atomic_load_n(&storm_go, __ATOMIC_SEQ_CST))
+		cpu_relax();
+	for (uint32_t k = cpu * 7919;; k++) {
+		outb(COM1_PORT + 1, 0);			/* IER */
+		(void)inb(COM1_PORT + 5);		/* LSR */
+		(void)inb(COM1_PORT + 2);		/* IIR */
+		outb(COM1_PORT + 7, (uint8_t)k);	/* scratch */
+		outb(COM1_PORT, (uint8_t)('0' + cpu));	/* THR: console output */
+		(void)inl(0x1234 + (k & 0xf0));		/* nothing there */
+		outw(0x5678, (uint16_t)k);
+		for (int i = 0; i < storm_ndevs; i++) {
+			uint32_t off = (k * 4) & 0xfc;
+
+			(void)mmio_read32(storm_devs[i].base + off);
+			if (off != VIRTIO_MMIO_STATUS && off != VIRTIO_MMIO_QUEUE_NOTIFY)
+				mmio_write32(storm_devs[i].base + off, k * 2654435761u + off);
+			(void)mmio_read32(storm_devs[i].base + 0x100 + (k & 0x3c));	/* config */
+			if ((k & 63) == 0) {
+				mmio_write32(storm_devs[i].base + VIRTIO_MMIO_QUEUE_NOTIFY, k & 3);
+				mmio_write32(storm_devs[i].base + VIRTIO_MMIO_STATUS, (k >> 6) & 0xff);
+			}
+		}
+		(void)mmio_read32(0xd0800000ull + (cpu << 12));	/* unmapped */
+		mmio_write32(0xd0800000ull + (cpu << 12), k);
+	}
+}
+
+static void flood_storm(const struct tiny_boot_info *bi)
+{
+	char arg[16];
+	unsigned long cpus = 1;
+
+	if (cmdline_get(bi->cmdline, "cpus", arg, sizeof(arg)) == 0)
+		parse_ulong(arg, &cpus);
+	if (cpus < 1 || cpus > SMP_MAX_CPUS)
+		panic("cpus must be 1..8");
+	storm_ndevs = virtio_scan(bi->cmdline, storm_devs, 16);
+	smp_init(storm);
+	for (uint32_t id = 1; id < cpus; id++)
+		if (smp_start(id))
+			panic("an application processor did not start");
+	printf("flood storm: %u cpus running (%d devices)\n", smp_cpus_up(), storm_ndevs);
+	__atomic_store_n(&storm_go, 1, __ATOMIC_SEQ_CST);
+	storm(0);
+}
+
 static void queue_off(const struct tiny_boot_info *bi)
 {
 	uint8_t *buf = tiny_alloc(4096, 4096);
@@ -196,6 +255,8 @@ int main(const struct tiny_boot_info *bi)
 		flood_pio();
 	else if (!strcmp(mode, "mmio"))
 		flood_mmio(bi);
+	else if (!strcmp(mode, "storm"))
+		flood_storm(bi);
 	else if (!strcmp(mode, "qoff"))
 		queue_off(bi);
 	else if (!strcmp(mode, "halt")) {
