@@ -75,14 +75,17 @@ def cli():
 @click.option("--cwd", default=None, help="Working directory of commands.")
 @click.option("--user", default=None, help="User of commands.")
 @click.option("--pids", type=int, default=None, help="Most tasks the guest may run.")
+@click.option("--disk", "disk_mib", type=int, default=None,
+              help="MiB: the writable layer is a scratch disk this big (default: a tmpfs in the VM's memory).")
 @click.option("--cold", is_flag=True, help="Boot; do not restore from the warm snapshot.")
 @click.option("--json", "as_json", is_flag=True)
-def create(image, cpus, memory_mib, timeout, network, env, cwd, user, pids, cold, as_json):
+def create(image, cpus, memory_mib, timeout, network, env, cwd, user, pids, disk_mib, cold, as_json):
     """Create a sandbox from IMAGE; prints its id."""
     from kvmvm.sandbox.server import reclaim, state_root
 
     spec = {"image": image, "cpus": cpus, "memory_mib": memory_mib, "timeout": timeout or None,
-            "network": network, "envs": _env(env), "cwd": cwd, "user": user, "pids": pids, "warm": not cold}
+            "network": network, "envs": _env(env), "cwd": cwd, "user": user, "pids": pids, "disk_mib": disk_mib,
+            "warm": not cold}
     reclaim()
     root = state_root()
     root.mkdir(parents=True, exist_ok=True)
