@@ -218,12 +218,16 @@ def test_lifetime_timeout_and_extension(tmp_path):
     assert s.vm.closed
 
 
-def test_garbage_collection_tears_down(tmp_path):
+@pytest.mark.parametrize("background", [False, True], ids=["idle", "background-command-running"])
+def test_garbage_collection_tears_down(tmp_path, background):
     import gc
 
     vm = AgentProcessVm()
     s = Sandbox._adopt(vm, IMG, cwd=str(tmp_path))
     assert s.commands.run("echo x").stdout == "x\n"
+    if background:      # a running command's stream must not keep its sandbox alive
+        s.commands.run("while :; do echo tick; sleep 0.05; done", background=True)
+        time.sleep(0.3)
     del s
     gc.collect()
     deadline = time.monotonic() + 5
