@@ -197,7 +197,7 @@ class Sandbox:
                     self.warm_error = str(e)
         if vm is None:
             rd = RunDir(root=_run_root())
-            with svm.build_lock(tdir) as got:
+            with (svm.build_lock(tdir) if use_warm else contextlib.nullcontext(False)) as got:
                 build = use_warm and got and not svm.template_ready(tdir)
                 vm = svm.boot_cold(self.image, cpus=self.cpus, memory_mib=self.memory_mib, hostname=self.hostname,
                                    network=self.network, rundir=rd, template_dir=tdir if build else None,
