@@ -1,5 +1,5 @@
-"""kvmvm.Sandbox: time to the first command's result cold and warm, commands per second in
-one sandbox, and host memory per idle sandbox.
+"""kvmvm.Sandbox: time to the first command's result cold and warm, sandboxes per second,
+commands per second in one sandbox, and host memory per idle sandbox.
 
     .venv/bin/python benchmarks/sandbox.py [--image REF] [--runs 5] [--idle 4] [--json]
 
@@ -91,6 +91,26 @@ def main() -> int:
     warm = [first_result()[0] for _ in range(a.runs)]
     out["cold_create_to_first_result_ms"] = {"median": statistics.median(cold), "min": min(cold)}
     out["warm_create_to_first_result_ms"] = {"median": statistics.median(warm), "min": min(warm)}
+
+    # sandboxes created (warm), used once and killed per second: serially, and from 4 threads
+    t0 = time.perf_counter()
+    for _ in range(a.runs):
+        with Sandbox.create(img, memory_mib=a.memory) as sb:
+            sb.commands.run("true")
+    out["sandboxes_per_s_serial"] = round(a.runs / (time.perf_counter() - t0), 2)
+
+    def lifecycle():
+        for _ in range(max(1, a.runs // 2)):
+            with Sandbox.create(img, memory_mib=a.memory) as sb:
+                sb.commands.run("true")
+
+    t0 = time.perf_counter()
+    ts = [threading.Thread(target=lifecycle) for _ in range(4)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    out["sandboxes_per_s_4_threads"] = round(4 * max(1, a.runs // 2) / (time.perf_counter() - t0), 2)
 
     with Sandbox.create(img, memory_mib=a.memory) as sb:
         sb.commands.run("true")
