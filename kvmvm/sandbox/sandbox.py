@@ -188,8 +188,9 @@ class Sandbox:
             if restored is None and svm.template_ready(tdir):
                 try:
                     restored = svm.Restored(tdir, RunDir(root=_run_root()))
-                except Exception:       # a template from another build, removed files: boot cold
+                except Exception as e:  # a template from another build, removed files: boot cold
                     restored = None
+                    self.warm_error = f"restore: {type(e).__name__}: {e}"[:300]
             if restored is not None:
                 try:
                     vm = restored.connect(self.hostname, svm.RESTORE_CONNECT_TIMEOUT_S)

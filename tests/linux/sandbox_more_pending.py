@@ -22,7 +22,7 @@ import pytest
 
 from kvmvm.errors import CommandTimeout, SandboxClosed
 from kvmvm.sandbox import Sandbox
-from tests.linux.sandboxfixtures import _build_busybox, image, private_snapshots, warm  # noqa: F401 (fixtures)
+from tests.linux.sandboxfixtures import PROCS, _build_busybox, image, private_snapshots, warm  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -119,9 +119,9 @@ def test_fifty_threads_create_use_and_drop_sandboxes_leaving_nothing(warm):
     assert not [t.name for t in threads if t.is_alive()]
     assert not errors, errors[:5]
     assert len(set(ids)) == 50
-    assert all(w for w, _ in warm_flags), [e for w, e in warm_flags if not w][:3]
     leaked = _settled(before)
     assert not any(leaked.values()), leaked
+    assert all(w for w, _ in warm_flags), [e for w, e in warm_flags if not w][:3]
 
 
 def test_hostile_guest_stays_inside_its_limits(warm):
@@ -138,11 +138,15 @@ def test_hostile_guest_stays_inside_its_limits(warm):
     try:
         count = "ls -d /proc/[0-9]* | wc -l"       # kernel threads included
         base = int(sb.commands.run(count, timeout=60).stdout)
-        # a fork bomb meets the pids limit; the command's timeout kills its whole group
+        # a fork bomb meets the pids limit: its forks fail and it dies out, or the command's
+        # timeout kills its whole group
         t0 = time.monotonic()
-        with pytest.raises(CommandTimeout):
-            sb.commands.run("b() { b | b & }; b; wait", timeout=15)
-        assert time.monotonic() - t0 < 60
+        try:
+            r = sb.commands.run("b() { b | b & }; b; wait", timeout=30, check=False)
+            assert "fork" in r.stderr.lower(), r
+        except CommandTimeout:
+            pass
+        assert time.monotonic() - t0 < 90
         both_answer()
         left = int(sb.commands.run(count, timeout=60).stdout)
         assert left <= base + 4, f"{left} tasks after the fork bomb was killed, {base} before"
@@ -209,7 +213,7 @@ def test_pause_resume_keeps_files_processes_and_identity(warm, tmp_path):
     try:
         assert sb2.sandbox_id == sb.sandbox_id
         assert sb2.commands.run("cat /root/state.txt; hostname", timeout=60).stdout == f"kept{sb.sandbox_id}\n"
-        assert sb2.commands.run("pgrep -x sleep", check=False, timeout=60).stdout.strip() != ""
+        assert sb2.commands.run(PROCS + " | grep -c '^sleep 1000'", timeout=60).stdout == "1\n"
         sb2.files.write("/root/after", "y")
         assert sb2.files.read("/root/after") == "y"
     finally:
@@ -245,6 +249,14 @@ print(json.dumps(out), flush=True)
 """
 
 
+def _chrooted() -> bool:
+    try:
+        return os.stat("/").st_ino != os.stat("/proc/1/root/.").st_ino or \
+            os.stat("/").st_dev != os.stat("/proc/1/root/.").st_dev
+    except OSError:
+        return False
+
+
 def _passt_in(ns_ino: int) -> list[int]:
     out = []
     for d in Path("/proc").iterdir():
@@ -271,8 +283,15 @@ def test_network_true_reaches_the_host_through_passt(warm, private_snapshots):
             subprocess.run(ip + cmd, check=True, capture_output=True)
         code = NET_CHILD.format(root=str(ROOT), snaps=str(private_snapshots), store=str(warm.store.root),
                                 digest=warm.digest)
-        p = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", code], capture_output=True,
-                           text=True, timeout=300, env=dict(os.environ))
+        argv = ["ip", "netns", "exec", ns, sys.executable, "-c", code]
+        if _chrooted():
+            # the L1 test host runs tests chrooted, where no user namespace can be made (passt
+            # makes one): a mount namespace whose root is this root, by pivot_root
+            argv = ["ip", "netns", "exec", ns, "unshare", "-m", "sh", "-ec",
+                    'mount --make-rprivate /; mkdir -p /tmp/kvmvm-nr; mount --rbind / /tmp/kvmvm-nr; '
+                    'cd /tmp/kvmvm-nr; pivot_root . mnt; cd "$0"; exec "$@"', os.getcwd(),
+                    sys.executable, "-c", code]
+        p = subprocess.run(argv, capture_output=True, text=True, timeout=300, env=dict(os.environ))
         assert p.returncode == 0, p.stderr[-3000:]
         out = json.loads(p.stdout.strip().splitlines()[-1])
         assert not out["warm"]                         # network sandboxes always boot cold
@@ -295,6 +314,7 @@ from kvmvm.sandbox import Sandbox
 img = ImageStore(root={store!r}).resolve({digest!r})
 sb = Sandbox.create(img, memory_mib=256)
 print(sb.vm.rundir.path, sb.warm, flush=True)
+print(sb.warm_error, file=sys.stderr, flush=True)
 if sys.argv[1] == "hang":
     sb.commands.run("sleep 600", timeout=None)
 """
@@ -320,12 +340,13 @@ def test_process_exit_and_sigkill_leave_nothing(warm, private_snapshots):
     code = EXIT_CHILD.format(root=str(ROOT), snaps=str(private_snapshots), store=str(warm.store.root),
                              digest=warm.digest)
     for mode in ("exit", "hang"):
-        p = subprocess.Popen([sys.executable, "-c", code, mode], stdout=subprocess.PIPE, text=True)
+        p = subprocess.Popen([sys.executable, "-c", code, mode], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)
         try:
             line = _line(p, 180)
             assert line, f"the child ended without a word (exit {p.wait(30)})"
             rundir, was_warm = line.split()
-            assert was_warm == "True"
+            assert was_warm == "True", p.stderr.readline()
             if mode == "hang":
                 time.sleep(1)
                 p.send_signal(signal.SIGKILL)
@@ -335,6 +356,7 @@ def test_process_exit_and_sigkill_leave_nothing(warm, private_snapshots):
                 p.kill()
                 p.wait()
             p.stdout.close()
+            p.stderr.close()
         if mode == "exit":
             assert not Path(rundir).exists()
         else:
@@ -357,14 +379,20 @@ def _gone(pid: int) -> bool:
 
 def test_cli_against_a_real_vm(tmp_path):
     """kvmvm sandbox create|ls|exec|cp|rm on a real VM, and a SIGKILLed sandbox process
-    reclaimed by the next call. The image goes into the default store under a unique name
-    (the CLI's server resolves it there) and is removed at the end."""
+    reclaimed by the next call. The CLI gets a private KVMVM_HOME (its image store; the
+    guest kernel and initramfs caches linked from the real one)."""
+    from kvmvm.image.cache import kvmvm_home
     from kvmvm.images.store import ImageStore
 
-    name = f"kvmvm-sandbox-cli-test:{uuid.uuid4().hex[:8]}"
-    store = ImageStore(rootfs_type="ext4")
+    home = tmp_path / "home"
+    home.mkdir()
+    for entry in kvmvm_home().iterdir():
+        if entry.name not in ("images", "sandbox-snapshots", "sandbox-vms", "volumes", "run"):
+            (home / entry.name).symlink_to(entry)
+    name = "kvmvm-sandbox-cli-test:1"
+    store = ImageStore(root=home / "images", rootfs_type="ext4")
     store.import_(f"oci:{_build_busybox(tmp_path / 'build')}:1", name=name)
-    env = dict(os.environ, XDG_RUNTIME_DIR=str(tmp_path / "xdg"))
+    env = dict(os.environ, XDG_RUNTIME_DIR=str(tmp_path / "xdg"), KVMVM_HOME=str(home))
     (tmp_path / "xdg").mkdir()
     state = tmp_path / "xdg" / "kvmvm" / "sandboxes"
 
@@ -417,4 +445,3 @@ def test_cli_against_a_real_vm(tmp_path):
         assert not (state / info["sandbox_id"]).exists()
     finally:
         kv("rm", "--all")
-        store.remove(name)

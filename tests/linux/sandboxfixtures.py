@@ -15,6 +15,8 @@ from kvmvm.images.store import ImageStore
 from kvmvm.sandbox import Sandbox
 from tests.imagefixtures import BUSYBOX, TAG, _Tar, sh
 
+# every guest process's command line, one a line (the image's busybox has no pgrep)
+PROCS = "for p in /proc/[0-9]*; do tr '\\0' ' ' < $p/cmdline 2>/dev/null; echo; done"
 
 def _build_busybox(work: Path) -> Path:
     work.mkdir(parents=True, exist_ok=True)
