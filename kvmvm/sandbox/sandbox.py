@@ -364,6 +364,7 @@ class Sandbox:
         (target / "sandbox.json").write_text(json.dumps({
             "format": svm.TEMPLATE_FORMAT, "sandbox_id": self.sandbox_id, "image": self.image.digest,
             "store": str(store.root) if store is not None else None, "disk_mib": self.disk_mib,
+            "rootfs_type": getattr(self.image, "rootfs_type", None),
             "cpus": self.cpus, "memory_mib": self.memory_mib, "env": self.env, "cwd": self.cwd, "user": self.user,
             "hostname": self.hostname, "output_limit": self.output_limit, "metadata": self.metadata}))
         self.kill()
@@ -384,9 +385,10 @@ class Sandbox:
         except (OSError, ValueError):
             raise ConfigError(f"resume: {snapshot} is not a paused sandbox (no readable sandbox.json)") from None
         if meta.get("store"):         # the image store it came from (not only the default one)
-            from kvmvm.images.store import ImageStore
+            from kvmvm.images.store import DEFAULT_FSTYPE, ImageStore
 
-            img = ImageStore(root=meta["store"]).resolve(meta["image"])
+            img = ImageStore(root=meta["store"], rootfs_type=meta.get("rootfs_type") or DEFAULT_FSTYPE
+                             ).resolve(meta["image"])
         else:
             img = _resolve_image(meta["image"])
         sb = cls.__new__(cls)

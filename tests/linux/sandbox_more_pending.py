@@ -1,8 +1,19 @@
-"""PENDING (not collected until it passes in the L1 test host): kvmvm.Sandbox under load and
-abuse (linux tier): 50 threads creating, using and dropping sandboxes leave nothing behind;
-a hostile guest (fork bomb, memory hog, full disk, spinning CPU) stays inside its limits
-while a neighbour keeps answering; a scratch disk bounds the writable layer; pause/resume;
-network=True through passt; the end of the owning process; the CLI against a real VM.
+"""PENDING (not collected; rename to test_sandbox_more.py once each has passed in the L1 test
+host): kvmvm.Sandbox under load and abuse (linux tier). Status from the runs of 2026-12-02:
+- 50 threads creating, using and dropping sandboxes leave nothing behind: ran past the
+  420 s per-test limit in an L1 shared with a second L1 (36 of 50 done); needs a quieter
+  test host or a longer limit for this one test.
+- a hostile guest (fork bomb, memory hog, full disk, spinning CPU) stays inside its limits
+  while a neighbour answers: failed as first written (the bomb outlived its command, so the
+  sandbox had no task slot left: "cannot start the process: Resource temporarily
+  unavailable", a clear error); rewritten so the command's timeout kills the bomb's group;
+  not yet run again.
+- network=True through passt: passt cannot create its user namespace in the L1 test host
+  (EPERM: tests there run chrooted, tests/kvmhost/init.sh); needs the test host to
+  pivot_root/switch_root into the host root instead of chroot.
+- the end of the owning process (atexit; SIGKILL then reclaim): its child opened the image
+  store without the image's rootfs type, so it missed the warm snapshot; fixed, not yet run.
+- the CLI against a real VM: see the note in the report.
 """
 
 from __future__ import annotations
@@ -20,7 +31,7 @@ from pathlib import Path
 
 import pytest
 
-from kvmvm.errors import CommandTimeout, SandboxClosed
+from kvmvm.errors import CommandTimeout
 from kvmvm.sandbox import Sandbox
 from tests.linux.sandboxfixtures import PROCS, _build_busybox, image, private_snapshots, warm  # noqa: F401
 
@@ -78,6 +89,7 @@ def _settled(before: dict, timeout: float = 30.0) -> dict:
         time.sleep(0.2)
 
 
+@pytest.mark.timeout(900)
 def test_fifty_threads_create_use_and_drop_sandboxes_leaving_nothing(warm):
     """50 threads, each with its own sandbox: run, write, read, a background command left
     running, then kill(), the with-block, or only dropping it (garbage collection). In the
@@ -138,14 +150,11 @@ def test_hostile_guest_stays_inside_its_limits(warm):
     try:
         count = "ls -d /proc/[0-9]* | wc -l"       # kernel threads included
         base = int(sb.commands.run(count, timeout=60).stdout)
-        # a fork bomb meets the pids limit: its forks fail and it dies out, or the command's
-        # timeout kills its whole group
+        # a fork bomb meets the pids limit; the command's timeout kills its whole group (the
+        # bomb's processes outlive their parents: `sleep` keeps the command itself running)
         t0 = time.monotonic()
-        try:
-            r = sb.commands.run("b() { b | b & }; b; wait", timeout=30, check=False)
-            assert "fork" in r.stderr.lower(), r
-        except CommandTimeout:
-            pass
+        with pytest.raises(CommandTimeout):
+            sb.commands.run("b() { b | b & }; b; sleep 1000", timeout=20)
         assert time.monotonic() - t0 < 90
         both_answer()
         left = int(sb.commands.run(count, timeout=60).stdout)
@@ -174,52 +183,6 @@ def test_hostile_guest_stays_inside_its_limits(warm):
     assert not any(Path(d).exists() for d in dirs)
 
 
-def test_scratch_disk_bounds_the_writable_layer(warm):
-    """disk_mib: the first such sandbox boots cold and makes its own warm snapshot, with a
-    copy of the scratch disk; a restored one gets its own copy (nothing shared)."""
-    c = Sandbox.create(warm, memory_mib=256, disk_mib=48)
-    d = None
-    try:
-        assert not c.warm and c.vm.scratch is not None
-        c.files.write("/root/mine", "cold")
-        d = Sandbox.create(warm, memory_mib=256, disk_mib=48)
-        assert d.warm, d.warm_error
-        assert not d.files.exists("/root/mine")
-        total_kib = int(d.commands.run("df -k / | tail -n 1", timeout=60).stdout.split()[1])
-        assert 30_000 < total_kib <= 48 * 1024, total_kib
-        r = d.commands.run("dd if=/dev/zero of=/root/fill bs=1M count=200", check=False, timeout=180)
-        assert r.exit_code != 0 and "No space left on device" in r.stderr, r
-        st = os.stat(d.vm.scratch)
-        assert st.st_size == 48 << 20 and st.st_blocks * 512 <= (48 << 20) + (1 << 20)
-        d.commands.run("rm /root/fill", timeout=60)
-        assert d.commands.run("echo x > /root/y && cat /root/y", timeout=60).stdout == "x\n"
-        assert c.files.read("/root/mine") == "cold"
-        scratch = [c.vm.scratch, d.vm.scratch]
-    finally:
-        c.kill()
-        if d is not None:
-            d.kill()
-    assert not any(Path(p).exists() for p in scratch)
-
-
-def test_pause_resume_keeps_files_processes_and_identity(warm, tmp_path):
-    sb = Sandbox.create(warm, memory_mib=256)
-    sb.files.write("/root/state.txt", "kept")
-    sb.commands.run("sleep 1000", background=True)
-    snap = sb.pause(str(tmp_path / "snap"))
-    with pytest.raises(SandboxClosed):
-        sb.commands.run("true")
-    sb2 = Sandbox.resume(snap)
-    try:
-        assert sb2.sandbox_id == sb.sandbox_id
-        assert sb2.commands.run("cat /root/state.txt; hostname", timeout=60).stdout == f"kept{sb.sandbox_id}\n"
-        assert sb2.commands.run(PROCS + " | grep -c '^sleep 1000'", timeout=60).stdout == "1\n"
-        sb2.files.write("/root/after", "y")
-        assert sb2.files.read("/root/after") == "y"
-    finally:
-        sb2.kill()
-
-
 NET_CHILD = r"""
 import json, socket, sys, threading
 sys.path.insert(0, {root!r})
@@ -228,7 +191,7 @@ from kvmvm.sandbox import vm as svm
 svm.snapshot_root = lambda home=None: Path({snaps!r})
 from kvmvm.images.store import ImageStore
 from kvmvm.sandbox import Sandbox
-img = ImageStore(root={store!r}).resolve({digest!r})
+img = ImageStore(root={store!r}, rootfs_type="ext4").resolve({digest!r})
 srv = socket.socket()
 srv.bind(("127.0.0.1", 0))
 srv.listen(1)
@@ -247,14 +210,6 @@ out["reply"], out["nc_err"], out["got"] = r.stdout, r.stderr, got
 sb.kill()
 print(json.dumps(out), flush=True)
 """
-
-
-def _chrooted() -> bool:
-    try:
-        return os.stat("/").st_ino != os.stat("/proc/1/root/.").st_ino or \
-            os.stat("/").st_dev != os.stat("/proc/1/root/.").st_dev
-    except OSError:
-        return False
 
 
 def _passt_in(ns_ino: int) -> list[int]:
@@ -283,15 +238,8 @@ def test_network_true_reaches_the_host_through_passt(warm, private_snapshots):
             subprocess.run(ip + cmd, check=True, capture_output=True)
         code = NET_CHILD.format(root=str(ROOT), snaps=str(private_snapshots), store=str(warm.store.root),
                                 digest=warm.digest)
-        argv = ["ip", "netns", "exec", ns, sys.executable, "-c", code]
-        if _chrooted():
-            # the L1 test host runs tests chrooted, where no user namespace can be made (passt
-            # makes one): a mount namespace whose root is this root, by pivot_root
-            argv = ["ip", "netns", "exec", ns, "unshare", "-m", "sh", "-ec",
-                    'mount --make-rprivate /; mkdir -p /tmp/kvmvm-nr; mount --rbind / /tmp/kvmvm-nr; '
-                    'cd /tmp/kvmvm-nr; pivot_root . mnt; cd "$0"; exec "$@"', os.getcwd(),
-                    sys.executable, "-c", code]
-        p = subprocess.run(argv, capture_output=True, text=True, timeout=300, env=dict(os.environ))
+        p = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", code], capture_output=True,
+                           text=True, timeout=300, env=dict(os.environ))
         assert p.returncode == 0, p.stderr[-3000:]
         out = json.loads(p.stdout.strip().splitlines()[-1])
         assert not out["warm"]                         # network sandboxes always boot cold
@@ -311,7 +259,7 @@ from pathlib import Path
 svm.snapshot_root = lambda home=None: Path({snaps!r})
 from kvmvm.images.store import ImageStore
 from kvmvm.sandbox import Sandbox
-img = ImageStore(root={store!r}).resolve({digest!r})
+img = ImageStore(root={store!r}, rootfs_type="ext4").resolve({digest!r})
 sb = Sandbox.create(img, memory_mib=256)
 print(sb.vm.rundir.path, sb.warm, flush=True)
 print(sb.warm_error, file=sys.stderr, flush=True)
@@ -396,7 +344,7 @@ def test_cli_against_a_real_vm(tmp_path):
     (tmp_path / "xdg").mkdir()
     state = tmp_path / "xdg" / "kvmvm" / "sandboxes"
 
-    def kv(*args, input=None, timeout=300):
+    def kv(*args, input=None, timeout=150):
         return subprocess.run([*KVMVM, "sandbox", *args], capture_output=True, text=True, env=env,
                               input=input, timeout=timeout)
 

@@ -1,5 +1,6 @@
 """kvmvm.Sandbox against real VMs (linux tier): cold boot and warm snapshot, re-seeded
-identity of restored copies, every method, limits, pause/resume, threads, teardown.
+identity of restored copies, every method, limits, a scratch disk, pause/resume, threads,
+teardown.
 
 One busybox image (every applet linked) is imported into a private store; warm snapshots
 go to a private directory. Kept to a few sandboxes: each one is a VM in the emulated L1.
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from kvmvm.errors import CommandExitError, CommandTimeout, SandboxFileNotFound
+from kvmvm.errors import CommandExitError, CommandTimeout, SandboxClosed, SandboxFileNotFound
 from kvmvm.sandbox import Sandbox
 from tests.linux.sandboxfixtures import PROCS, image, private_snapshots, warm  # noqa: F401 (fixtures)
 
@@ -123,3 +124,48 @@ def test_limits_pids_and_lifetime(warm):
     finally:
         sb.kill()
 
+
+def test_scratch_disk_bounds_the_writable_layer(warm):
+    """disk_mib: the first such sandbox boots cold and makes its own warm snapshot, with a
+    copy of the scratch disk; a restored one gets its own copy (nothing shared)."""
+    c = Sandbox.create(warm, memory_mib=256, disk_mib=48)
+    d = None
+    try:
+        assert not c.warm and c.vm.scratch is not None
+        c.files.write("/root/mine", "cold")
+        d = Sandbox.create(warm, memory_mib=256, disk_mib=48)
+        assert d.warm, d.warm_error
+        assert not d.files.exists("/root/mine")
+        total_kib = int(d.commands.run("df -k / | tail -n 1", timeout=60).stdout.split()[1])
+        assert 30_000 < total_kib <= 48 * 1024, total_kib
+        r = d.commands.run("dd if=/dev/zero of=/root/fill bs=1M count=200", check=False, timeout=180)
+        assert r.exit_code != 0 and "No space left on device" in r.stderr, r
+        st = os.stat(d.vm.scratch)
+        assert st.st_size == 48 << 20 and st.st_blocks * 512 <= (48 << 20) + (1 << 20)
+        d.commands.run("rm /root/fill", timeout=60)
+        assert d.commands.run("echo x > /root/y && cat /root/y", timeout=60).stdout == "x\n"
+        assert c.files.read("/root/mine") == "cold"
+        scratch = [c.vm.scratch, d.vm.scratch]
+    finally:
+        c.kill()
+        if d is not None:
+            d.kill()
+    assert not any(Path(p).exists() for p in scratch)
+
+
+def test_pause_resume_keeps_files_processes_and_identity(warm, tmp_path):
+    sb = Sandbox.create(warm, memory_mib=256)
+    sb.files.write("/root/state.txt", "kept")
+    sb.commands.run("sleep 1000", background=True)
+    snap = sb.pause(str(tmp_path / "snap"))
+    with pytest.raises(SandboxClosed):
+        sb.commands.run("true")
+    sb2 = Sandbox.resume(snap)
+    try:
+        assert sb2.sandbox_id == sb.sandbox_id
+        assert sb2.commands.run("cat /root/state.txt; hostname", timeout=60).stdout == f"kept{sb.sandbox_id}\n"
+        assert sb2.commands.run(PROCS + " | grep -c '^sleep 1000'", timeout=60).stdout == "1\n"
+        sb2.files.write("/root/after", "y")
+        assert sb2.files.read("/root/after") == "y"
+    finally:
+        sb2.kill()
