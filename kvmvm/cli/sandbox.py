@@ -237,6 +237,17 @@ def ls(target, as_json):
                    f"{str(r['warm']).lower():>5} {r['pid']}")
 
 
+def _ended(pid: int | None) -> bool:
+    """No process pid, or only its zombie (its parent, the `create` call, is gone)."""
+    if not pid:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except (OSError, IndexError):
+        return True
+
+
 @cli.command()
 @click.argument("sids", nargs=-1)
 @click.option("--all", "all_", is_flag=True, help="Every sandbox.")
@@ -264,17 +275,21 @@ def rm(sids, all_):
             _call(sid, {"op": "kill"}, timeout=30)
         except KvmvmError:
             pass
+        # done when its directory is gone and its process has ended (it removes the directory
+        # just before it exits); past the deadline it is killed
         deadline = time.monotonic() + 10
-        while d.exists() and time.monotonic() < deadline:
+        while (d.exists() or not _ended(pid)) and time.monotonic() < deadline:
             time.sleep(0.05)
-        if d.exists() and pid:
+        if not _ended(pid):
             import signal
 
             try:
                 os.kill(pid, signal.SIGKILL)
             except OSError:
                 pass
-            time.sleep(0.2)
+            deadline = time.monotonic() + 5
+            while not _ended(pid) and time.monotonic() < deadline:
+                time.sleep(0.05)
     reclaim()
     if missing:
         raise SandboxNotFound(f"no sandbox {', '.join(missing)}")

@@ -13,7 +13,11 @@ host): kvmvm.Sandbox under load and abuse (linux tier). Status from the runs of 
   pivot_root/switch_root into the host root instead of chroot.
 - the end of the owning process (atexit; SIGKILL then reclaim): its child opened the image
   store without the image's rootfs type, so it missed the warm snapshot; fixed, not yet run.
-- the CLI against a real VM: see the note in the report.
+- the CLI against a real VM: create, ls, exec (status, --json, -i, --timeout 124), cp both
+  ways, ls of a directory, the one-line errors and rm all passed; it then found the rm'd
+  sandbox's process still alive for a moment (it removes its directory just before it
+  exits): `kvmvm sandbox rm` now waits for the process too; not yet run again, nor the
+  SIGKILL-then-reclaim part after it.
 """
 
 from __future__ import annotations
