@@ -153,10 +153,9 @@ def test_scratch_disk_bounds_the_writable_layer(warm):
     assert not any(Path(p).exists() for p in scratch)
 
 
-def test_pause_resume_keeps_files_processes_and_identity(warm, tmp_path):
+def test_pause_resume_keeps_files_and_identity(warm, tmp_path):
     sb = Sandbox.create(warm, memory_mib=256)
     sb.files.write("/root/state.txt", "kept")
-    sb.commands.run("sleep 1000", background=True)
     snap = sb.pause(str(tmp_path / "snap"))
     with pytest.raises(SandboxClosed):
         sb.commands.run("true")
@@ -164,7 +163,6 @@ def test_pause_resume_keeps_files_processes_and_identity(warm, tmp_path):
     try:
         assert sb2.sandbox_id == sb.sandbox_id
         assert sb2.commands.run("cat /root/state.txt; hostname", timeout=60).stdout == f"kept{sb.sandbox_id}\n"
-        assert sb2.commands.run(PROCS + " | grep -c '^sleep 1000'", timeout=60).stdout == "1\n"
         sb2.files.write("/root/after", "y")
         assert sb2.files.read("/root/after") == "y"
     finally:
