@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -72,6 +73,9 @@ def main() -> int:
     from kvmvm.sandbox import vm as svm
 
     work = Path(tempfile.mkdtemp(prefix="kvmvm-bench-sandbox-"))
+    # run directories hold Unix sockets: a local directory (KVMVM_HOME may be a 9p share)
+    os.environ.setdefault("XDG_RUNTIME_DIR", str(work / "xdg"))
+    (work / "xdg").mkdir(exist_ok=True)
     snaps = work / "snapshots"
     svm.snapshot_root = lambda home=None: snaps          # a private warm-snapshot cache
     img = a.image or busybox_image(work)
