@@ -32,7 +32,7 @@ class MachineConfig:
     serial_out_fd: int = 1        # where the guest's console goes
     serial_in_fd: int = -1        # where its input comes from (-1: none)
     kvm_path: str = "/dev/kvm"
-    drives: list = Factory(list)   # "PATH[,ro]" specs; the first is /dev/vda
+    drives: list = Factory(list)   # "PATH[,ro][,direct][,id=ID]" specs; the first is /dev/vda
     nets: list = Factory(list)     # "tap=NAME[,mac=..]" or "user[,mac=..][,tcp=H:G][,udp=H:G]" specs
     vsock: str | None = None                     # "cid=N,uds=PATH"
     rng: bool = True

@@ -13,7 +13,8 @@ cd "$(dirname "$0")/.."
 PY=.venv/bin/python
 REPORTS=build/test-reports
 TIERS=${KVMVM_TIERS:-host,asan,linux}
-ASAN_PATHS=(tests/integration/test_hostile.py tests/integration/test_virtio.py tests/integration/test_snapshot.py)
+ASAN_PATHS=(tests/integration/test_hostile.py tests/integration/test_virtio.py tests/integration/test_snapshot.py
+            tests/integration/test_blk_direct.py)
 LINUX_TIMEOUT=${KVMVM_LINUX_TIER_TIMEOUT:-1800}
 # one linux-tier test may not take longer than this (a hung nested guest fails, not stalls)
 LINUX_TEST_TIMEOUT=${KVMVM_LINUX_TEST_TIMEOUT:-420}

@@ -47,6 +47,7 @@ class Mount:
     fstype: str
     target: str
     readonly: bool = False
+    direct: bool = False        # O_DIRECT on the host file (`,direct` drive option)
 
 
 SCRATCH_ID = "kvmvm-scratch"      # the drive id (virtio serial) of a scratch disk
@@ -83,7 +84,7 @@ class ContainerVm:
 
         drives = [f"{self.rootfs},ro,id=kvmvm-root"]
         for i, m in enumerate(self.mounts):
-            drives.append(f"{m.path}{',ro' if m.readonly else ''},id=kvmvm-m{i}")
+            drives.append(f"{m.path}{',ro' if m.readonly else ''}{',direct' if m.direct else ''},id=kvmvm-m{i}")
         if self.scratch is not None:
             drives.append(f"{self.scratch},id={SCRATCH_ID}")
         cmdline = CMDLINE + (" " + self.cmdline_extra if self.cmdline_extra else "")

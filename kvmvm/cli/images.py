@@ -9,52 +9,21 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from datetime import datetime, timezone
 from typing import Optional
 
 import click
 
+from kvmvm.image.progress import RichPhases, Scoped
 from kvmvm.images.progress import ImportProgress, PlainImportProgress
 
 
-class RichImportProgress(ImportProgress):
-    """A live line per phase (spinner, bar and bytes when the size is known, elapsed time);
-    finished phases and verified layers stay above it as check-marked lines."""
+class RichImportProgress(RichPhases, ImportProgress):
+    """A live line per phase with the bytes done when the size is known; finished phases
+    and verified layers stay above it as check-marked lines."""
 
-    def __init__(self):
-        from rich.console import Console
-        from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-
-        self.console = Console(stderr=True, highlight=False)
-        self.bar = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(bar_width=24),
-                            TextColumn("{task.fields[sizes]}"), TimeElapsedColumn(), console=self.console,
-                            transient=True, refresh_per_second=8)
-        self.task = None
-        self.name: Optional[str] = None
-        self.t0 = 0.0
-
-    def __enter__(self):
-        self.bar.start()
-        return self
-
-    def __exit__(self, exc_type, *exc):
-        if exc_type is None:
-            self._finish()
-        self.bar.stop()
-
-    def _finish(self):
-        if self.name is not None:
-            self.console.print(f"[green]✓[/] {self.name} [dim]({time.monotonic() - self.t0:.1f}s)")
-            self.name = None
-
-    def phase(self, name, total=None):
-        self._finish()
-        self.name, self.t0 = name, time.monotonic()
-        if self.task is None:
-            self.task = self.bar.add_task(name, total=total, sizes="")
-        else:
-            self.bar.reset(self.task, total=total, description=name, sizes="")
+    def __init__(self, console=None):
+        super().__init__("kvmvm image", "sizes", columns=("{task.fields[sizes]}",), console=console)
 
     def advance(self, n):
         from kvmvm.images.store import human_size
@@ -67,24 +36,13 @@ class RichImportProgress(ImportProgress):
     def step(self, line):
         self.console.print(f"  [green]✓[/] {line}")
 
-    def note(self, line):
-        self.console.print(f"kvmvm image: {line}", soft_wrap=True)
+
+class _Plain(Scoped, PlainImportProgress):
+    pass
 
 
-class _Plain(PlainImportProgress):
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        pass
-
-
-class _Quiet(ImportProgress):
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        pass
+class _Quiet(Scoped, ImportProgress):
+    pass
 
 
 def progress_for(plain: bool, quiet: bool):

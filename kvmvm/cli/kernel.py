@@ -4,54 +4,21 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 
 import click
 
 from kvmvm.errors import ConfigError
 from kvmvm.image import Artifacts, PlainProgress, Progress, build_default, cached_default
+from kvmvm.image.progress import RichPhases, Scoped
 
 
-class RichProgress(Progress):
-    """One live line: spinner, phase, a bar when the phase has a size, steps, elapsed time
-    and the last make line; each finished phase leaves a check-marked line above it.
-    Used when stderr is a terminal."""
+class RichProgress(RichPhases, Progress):
+    """Steps counted, with the last make line, on the live line; used when stderr is a
+    terminal."""
 
-    def __init__(self):
-        from rich.console import Console
-        from rich.progress import (BarColumn, Progress as Bar, SpinnerColumn, TextColumn,
-                                   TimeElapsedColumn)
-
-        self.console = Console(stderr=True, highlight=False)
-        self.bar = Bar(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(bar_width=24),
-                       TextColumn("{task.completed:>5.0f}"), TimeElapsedColumn(),
-                       TextColumn("[dim]{task.fields[last]}"), console=self.console,
-                       transient=True, refresh_per_second=8)
-        self.task = None
-        self.name = None
-        self.t0 = 0.0
-
-    def __enter__(self):
-        self.bar.start()
-        return self
-
-    def __exit__(self, exc_type, *exc):
-        if exc_type is None:
-            self._finish()
-        self.bar.stop()
-
-    def _finish(self):
-        if self.name is not None:
-            self.console.print(f"[green]✓[/] {self.name} [dim]({time.monotonic() - self.t0:.1f}s)")
-            self.name = None
-
-    def phase(self, name, total=None):
-        self._finish()
-        self.name, self.t0 = name, time.monotonic()
-        if self.task is None:
-            self.task = self.bar.add_task(name, total=total, last="")
-        else:
-            self.bar.reset(self.task, total=total, description=name, last="")
+    def __init__(self, console=None):
+        super().__init__("kvmvm kernel", "last", columns=("{task.completed:>5.0f}",),
+                         trailing=("[dim]{task.fields[last]}",), console=console)
 
     def step(self, line):
         t = self.bar.tasks[0]
@@ -60,20 +27,13 @@ class RichProgress(Progress):
             total = int(total * 1.1)  # the estimate was low: keep the bar short of full
         self.bar.update(self.task, advance=1, total=total, last=line.strip()[:60])
 
-    def note(self, line):
-        self.console.print(f"kvmvm kernel: {line}", soft_wrap=True)
-
     def done(self, summary):
         self._finish()
         self.console.print(summary)
 
 
-class _Plain(PlainProgress):
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        pass
+class _Plain(Scoped, PlainProgress):
+    pass
 
 
 def _progress(plain: bool):

@@ -42,7 +42,7 @@ BOOT = [
         "In-kernel i8254 PIT: auto gives one to Linux kernels only.", choices=("auto", "on", "off")),
     Opt(("--json",), "as_json", "flag", False, "Print a final JSON object with the outcome."),
     Opt(("--drive",), "drives", str, (), "virtio-blk raw image (repeatable; the first is /dev/vda).",
-        multiple=True, metavar="PATH[,ro]"),
+        multiple=True, metavar="PATH[,ro][,direct]"),
     Opt(("--net",), "nets", str, (), "virtio-net over a TAP, or over passt with user (repeatable).",
         multiple=True, metavar="tap=NAME[,mac=MAC]|user[,tcp=H:G]"),
     Opt(("--vsock",), "vsock", str, None, "virtio-vsock, Firecracker-style host UDS.",

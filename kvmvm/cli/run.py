@@ -43,7 +43,8 @@ class RunCommand(click.Command):
 @click.option("--timeout", metavar="SECONDS", help="Stop the VM after this long (exit 137).")
 @click.option("--read-only", is_flag=True, help="Mount the image read-only (/tmp, /run, /var/tmp stay writable).")
 @click.option("-v", "--volume", multiple=True, metavar="SRC:DEST[:ro]",
-              help="A named volume (NAME:/path) or a host directory copied in read-only (/dir:/path:ro).")
+              help="A named volume (NAME:/path; :direct opens it with O_DIRECT) or a host directory "
+                   "copied in read-only (/dir:/path:ro).")
 @click.option("--net", "--network", "net", default="none", show_default=True, metavar="MODE",
               help="none, user (passt: outbound + -p) or tap=NAME.")
 @click.option("-p", "--publish", multiple=True, metavar="HOST:GUEST", help="Publish a port (with --net user).")
@@ -168,7 +169,7 @@ def _mounts(vols, rd, stack) -> list:
             path = vs.get_or_create(v.source)
             if not v.readonly:     # one writer at a time: ext4 in two kernels would corrupt it
                 stack.enter_context(vs.lock(v.source))
-            out.append(Mount(str(path), "ext4", v.target, v.readonly))
+            out.append(Mount(str(path), "ext4", v.target, v.readonly, v.direct))
     return out
 
 

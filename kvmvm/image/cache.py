@@ -93,7 +93,9 @@ def atomic_write(path: Path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-        os.replace(tmp, path)
+            f.flush()
+            os.fsync(f.fileno())    # else a crash (or a test host killed over 9p) can leave
+        os.replace(tmp, path)       # the rename on disk without the data: an empty file
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)

@@ -25,9 +25,16 @@ echo "kvmvm: init ready"
 export PS1='kvmvm:\w# '
 if grep -qw kvmvm.console=pipe /proc/cmdline; then
   # The host's input is a pipe (kvmvm boot < script): a shell reading a pipe runs the
-  # lines as they come and ends at the host's end of input (^D, read by cat in the
+  # lines as they come and ends at the host's end of input (^D, read by dd in the
   # console's canonical mode); an interactive shell's line editor would not see it.
-  cat /dev/console | sh
+  # dd, not cat: busybox cat copies with sendfile(), and Linux 6.1 splices a tty into a
+  # pipe holding the pipe's lock while it waits for the next line, so the shell got each
+  # line only when the one after it arrived. A FIFO, not a pipeline: the shell's `exit`
+  # then ends the VM at once (dd would only learn of it when writing the next line).
+  mkfifo /run/console-in
+  dd if=/dev/console of=/run/console-in bs=4096 2>/dev/null &
+  sh < /run/console-in
+  kill $! 2>/dev/null
 else
   # setsid + cttyhack give the interactive shell a controlling tty (job control, ^C)
   setsid cttyhack sh

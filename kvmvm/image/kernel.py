@@ -210,6 +210,10 @@ def build(home: Optional[Path] = None, jobs: Optional[int] = None, force: bool =
     if jobs < 1:
         raise ConfigError(f"--jobs must be at least 1, not {jobs}")
     frag = fragment_text()
+    hit = None if force else cached(home)
+    if hit:     # entries are published atomically: no lock needed to find one (another
+        progress.note(f"kernel: cached {hit.vmlinux.parent}")   # build may hold it for long)
+        return hit
     with cache.locked(home, "kernel"):
         hit = cached(home)
         if hit and not force:

@@ -44,6 +44,7 @@ class VolumeSpec:
     source: str
     target: str
     readonly: bool
+    direct: bool = False    # the volume's image opened with O_DIRECT (no host page cache)
 
 
 def parse_volume_spec(spec: str) -> VolumeSpec:
@@ -58,21 +59,26 @@ def parse_volume_spec(spec: str) -> VolumeSpec:
         raise VolumeError(f"-v {spec}: too many ':' (expected SOURCE:DEST[:OPTIONS])")
     src, dest = parts[0], parts[1]
     opts = parts[2].split(",") if len(parts) == 3 else []
-    ro = None
+    ro, direct = None, False
     for o in opts:
-        if o in ("ro", "rw"):
+        if o == "direct":
+            direct = True
+        elif o in ("ro", "rw"):
             if ro is not None and ro != (o == "ro"):
                 raise VolumeError(f"-v {spec}: both ro and rw given")
             ro = o == "ro"
         elif o in ("z", "Z", ""):      # SELinux relabelling: nothing to do in a VM
             continue
         else:
-            raise VolumeError(f"-v {spec}: unknown option {o!r} (known: ro, rw)")
+            raise VolumeError(f"-v {spec}: unknown option {o!r} (known: ro, rw, direct)")
     target = _target(spec, dest)
     if not src:
         raise VolumeError(f"-v {spec}: empty source")
     if src.startswith(("/", ".", "~")):
         host = os.path.abspath(os.path.expanduser(src))
+        if direct:
+            raise VolumeError(f"-v {spec}: direct applies to named volumes (a host directory is "
+                              f"copied into a fresh image for each run)")
         if not ro:
             raise VolumeError(f"-v {spec}: read-write host directories are not supported (the VM cannot "
                               f"share the host's filesystem yet); use {src}:{dest}:ro to copy it in "
@@ -85,7 +91,7 @@ def parse_volume_spec(spec: str) -> VolumeSpec:
     if not NAME.match(src):
         raise VolumeError(f"-v {spec}: {src!r} is not a valid volume name "
                           f"([a-zA-Z0-9][a-zA-Z0-9_.-]*, at most 64) nor a path (start it with / or ./)")
-    return VolumeSpec("volume", src, target, bool(ro))
+    return VolumeSpec("volume", src, target, bool(ro), direct)
 
 
 def _target(spec: str, dest: str) -> str:

@@ -26,8 +26,11 @@ struct kvmvm_virtio_info {
 };
 
 int kvmvm_vm_add_virtio_rng(kvmvm_vm *vm, uint64_t base, int irq, int flags);
+/* mode: KVMVM_BLK_* bits. A direct drive whose file system cannot do O_DIRECT: -EOPNOTSUPP */
+#define KVMVM_BLK_RO     1
+#define KVMVM_BLK_DIRECT 2
 int kvmvm_vm_add_virtio_blk(kvmvm_vm *vm, uint64_t base, int irq, int flags,
-                            const char *path, int readonly, const char *serial);
+                            const char *path, int mode, const char *serial);
 int kvmvm_vm_add_virtio_net(kvmvm_vm *vm, uint64_t base, int irq, int flags,
                             const char *tap, const uint8_t *mac);
 /* virtio-net over a connected stream socket (passt --fd): the device dups fd */

@@ -25,6 +25,8 @@
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <linux/filter.h>
+#include <malloc.h>
+#include <sys/sysinfo.h>
 #include <linux/seccomp.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
@@ -38,7 +40,9 @@ static const char *const class_names[KVMVM_SC_NCLASSES] = {
     "vcpu", "worker", "serial-writer", "serial-reader", "main", "spawner",
 };
 
-static __thread int my_class = -1;      /* for the SIGSYS line */
+/* for the SIGSYS line; initial-exec: a dlopen'ed library's TLS is otherwise allocated by
+   malloc on a thread's first access, which may be in the handler (not async-signal-safe) */
+static __thread int my_class __attribute__((tls_model("initial-exec"))) = -1;
 #define NR_NAMES 512
 static const char *sc_names[NR_NAMES];  /* resolved before any filter: the handler cannot allocate */
 
@@ -241,6 +245,10 @@ static void on_sigsys(int sig, siginfo_t *si, void *uc)
 
 static void prepare_once(void)
 {
+    /* glibc's malloc sizes its arena limit from /sys/devices/system/cpu/online the first time
+       a thread needs a ninth arena: a filtered thread must not be the one to open it. The
+       same limit glibc would compute (8 per CPU), fixed now while opening is allowed. */
+    mallopt(M_ARENA_MAX, 8 * (get_nprocs() > 0 ? get_nprocs() : 1));
     for (int i = 0; i < NR_NAMES; i++)
         sc_names[i] = seccomp_syscall_resolve_num_arch(SCMP_ARCH_NATIVE, i);
     struct sigaction sa;

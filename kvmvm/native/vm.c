@@ -413,6 +413,11 @@ static void *vcpu_thread(void *arg)
         if (rc < 0) {
             if (errno == EINTR || errno == EAGAIN) {
                 atomic_fetch_add_explicit(&vm->exits_intr, 1, memory_order_relaxed);
+                /* a pause that gave up (timeout) leaves immediate_exit set on vCPUs that
+                   had not parked: without this they would spin here and the guest freeze.
+                   A pause requested meanwhile is seen at the top of the loop. */
+                if (v->run->immediate_exit && !atomic_load(&vm->pause_req) && !atomic_load(&vm->stopping))
+                    v->run->immediate_exit = 0;
                 continue;
             }
             vm_stop_simple(vm, KVMVM_STOP_ERROR, errno, v->id);

@@ -53,6 +53,7 @@ CASES = [
     ("drive-dev-zero", ["--kernel", HELLO, "--drive", "/dev/zero"], 2, "not a regular file or block device"),
     ("drive-bad-option", ["--kernel", HELLO, "--drive", "{t}/disk.img,fast"], 2, "unknown option"),
     ("drive-ro-value", ["--kernel", HELLO, "--drive", "{t}/disk.img,ro=no"], 2, "ro takes no value"),
+    ("drive-direct-value", ["--kernel", HELLO, "--drive", "{t}/disk.img,direct=no"], 2, "direct takes no value"),
     ("drive-id-too-long", ["--kernel", HELLO, "--drive", "{t}/disk.img,id=" + "i" * 21], 2, "longer than 20"),
     ("drive-empty-spec", ["--kernel", HELLO, "--drive", ""], 2, "--drive"),
     ("net-no-tap", ["--kernel", HELLO, "--net", "mac=52:54:00:00:00:01"], 2, "no TAP name"),

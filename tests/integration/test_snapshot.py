@@ -320,3 +320,54 @@ def test_restored_vms_share_guest_memory(kvm_ok, tiny_images, tmp_path):
         for p in procs:
             p.kill()
             p.wait()
+
+
+
+def test_a_pause_that_times_out_leaves_the_guest_running(kvm_ok, tiny_images, tmp_path):
+    """A vCPU busy in a slow (Python) device handler cannot park within the timeout: the
+    pause gives up, and that vCPU, told to leave KVM_RUN, must run the guest again (it spun
+    on EINTR for ever, the guest frozen). pio-loop writes port 0x80 200 times."""
+    import threading
+
+    from kvmvm.vm import BUS_PIO
+
+    class SlowPort:
+        def __init__(self):
+            self.writes = 0
+
+        def read(self, offset, size):
+            return b"\0" * size
+
+        def write(self, offset, data):
+            self.writes += 1
+            time.sleep(0.01)
+
+    port = SlowPort()
+    p, f = out_file(tmp_path, "pio.out")
+    m = Machine(MachineConfig(kernel=elf("pio-loop"), cmdline="200", serial_out_fd=f.fileno()))
+    m.build()
+    m.vm.add_py_device(BUS_PIO, 0x80, 1, port)
+    res = {}
+    t = threading.Thread(target=lambda: res.update(r=m.run()), daemon=True)
+    t.start()
+    try:
+        deadline = time.monotonic() + 10
+        while port.writes < 5 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        gave_up = None
+        for _ in range(100):    # the vCPU is mostly in the handler; a kick between two
+            try:                # writes lets it park in time, and then we just resume
+                m.pause(timeout=0.002)
+            except Exception as e:
+                gave_up = str(e)
+                break
+            m.resume()
+        assert gave_up and "did not stop within" in gave_up, gave_up
+        assert not m.paused
+        t.join(30)
+        assert not t.is_alive(), f"the guest froze after the pause gave up ({port.writes} of 200 writes)"
+        assert res["r"].status == 0 and port.writes == 200
+    finally:
+        if t.is_alive():
+            m.stop()
+            t.join(5)

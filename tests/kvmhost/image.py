@@ -30,6 +30,7 @@ MODULES = (
     "netfs", "fscache", "9pnet", "virtio_ring", "virtio", "virtio_pci_legacy_dev",
     "virtio_pci_modern_dev", "virtio_pci", "9pnet_virtio", "9p",
     "tun",
+    "dummy",        # a default route in a test's network namespace (passt copies its addresses)
 )
 MODULE_OPTIONS = {"kvm_amd": "nested=1 npt=1"}
 BUSYBOX = Path("/bin/busybox")

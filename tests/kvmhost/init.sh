@@ -40,7 +40,11 @@ share() {
 ip link set lo up 2>/dev/null
 
 say "ready $(cut -d' ' -f1 /proc/uptime)"
-chroot /host /bin/sh /proc/self/fd/3 3</ctl/cmd.sh </dev/null >/ctl/out 2>&1
+# Not a plain chroot: Linux refuses a user namespace (passt's isolation) to a chrooted
+# process. In a mount namespace of the command's own, the host's tree (with the mounts
+# above) is moved onto / and becomes the root mount, as switch_root does.
+unshare -m sh -c 'cd /host && mount -o move . / && exec chroot . /bin/sh /proc/self/fd/3' \
+  3</ctl/cmd.sh </dev/null >/ctl/out 2>&1
 st=$?
 sync
 echo "$st" > /ctl/status

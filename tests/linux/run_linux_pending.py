@@ -90,10 +90,38 @@ def xdg():
     assert [p.name for p in left if not p.name.startswith(".")] == [], "a run left its directory behind"
 
 
+def _diagnose_and_kill(p: subprocess.Popen) -> str:
+    """A run that overstayed: what its threads and children were doing, then the whole group
+    killed (a child holding the pipes must not turn a failure into a stalled test run)."""
+    ps = subprocess.run(["ps", "-eLo", "pid,tid,stat,wchan:32,comm,args"], capture_output=True, text=True).stdout
+    mine = "\n".join(l for l in ps.splitlines() if "kvmvm" in l or "passt" in l or "PID" in l)
+    try:
+        os.kill(p.pid, signal.SIGABRT)       # PYTHONFAULTHANDLER=1: every thread's traceback
+        time.sleep(2)
+    except ProcessLookupError:
+        pass
+    try:
+        os.killpg(p.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    return mine
+
+
 def run(xdg, *args, input=None, timeout=TIMEOUT, text=True, env_extra=None, **kw):
-    env = dict(os.environ, XDG_RUNTIME_DIR=xdg, **(env_extra or {}))
-    return subprocess.run([*KVMVM, "run", *args], input=input, capture_output=True, timeout=timeout,
-                          env=env, text=text, **kw)
+    env = dict(os.environ, XDG_RUNTIME_DIR=xdg, PYTHONFAULTHANDLER="1", **(env_extra or {}))
+    p = subprocess.Popen([*KVMVM, "run", *args], stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=text,
+                         start_new_session=True, **kw)
+    try:
+        out, err = p.communicate(input, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        threads = _diagnose_and_kill(p)
+        try:
+            out, err = p.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            out, err = "", "(pipes still held open after the kill)"
+        raise AssertionError(f"kvmvm run {args} overstayed {timeout} s\n{threads}\n--- stderr:\n{err!s:.6000}")
+    return subprocess.CompletedProcess(p.args, p.returncode, out, err)
 
 
 def popen(xdg, *args, **kw):
@@ -258,3 +286,72 @@ def test_kvmvm_failures_are_125_with_one_line(image, xdg, args, why):
     r = run(xdg, *[image[0] if a == "IMAGE" else a for a in args])
     assert r.returncode == 125 and why in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
 
+
+
+# --- --net user: passt in a network namespace the test creates (a dummy interface with a
+# default route, since passt copies its addresses from that interface) ---
+
+_NET_DRIVER = r'''
+import json, os, socket, subprocess, sys, threading, time
+image, kvmvm = sys.argv[1], sys.argv[2:]
+srv = socket.socket()
+srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind(("127.0.0.1", 9099))
+srv.listen(1)
+def answer():
+    c, _ = srv.accept()
+    c.sendall(b"host-says-hi\n")
+    c.close()
+threading.Thread(target=answer, daemon=True).start()
+guest = ("GW=$(ip route | awk '/^default/ {print $3}'); echo gw=$GW; "
+         "echo out=$(nc $GW 9099 </dev/null); echo guest-says-hi | nc -l -p 80; echo served")
+p = subprocess.Popen([*kvmvm, "run", "--net", "user", "-p", "18080:80", image, "sh", "-c", guest],
+                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+got, deadline = "", time.monotonic() + 240
+while p.poll() is None and time.monotonic() < deadline and "guest-says-hi" not in got:
+    try:
+        with socket.create_connection(("127.0.0.1", 18080), timeout=5) as c:
+            got = c.recv(100).decode()
+    except OSError:
+        time.sleep(0.5)
+try:
+    out, err = p.communicate(timeout=120)
+except subprocess.TimeoutExpired:
+    p.kill()
+    out, err = p.communicate()
+print(json.dumps({"rc": p.returncode, "out": out, "err": err, "inbound": got}))
+'''
+
+
+@pytest.fixture
+def routed_netns():
+    name = f"kvmvm-run-{uuid.uuid4().hex[:8]}"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        ns = ["ip", "netns", "exec", name]
+        for c in (["ip", "link", "set", "lo", "up"],
+                  ["ip", "link", "add", "eth0", "type", "dummy"],
+                  ["ip", "addr", "add", "192.0.2.2/24", "dev", "eth0"],
+                  ["ip", "link", "set", "eth0", "up"],
+                  ["ip", "route", "add", "default", "via", "192.0.2.1"]):
+            subprocess.run([*ns, *c], check=True)
+        yield ns
+    finally:
+        subprocess.run(["ip", "netns", "del", name])
+
+
+def test_net_user_outbound_and_published_port(image, xdg, routed_netns):
+    """The guest reaches a host service through passt's gateway address, and a host client
+    reaches the guest's port 80 through `-p 18080:80`; passt is gone afterwards."""
+    import json
+
+    env = dict(os.environ, XDG_RUNTIME_DIR=xdg)
+    r = subprocess.run([*routed_netns, sys.executable, "-c", _NET_DRIVER, image[0], *KVMVM],
+                       capture_output=True, text=True, timeout=TIMEOUT + 100, env=env)
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout.strip().splitlines()[-1])
+    assert res["rc"] == 0, res
+    lines = res["out"].splitlines()
+    assert "out=host-says-hi" in lines and lines[-1] == "served", res
+    assert res["inbound"] == "guest-says-hi\n", res
+    _no_kvmvm_children()

@@ -82,10 +82,18 @@ def end(m: Machine) -> None:
     m.close()
 
 
-def at_shell(con: Console, tag: str) -> None:
-    """Wait until the guest's shell answers."""
-    con.send(f"echo {tag}-$((40+2))")
-    con.expect(rf"^{tag}-42")
+def at_shell(con: Console, tag: str, timeout: float = TIMEOUT) -> None:
+    """Wait until the guest's shell answers: the probe is repeated, since a line sent while
+    the guest's init is still starting its shell may be echoed by the tty and never read."""
+    deadline = time.monotonic() + timeout
+    while True:
+        con.send(f"echo {tag}-$((40+2))")
+        try:
+            con.expect(rf"^{tag}-42", timeout=5)
+            return
+        except AssertionError:
+            if time.monotonic() > deadline:
+                raise
 
 
 @pytest.fixture(scope="module")

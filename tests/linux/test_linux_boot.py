@@ -85,3 +85,37 @@ def test_reboot_ends_the_vm_cleanly(art):
     rc, out, err = boot("reboot -f\n", "--json")
     assert rc == 0, err
     assert json.loads(out.strip().splitlines()[-1])["reason"] == "reset"
+
+
+def test_each_console_line_runs_as_it_arrives(art):
+    """`kvmvm boot` with a pipe for stdin: a line is run when it arrives, not when the next
+    one does (busybox cat's sendfile from the tty once held every line back by one)."""
+    import threading
+    import time
+
+    p = subprocess.Popen([*KVMVM, "boot", "--timeout", str(TIMEOUT * 2)], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, errors="replace")
+    seen: list[str] = []
+    t = threading.Thread(target=lambda: seen.extend(iter(p.stdout.readline, "")), daemon=True)
+    t.start()
+
+    def answered(want: str, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if any(l.strip() == want for l in list(seen)):
+                return True
+            time.sleep(0.05)
+        return False
+
+    try:
+        assert answered("kvmvm: init ready", TIMEOUT), "".join(seen)[-2000:]
+        for i in range(8):      # each line right after the previous answer; never a next one
+            p.stdin.write(f"echo step{i}-$(({i}*7))\n")
+            p.stdin.flush()
+            assert answered(f"step{i}-{i * 7}", 60 if i else TIMEOUT), f"line {i} not run:\n" + "".join(seen)[-2000:]
+        p.stdin.close()         # end of input: ^D, the shell exits, the VM powers off
+        assert p.wait(TIMEOUT) == 0, p.stderr.read()
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()

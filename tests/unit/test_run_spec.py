@@ -168,15 +168,17 @@ def test_container_vm_config_and_setup_message(tmp_path):
 
     with RunDir(root=tmp_path) as rd:
         vm = ContainerVm(rd, rootfs=tmp_path / "root.erofs", rootfs_type="erofs", memory_mib=256, cpus=2,
-                         mounts=[Mount("/v/data.ext4", "ext4", "/data"), Mount("/p/in.erofs", "erofs", "/in", True)],
+                         mounts=[Mount("/v/data.ext4", "ext4", "/data"), Mount("/p/in.erofs", "erofs", "/in", True),
+                                 Mount("/v/db.ext4", "ext4", "/db", direct=True)],
                          nets=["user,tcp=8080:80"], cmdline_extra="ip=dhcp", readonly=True, hostname="web")
         cfg = vm._machine_config("/k/vmlinux", "/k/initrd")
         assert cfg.drives == [f"{tmp_path}/root.erofs,ro,id=kvmvm-root", "/v/data.ext4,id=kvmvm-m0",
-                              "/p/in.erofs,ro,id=kvmvm-m1"]
+                              "/p/in.erofs,ro,id=kvmvm-m1", "/v/db.ext4,direct,id=kvmvm-m2"]
         assert cfg.vsock == f"cid=3,uds={rd.path}/v" and cfg.nets == ["user,tcp=8080:80"]
         assert cfg.cmdline.endswith(" ip=dhcp") and cfg.memory_mib == 256 and cfg.cpus == 2
         msg = vm.setup_message()
         assert msg["rootfs"] == {"serial": "kvmvm-root", "type": "erofs"} and msg["readonly"] is True
         assert msg["mounts"] == [{"serial": "kvmvm-m0", "type": "ext4", "path": "/data", "ro": False},
-                                 {"serial": "kvmvm-m1", "type": "erofs", "path": "/in", "ro": True}]
+                                 {"serial": "kvmvm-m1", "type": "erofs", "path": "/in", "ro": True},
+                                 {"serial": "kvmvm-m2", "type": "ext4", "path": "/db", "ro": False}]
         assert msg["hostname"] == "web" and "resolv" not in msg

@@ -12,6 +12,9 @@ def test_named_volume(tmp_path):
     assert parse_volume_spec("data:/var/lib/data") == VolumeSpec("volume", "data", "/var/lib/data", False)
     assert parse_volume_spec("data:/x/:ro") == VolumeSpec("volume", "data", "/x", True)
     assert parse_volume_spec("my-vol.1:/x:rw,Z").readonly is False
+    assert parse_volume_spec("db:/var/lib/db:direct") == VolumeSpec("volume", "db", "/var/lib/db", False, True)
+    assert parse_volume_spec("db:/x:ro,direct") == VolumeSpec("volume", "db", "/x", True, True)
+    assert parse_volume_spec("db:/x").direct is False
 
 
 def test_host_dir_read_only(tmp_path):
@@ -36,6 +39,7 @@ def test_host_dir_read_write_refused(tmp_path, opts):
     ("data:/a/../b", "'..'"),
     ("data:/x:ro,rw", "both"),
     ("data:/x:nosuid", "unknown option"),
+    ("/etc:/x:ro,direct", "direct applies to named volumes"),
     ("data:/x:ro:extra", "too many"),
     ("-bad:/x", "not a valid volume name"),
     ("/no/such/kvmvm/dir:/x:ro", "no such directory"),

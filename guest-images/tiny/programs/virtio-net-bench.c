@@ -15,25 +15,21 @@
  * ms=M gives up after M ms (default 30000): "FAIL timeout after <n> frames", status 3.
  */
 #include "tiny.h"
-#include "tiny/virtio.h"
+#include "tiny/vnet.h"
 
 #define QSIZE 128
-#define BUF 2048
-#define HDR 12
 #define ETHERTYPE 0x88b5
 
-static struct vdev d;
-static struct vq rx, tx;
-static uint8_t mac[6], *rxbuf, *txbuf;
+static struct vnet n;
 static const uint8_t bcast[6] = { 0xff, 0xff, 0xff, 0xff, 0xff, 0xff };
 
 static void frame_init(uint8_t *slot, uint32_t size, const char *tag, uint32_t tlen)
 {
-	uint8_t *f = slot + HDR;
+	uint8_t *f = slot + VNET_HDR;
 
-	memset(slot, 0, HDR + size);
+	memset(slot, 0, VNET_HDR + size);
 	memcpy(f, bcast, 6);
-	memcpy(f + 6, mac, 6);
+	memcpy(f + 6, n.mac, 6);
 	f[12] = ETHERTYPE >> 8;
 	f[13] = ETHERTYPE & 0xff;
 	memcpy(f + 14, tag, tlen);
@@ -41,7 +37,7 @@ static void frame_init(uint8_t *slot, uint32_t size, const char *tag, uint32_t t
 
 static int broken(void)
 {
-	if (virtio_status(&d) & VIRTIO_S_NEEDS_RESET) {
+	if (virtio_status(&n.dev) & VIRTIO_S_NEEDS_RESET) {
 		printf("FAIL device needs reset\n");
 		return 1;
 	}
@@ -52,12 +48,12 @@ static int bench_tx(unsigned long count, unsigned long size, uint64_t end)
 {
 	uint16_t freel[QSIZE];
 	unsigned long sent = 0, done = 0;
-	unsigned int nfree = tx.size, spins = 0;
+	unsigned int nfree = n.tx.size, spins = 0;
 	uint32_t id, len;
 	uint64_t t0;
 
-	for (unsigned int i = 0; i < tx.size; i++) {
-		frame_init(txbuf + i * BUF, size, "bench", 5);
+	for (unsigned int i = 0; i < n.tx.size; i++) {
+		frame_init(n.txbuf + i * VNET_BUF, size, "bench", 5);
 		freel[i] = i;
 	}
 	t0 = rdtsc();
@@ -65,17 +61,17 @@ static int bench_tx(unsigned long count, unsigned long size, uint64_t end)
 		if (nfree && sent < count) {
 			while (nfree && sent < count) {
 				uint16_t s = freel[--nfree];
-				uint8_t *p = txbuf + s * BUF + HDR + 14 + 5;
-				struct vbuf b = { (uint64_t)txbuf + s * BUF, HDR + size, 0 };
+				uint8_t *p = n.txbuf + s * VNET_BUF + VNET_HDR + 14 + 5;
+				struct vbuf b = { (uint64_t)n.txbuf + s * VNET_BUF, VNET_HDR + size, 0 };
 
 				p[0] = sent >> 24; p[1] = sent >> 16; p[2] = sent >> 8; p[3] = sent;
-				vq_add_at(&tx, s, &b);
+				vq_add_at(&n.tx, s, &b);
 				sent++;
 			}
-			vq_kick(&tx);
+			vq_kick(&n.tx);
 		}
-		if (vq_poll(&tx, &id, &len)) {
-			freel[nfree++] = id % tx.size;
+		if (vq_poll(&n.tx, &id, &len)) {
+			freel[nfree++] = id % n.tx.size;
 			done++;
 			continue;
 		}
@@ -92,13 +88,13 @@ static int bench_tx(unsigned long count, unsigned long size, uint64_t end)
 
 static int send_hello(void)
 {
-	struct vbuf b = { (uint64_t)txbuf, HDR + 60, 0 };
+	struct vbuf b = { (uint64_t)n.txbuf, VNET_HDR + 60, 0 };
 	uint32_t id, len;
 
-	frame_init(txbuf, 60, "kvmvm-hello", 11);
-	vq_add_at(&tx, 0, &b);
-	vq_kick(&tx);
-	return vq_wait(&tx, &id, &len, 5000);
+	frame_init(n.txbuf, 60, "kvmvm-hello", 11);
+	vq_add_at(&n.tx, 0, &b);
+	vq_kick(&n.tx);
+	return vq_wait(&n.tx, &id, &len, 5000);
 }
 
 static int bench_rx(unsigned long count, uint64_t end)
@@ -108,13 +104,9 @@ static int bench_rx(unsigned long count, uint64_t end)
 	unsigned int spins = 0;
 	uint32_t id, len;
 
-	for (unsigned int i = 0; i < rx.size; i++) {
-		struct vbuf b = { (uint64_t)rxbuf + i * BUF, BUF, 1 };
-		vq_add_at(&rx, i, &b);
-	}
-	vq_kick(&rx);
+	vnet_post_rx(&n);
 	while (got < count) {
-		int n = 0;
+		int drained = 0;
 
 		if (!got && rdtsc() > next_hello) {
 			if (send_hello()) {
@@ -123,11 +115,11 @@ static int bench_rx(unsigned long count, uint64_t end)
 			}
 			next_hello = rdtsc() + tiny_ms_to_tsc(500);
 		}
-		while (vq_poll(&rx, &id, &len)) {
-			uint16_t s = id % rx.size;
-			uint8_t *f = rxbuf + s * BUF + HDR;
-			uint32_t flen = len > HDR ? len - HDR : 0;
-			struct vbuf b = { (uint64_t)rxbuf + s * BUF, BUF, 1 };
+		while (vq_poll(&n.rx, &id, &len)) {
+			uint16_t s = id % n.rx.size;
+			uint8_t *f = n.rxbuf + s * VNET_BUF + VNET_HDR;
+			uint32_t flen = len > VNET_HDR ? len - VNET_HDR : 0;
+			struct vbuf b = { (uint64_t)n.rxbuf + s * VNET_BUF, VNET_BUF, 1 };
 
 			if (flen >= 19 && f[12] == (ETHERTYPE >> 8) && f[13] == (ETHERTYPE & 0xff) &&
 			    !memcmp(f + 14, "bench", 5) && got < count) {
@@ -137,11 +129,11 @@ static int bench_rx(unsigned long count, uint64_t end)
 					size = flen;
 				}
 			}
-			vq_add_at(&rx, s, &b);
-			n++;
+			vq_add_at(&n.rx, s, &b);
+			drained++;
 		}
-		if (n) {
-			vq_kick(&rx);
+		if (drained) {
+			vq_kick(&n.rx);
 			continue;
 		}
 		if ((++spins & 1023) == 0 && (broken() || rdtsc() > end)) {
@@ -173,22 +165,11 @@ int main(const struct tiny_boot_info *bi)
 		size = 1514;
 	if (!count)
 		count = 1;
-	if (virtio_find(bi->cmdline, VIRTIO_ID_NET, 0, &d) || virtio_init(&d, 1ull << 5) ||
-	    vq_setup(&d, &rx, 0, QSIZE) || vq_setup(&d, &tx, 1, QSIZE)) {
-		printf("FAIL no usable virtio-net device\n");
+	if (vnet_open(&n, bi->cmdline, QSIZE, QSIZE))
 		return 1;
-	}
-	for (int i = 0; i < 6; i++)
-		mac[i] = mmio_read8(d.base + VIRTIO_MMIO_CONFIG + i);
-	rxbuf = tiny_alloc(rx.size * BUF, 4096);
-	txbuf = tiny_alloc(tx.size * BUF, 4096);
-	if (!rxbuf || !txbuf) {
-		printf("FAIL out of memory\n");
-		return 1;
-	}
-	virtio_driver_ok(&d);
+	virtio_driver_ok(&n.dev);
 	printf("net-bench: %s count=%lu size=%lu queue=%u/%u\n", rxmode ? "rx" : "tx", count, size,
-	       rx.size, tx.size);
+	       n.rx.size, n.tx.size);
 	if (rxmode)
 		return bench_rx(count, rdtsc() + tiny_ms_to_tsc(ms));
 	return bench_tx(count, size, rdtsc() + tiny_ms_to_tsc(ms));

@@ -13,19 +13,15 @@
  *   numbered, so a host that stops reading makes the device's backend congested
  */
 #include "tiny.h"
-#include "tiny/virtio.h"
+#include "tiny/vnet.h"
 
 #define NRX 16
-#define BUF 2048
-#define HDR 12
 #define ETH_IP 0x0800
 #define ETH_ARP 0x0806
 #define SPORT 40000
 #define XID 0x6b766d76u          /* "kvmv" */
 
-static struct vdev d;
-static struct vq rx, tx;
-static uint8_t mac[6], *rxbuf, *txbuf;
+static struct vnet n;
 static const uint8_t bcast[6] = { 0xff, 0xff, 0xff, 0xff, 0xff, 0xff };
 
 static void put16(uint8_t *p, uint16_t v) { p[0] = v >> 8; p[1] = v; }
@@ -41,25 +37,15 @@ static uint16_t ip_csum(const uint8_t *p, int len)
 	return (uint16_t)~s;
 }
 
-static int send_frame(uint32_t len)
-{
-	struct vbuf b = { (uint64_t)txbuf, HDR + (len < 60 ? 60 : len), 0 };
-	uint32_t id, l;
-
-	vq_add(&tx, &b, 1);
-	vq_kick(&tx);
-	return vq_wait(&tx, &id, &l, 5000);
-}
-
-/* Ethernet + IPv4 + UDP headers in txbuf; returns a pointer to the UDP payload */
+/* Ethernet + IPv4 + UDP headers in n.txbuf; returns a pointer to the UDP payload */
 static uint8_t *udp_frame(const uint8_t *dmac, const uint8_t *sip, const uint8_t *dip,
 			  uint16_t sport, uint16_t dport, uint32_t plen)
 {
-	uint8_t *f = txbuf + HDR, *ip = f + 14, *udp = ip + 20;
+	uint8_t *f = n.txbuf + VNET_HDR, *ip = f + 14, *udp = ip + 20;
 
-	memset(txbuf, 0, HDR + 14 + 28);
+	memset(n.txbuf, 0, VNET_HDR + 14 + 28);
 	memcpy(f, dmac, 6);
-	memcpy(f + 6, mac, 6);
+	memcpy(f + 6, n.mac, 6);
 	put16(f + 12, ETH_IP);
 	ip[0] = 0x45;
 	put16(ip + 2, (uint16_t)(28 + plen));
@@ -72,33 +58,6 @@ static uint8_t *udp_frame(const uint8_t *dmac, const uint8_t *sip, const uint8_t
 	put16(udp + 2, dport);
 	put16(udp + 4, (uint16_t)(8 + plen));   /* checksum 0: none (IPv4 allows it) */
 	return udp + 8;
-}
-
-/* the next received frame (NULL after max_ms); *len excludes the virtio header */
-static uint8_t *recv_frame(uint32_t *len, unsigned int max_ms, uint32_t *slot)
-{
-	uint64_t end = rdtsc() + tiny_ms_to_tsc(max_ms);
-	uint32_t id, l;
-
-	while (!vq_poll(&rx, &id, &l)) {
-		if (virtio_status(&d) & VIRTIO_S_NEEDS_RESET) {
-			printf("FAIL device needs reset\n");
-			return NULL;
-		}
-		if (rdtsc() > end)
-			return NULL;
-		cpu_relax();
-	}
-	*slot = id % NRX;
-	*len = l > HDR ? l - HDR : 0;
-	return rxbuf + *slot * BUF + HDR;
-}
-
-static void recycle(uint32_t slot)
-{
-	struct vbuf b = { (uint64_t)rxbuf + slot * BUF, BUF, 1 };
-	vq_add_at(&rx, slot, &b);
-	vq_kick(&rx);
 }
 
 static int is_udp(const uint8_t *f, uint32_t len, uint16_t sport, uint16_t dport)
@@ -119,18 +78,18 @@ static int dhcp(uint8_t *yiaddr, uint8_t *router)
 	b[2] = 6;
 	b[4] = (uint8_t)(XID >> 24); b[5] = (uint8_t)(XID >> 16); b[6] = (uint8_t)(XID >> 8); b[7] = (uint8_t)XID;
 	b[10] = 0x80;		/* broadcast replies */
-	memcpy(b + 28, mac, 6);
+	memcpy(b + 28, n.mac, 6);
 	b[236] = 99; b[237] = 130; b[238] = 83; b[239] = 99;	/* magic cookie */
 	b[240] = 53; b[241] = 1; b[242] = 1;			/* DHCPDISCOVER */
 	b[243] = 55; b[244] = 2; b[245] = 1; b[246] = 3;	/* want: netmask, router */
 	b[247] = 255;
 	for (int tries = 0; tries < 5; tries++) {
-		if (send_frame(14 + 28 + 300)) {
+		if (vnet_send(&n, 14 + 28 + 300)) {
 			printf("FAIL tx timeout\n");
 			return -1;
 		}
 		uint8_t *f;
-		while ((f = recv_frame(&len, 1000, &slot))) {
+		while ((f = vnet_recv(&n, &len, 1000, &slot))) {
 			const uint8_t *p = f + 42;
 			int ok = is_udp(f, len, 67, 68) && len >= 42 + 240 && p[0] == 2 &&
 				 p[4] == (uint8_t)(XID >> 24) && p[7] == (uint8_t)XID;
@@ -153,7 +112,7 @@ static int dhcp(uint8_t *yiaddr, uint8_t *router)
 			}
 			if (ok && offer && have_router)
 				memcpy(yiaddr, p + 16, 4);
-			recycle(slot);
+			vnet_recycle(&n, slot);
 			if (ok && offer && have_router)
 				return 0;
 		}
@@ -164,31 +123,31 @@ static int dhcp(uint8_t *yiaddr, uint8_t *router)
 
 static int arp(const uint8_t *sip, const uint8_t *tip, uint8_t *tmac)
 {
-	uint8_t *f = txbuf + HDR, *a = f + 14;
+	uint8_t *f = n.txbuf + VNET_HDR, *a = f + 14;
 	uint32_t len, slot;
 
-	memset(txbuf, 0, HDR + 60);
+	memset(n.txbuf, 0, VNET_HDR + 60);
 	memcpy(f, bcast, 6);
-	memcpy(f + 6, mac, 6);
+	memcpy(f + 6, n.mac, 6);
 	put16(f + 12, ETH_ARP);
 	put16(a, 1);
 	put16(a + 2, ETH_IP);
 	a[4] = 6;
 	a[5] = 4;
 	put16(a + 6, 1);	/* request */
-	memcpy(a + 8, mac, 6);
+	memcpy(a + 8, n.mac, 6);
 	memcpy(a + 14, sip, 4);
 	memcpy(a + 24, tip, 4);
 	for (int tries = 0; tries < 5; tries++) {
-		if (send_frame(42))
+		if (vnet_send(&n, 42))
 			return -1;
 		uint8_t *r;
-		while ((r = recv_frame(&len, 1000, &slot))) {
+		while ((r = vnet_recv(&n, &len, 1000, &slot))) {
 			int ok = len >= 42 && get16(r + 12) == ETH_ARP && get16(r + 14 + 6) == 2 &&
 				 !memcmp(r + 14 + 14, tip, 4);
 			if (ok)
 				memcpy(tmac, r + 14 + 8, 6);
-			recycle(slot);
+			vnet_recycle(&n, slot);
 			if (ok)
 				return 0;
 		}
@@ -210,21 +169,10 @@ int main(const struct tiny_boot_info *bi)
 		parse_ulong(val, &count);
 	if (!cmdline_get(bi->cmdline, "burst", val, sizeof(val)))
 		parse_ulong(val, &burst);
-	if (virtio_find(bi->cmdline, VIRTIO_ID_NET, 0, &d) || virtio_init(&d, 1ull << 5) ||
-	    vq_setup(&d, &rx, 0, NRX) || vq_setup(&d, &tx, 1, 16)) {
-		printf("FAIL no usable virtio-net device\n");
+	if (vnet_open(&n, bi->cmdline, NRX, 16))
 		return 1;
-	}
-	for (int i = 0; i < 6; i++)
-		mac[i] = mmio_read8(d.base + VIRTIO_MMIO_CONFIG + i);
-	rxbuf = tiny_alloc(NRX * BUF, 4096);
-	txbuf = tiny_alloc(BUF, 4096);
-	for (int i = 0; i < NRX; i++) {
-		struct vbuf b = { (uint64_t)rxbuf + i * BUF, BUF, 1 };
-		vq_add_at(&rx, i, &b);
-	}
-	virtio_driver_ok(&d);
-	vq_kick(&rx);
+	virtio_driver_ok(&n.dev);
+	vnet_post_rx(&n);
 
 	if (dhcp(me, gw))
 		return 1;
@@ -239,7 +187,7 @@ int main(const struct tiny_boot_info *bi)
 		uint8_t *p = udp_frame(gwmac, me, gw, SPORT, 9, 1200);
 		memset(p, (int)(i & 0xff), 1200);
 		snprintf((char *)p, 18, "kvmvm-burst %04lu", i);
-		if (send_frame(42 + 1200)) {
+		if (vnet_send(&n, 42 + 1200)) {
 			printf("FAIL tx timeout in burst %lu\n", i);
 			return 1;
 		}
@@ -255,12 +203,12 @@ int main(const struct tiny_boot_info *bi)
 			snprintf((char *)p, 18, "kvmvm-passt %04lu", i);
 			for (uint32_t k = 17; k < plen; k++)
 				p[k] = (uint8_t)(k * 7 + i);
-			if (send_frame(42 + plen)) {
+			if (vnet_send(&n, 42 + plen)) {
 				printf("FAIL tx timeout\n");
 				return 1;
 			}
 			uint8_t *f;
-			while (!got && (f = recv_frame(&len, 1000, &slot))) {
+			while (!got && (f = vnet_recv(&n, &len, 1000, &slot))) {
 				if (is_udp(f, len, (uint16_t)port, SPORT) &&
 				    get16(f + 14 + 24) == 8 + plen && len >= 42 + plen) {
 					uint8_t *q = f + 42;
@@ -273,7 +221,7 @@ int main(const struct tiny_boot_info *bi)
 					}
 					got = 1;
 				}
-				recycle(slot);
+				vnet_recycle(&n, slot);
 			}
 		}
 		if (!got) {

@@ -1,5 +1,4 @@
-"""PENDING (not collected): this passed on the branches but failed in the merged tree's
-first L1 run (stop 16), cause not yet found; rename to test_*.py once it passes there. kvmvm boots its own Linux kernel + initramfs (linux tier: standard KVM only).
+"""A panicking Linux guest ends `kvmvm boot` with status 3 and one line (pvpanic); linux tier.
 
 On PVM machines scripts/test.sh runs these inside the kvmhost L1; the kernel is built on the
 host beforehand (`kvmvm kernel build`) into the KVMVM_HOME shared with L1.

@@ -41,7 +41,8 @@ def cgroup_fs():
     finally:
         if mounted:
             for d in sorted(Path(CG, "kvmvm").glob("*"), reverse=True) if Path(CG, "kvmvm").exists() else []:
-                d.rmdir()
+                if d.is_dir():      # the rest are the cgroup's own control files
+                    d.rmdir()
             if Path(CG, "kvmvm").exists():
                 Path(CG, "kvmvm").rmdir()
             subprocess.run(["umount", CG])

@@ -1,5 +1,4 @@
-"""PENDING (not collected): it passed in the L1 on its own branch, but not (or not yet) in the
-merged tree's first L1 run (stop 16); rename to test_*.py once it passes there. kvmvm's Linux kernel booted purely through Firecracker's API, as Firecracker's
+"""kvmvm's Linux kernel booted purely through Firecracker's API, as Firecracker's
 getting-started guide does: boot source, machine config, a root drive (an ext4 image the
 kernel mounts as / with no initramfs), a network interface on a TAP in a network namespace
 the test creates, InstanceStart; then a second drive's backing file is swapped with
