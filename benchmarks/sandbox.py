@@ -1,5 +1,5 @@
-"""kvmvm.Sandbox: time to the first command's result cold and warm, commands per second in
-one sandbox, and host memory per idle sandbox.
+"""kvmvm.Sandbox: time to the first command's result cold and warm, sandboxes per second,
+commands per second in one sandbox, and host memory per idle sandbox.
 
     .venv/bin/python benchmarks/sandbox.py [--image REF] [--runs 5] [--idle 4] [--json]
 
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -72,6 +73,9 @@ def main() -> int:
     from kvmvm.sandbox import vm as svm
 
     work = Path(tempfile.mkdtemp(prefix="kvmvm-bench-sandbox-"))
+    # run directories hold Unix sockets: a local directory (KVMVM_HOME may be a 9p share)
+    os.environ.setdefault("XDG_RUNTIME_DIR", str(work / "xdg"))
+    (work / "xdg").mkdir(exist_ok=True)
     snaps = work / "snapshots"
     svm.snapshot_root = lambda home=None: snaps          # a private warm-snapshot cache
     img = a.image or busybox_image(work)
@@ -91,6 +95,26 @@ def main() -> int:
     warm = [first_result()[0] for _ in range(a.runs)]
     out["cold_create_to_first_result_ms"] = {"median": statistics.median(cold), "min": min(cold)}
     out["warm_create_to_first_result_ms"] = {"median": statistics.median(warm), "min": min(warm)}
+
+    # sandboxes created (warm), used once and killed per second: serially, and from 4 threads
+    t0 = time.perf_counter()
+    for _ in range(a.runs):
+        with Sandbox.create(img, memory_mib=a.memory) as sb:
+            sb.commands.run("true")
+    out["sandboxes_per_s_serial"] = round(a.runs / (time.perf_counter() - t0), 2)
+
+    def lifecycle():
+        for _ in range(max(1, a.runs // 2)):
+            with Sandbox.create(img, memory_mib=a.memory) as sb:
+                sb.commands.run("true")
+
+    t0 = time.perf_counter()
+    ts = [threading.Thread(target=lifecycle) for _ in range(4)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    out["sandboxes_per_s_4_threads"] = round(4 * max(1, a.runs // 2) / (time.perf_counter() - t0), 2)
 
     with Sandbox.create(img, memory_mib=a.memory) as sb:
         sb.commands.run("true")

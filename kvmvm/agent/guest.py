@@ -50,6 +50,9 @@ class Mount:
     direct: bool = False        # O_DIRECT on the host file (`,direct` drive option)
 
 
+SCRATCH_ID = "kvmvm-scratch"      # the drive id (virtio serial) of a scratch disk
+
+
 @dataclass
 class ContainerVm:
     rundir: object                          # kvmvm.agent.rundir.RunDir
@@ -65,6 +68,7 @@ class ContainerVm:
     hosts: str | None = None
     resolv: str | None = None
     t0_ns: int = 0
+    scratch: Path | None = None             # an ext4 image for the writable layer (else a tmpfs)
 
     def __post_init__(self):
         self.machine = None
@@ -81,6 +85,8 @@ class ContainerVm:
         drives = [f"{self.rootfs},ro,id=kvmvm-root"]
         for i, m in enumerate(self.mounts):
             drives.append(f"{m.path}{',ro' if m.readonly else ''}{',direct' if m.direct else ''},id=kvmvm-m{i}")
+        if self.scratch is not None:
+            drives.append(f"{self.scratch},id={SCRATCH_ID}")
         cmdline = CMDLINE + (" " + self.cmdline_extra if self.cmdline_extra else "")
         return MachineConfig(kernel=kernel, cmdline=cmdline, initrd=initrd, memory_mib=self.memory_mib,
                              cpus=self.cpus, serial_out_fd=self.console_fd, drives=drives,
@@ -91,6 +97,8 @@ class ContainerVm:
                "readonly": self.readonly, "hostname": self.hostname,
                "mounts": [{"serial": f"kvmvm-m{i}", "type": m.fstype, "path": m.target, "ro": m.readonly}
                           for i, m in enumerate(self.mounts)]}
+        if self.scratch is not None:
+            msg["scratch"] = {"serial": SCRATCH_ID, "type": "ext4"}
         if self.hosts is not None:
             msg["hosts"] = self.hosts
         if self.resolv is not None:

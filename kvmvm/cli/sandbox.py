@@ -75,14 +75,17 @@ def cli():
 @click.option("--cwd", default=None, help="Working directory of commands.")
 @click.option("--user", default=None, help="User of commands.")
 @click.option("--pids", type=int, default=None, help="Most tasks the guest may run.")
+@click.option("--disk", "disk_mib", type=int, default=None,
+              help="MiB: the writable layer is a scratch disk this big (default: a tmpfs in the VM's memory).")
 @click.option("--cold", is_flag=True, help="Boot; do not restore from the warm snapshot.")
 @click.option("--json", "as_json", is_flag=True)
-def create(image, cpus, memory_mib, timeout, network, env, cwd, user, pids, cold, as_json):
+def create(image, cpus, memory_mib, timeout, network, env, cwd, user, pids, disk_mib, cold, as_json):
     """Create a sandbox from IMAGE; prints its id."""
     from kvmvm.sandbox.server import reclaim, state_root
 
     spec = {"image": image, "cpus": cpus, "memory_mib": memory_mib, "timeout": timeout or None,
-            "network": network, "envs": _env(env), "cwd": cwd, "user": user, "pids": pids, "warm": not cold}
+            "network": network, "envs": _env(env), "cwd": cwd, "user": user, "pids": pids, "disk_mib": disk_mib,
+            "warm": not cold}
     reclaim()
     root = state_root()
     root.mkdir(parents=True, exist_ok=True)
@@ -234,6 +237,17 @@ def ls(target, as_json):
                    f"{str(r['warm']).lower():>5} {r['pid']}")
 
 
+def _ended(pid: int | None) -> bool:
+    """No process pid, or only its zombie (its parent, the `create` call, is gone)."""
+    if not pid:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except (OSError, IndexError):
+        return True
+
+
 @cli.command()
 @click.argument("sids", nargs=-1)
 @click.option("--all", "all_", is_flag=True, help="Every sandbox.")
@@ -261,17 +275,21 @@ def rm(sids, all_):
             _call(sid, {"op": "kill"}, timeout=30)
         except KvmvmError:
             pass
+        # done when its directory is gone and its process has ended (it removes the directory
+        # just before it exits); past the deadline it is killed
         deadline = time.monotonic() + 10
-        while d.exists() and time.monotonic() < deadline:
+        while (d.exists() or not _ended(pid)) and time.monotonic() < deadline:
             time.sleep(0.05)
-        if d.exists() and pid:
+        if not _ended(pid):
             import signal
 
             try:
                 os.kill(pid, signal.SIGKILL)
             except OSError:
                 pass
-            time.sleep(0.2)
+            deadline = time.monotonic() + 5
+            while not _ended(pid) and time.monotonic() < deadline:
+                time.sleep(0.05)
     reclaim()
     if missing:
         raise SandboxNotFound(f"no sandbox {', '.join(missing)}")

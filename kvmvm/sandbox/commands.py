@@ -10,6 +10,7 @@ from __future__ import annotations
 import signal
 import threading
 import time
+import weakref
 from dataclasses import dataclass
 
 from kvmvm.agent import protocol as p
@@ -240,7 +241,7 @@ class Commands:
             st = ch.session.exec(argv, env=env, cwd=cwd, user=user or "", stdin=stdin is not None or background,
                                  rlimits=sb._rlimits or None)
             h._st = st
-            ch.consumers[st.id] = h._consume
+            ch.consumers[st.id] = _weak_consumer(h)
 
         try:
             ch.call(start)
@@ -268,6 +269,18 @@ class Commands:
             raise ConfigError(f"pid: a process id > 1 (got {pid!r})")
         r = self.run(["kill", "-9", str(pid)], check=False, timeout=10)
         return r.exit_code == 0
+
+
+def _weak_consumer(h: CommandHandle):
+    """h._consume without a strong reference: the channel (kept by the sandbox's finalizer)
+    must not keep a handle, hence its sandbox, alive; a dropped handle's output is dropped."""
+    ref = weakref.ref(h)
+
+    def consume(chan, data) -> None:
+        handle = ref()
+        if handle is not None:
+            handle._consume(chan, data)
+    return consume
 
 
 def _feed_file(h: CommandHandle, f) -> None:

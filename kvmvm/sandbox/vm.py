@@ -42,14 +42,14 @@ def _file_id(path) -> dict:
     return {"path": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
-def template_key(img, cpus: int, memory_mib: int, kernel: Path, initrd: Path) -> str:
+def template_key(img, cpus: int, memory_mib: int, kernel: Path, initrd: Path, disk_mib: int | None = None) -> str:
     """Everything a warm snapshot depends on; any change makes a new key."""
     from kvmvm.snapshot import format as fmt
 
     inputs = {"format": TEMPLATE_FORMAT, "snapshot_format": [fmt.FORMAT, fmt.VERSION],
               "kvmvm": fmt.kvmvm_version(), "image": img.digest, "rootfs": _file_id(img.rootfs),
               "rootfs_type": img.rootfs_type, "kernel": _file_id(kernel), "initrd": _file_id(initrd),
-              "cpus": cpus, "memory_mib": memory_mib, "host_cpu": fmt.host_cpu()}
+              "cpus": cpus, "memory_mib": memory_mib, "disk_mib": disk_mib, "host_cpu": fmt.host_cpu()}
     return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:32]
 
 
@@ -69,6 +69,7 @@ class SandboxVm:
         self.console_fd = console_fd
         self.cvm = cvm                  # the ContainerVm of a cold boot (it owns machine then)
         self.stack = stack              # helpers (passt) that end with the VM
+        self.scratch: Path | None = None  # the scratch disk's image, when there is one
         self.warm = cvm is None
         self.timings: dict = {}
 
@@ -120,29 +121,80 @@ def reseed(session, hostname: str, timeout: float = 30.0) -> None:
                     entropy=os.urandom(64).hex())
 
 
+def make_scratch(path: Path, size_mib: int) -> None:
+    """A sparse ext4 image of size_mib for the writable layer. No journal: the disk lives
+    and dies with one VM, and an empty one is then a few hundred KiB on the host."""
+    import subprocess
+
+    try:
+        with open(path, "wb") as f:
+            f.truncate(size_mib << 20)
+    except OSError as e:
+        raise SandboxError(f"cannot make the {size_mib} MiB scratch disk: {path}: {e.strerror}") from None
+    r = subprocess.run(["mkfs.ext4", "-q", "-F", "-m", "0", "-O", "^has_journal",
+                        "-E", "lazy_itable_init=0,root_owner=0:0", str(path)],
+                       stdin=subprocess.DEVNULL, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise SandboxError(f"cannot make the {size_mib} MiB scratch disk: "
+                           f"{(r.stderr.strip().splitlines() or ['mkfs.ext4 failed'])[-1]}")
+
+
+def sparse_copy(src: Path, dst: Path) -> None:
+    """Copy src to dst keeping holes (a scratch disk is mostly holes)."""
+    fi = os.open(src, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        fo = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            size = os.fstat(fi).st_size
+            off = 0
+            while off < size:
+                try:
+                    data = os.lseek(fi, off, os.SEEK_DATA)
+                except OSError:         # ENXIO: only a hole is left
+                    break
+                hole = os.lseek(fi, data, os.SEEK_HOLE)
+                pos = data
+                while pos < hole:
+                    n = os.copy_file_range(fi, fo, hole - pos, pos, pos)
+                    if n <= 0:
+                        raise OSError(f"short copy of {src}")
+                    pos += n
+                off = hole
+            os.ftruncate(fo, size)
+        finally:
+            os.close(fo)
+    finally:
+        os.close(fi)
+
+
 def boot_cold(img, *, cpus: int, memory_mib: int, hostname: str, network: bool, rundir,
-              template_dir: Path | None) -> SandboxVm:
+              template_dir: Path | None, disk_mib: int | None = None) -> SandboxVm:
     """Boot to agent ready; when template_dir is given, snapshot there first (the caller
     holds that template's build lock)."""
     from kvmvm.agent.guest import ContainerVm, VmFailed
 
     stack = contextlib.ExitStack()
-    nets, extra, resolv = [], "", None
+    nets, extra = [], ""
     if network:
-        from kvmvm.net import passt
-
-        if not hasattr(passt, "for_run"):
-            rundir.close()
-            raise SandboxError("network=True: this kvmvm build has no user-mode network for container VMs yet")
-        nets, extra, resolv = passt.for_run(rundir, [], stack)
+        # kvmvm run --net user's network: passt (started by the VM, ended with it) answers
+        # DHCP, the kernel asks at boot, the agent writes the name servers it learnt
+        nets, extra = ["user"], "ip=dhcp"
+    scratch = None
+    try:
+        if disk_mib is not None:
+            scratch = Path(rundir.file("scratch.img"))
+            make_scratch(scratch, disk_mib)
+    except BaseException:
+        rundir.close()
+        raise
     cvm = ContainerVm(rundir, rootfs=img.rootfs, rootfs_type=img.rootfs_type, memory_mib=memory_mib,
-                      cpus=cpus, nets=nets, cmdline_extra=extra, resolv=resolv,
+                      cpus=cpus, nets=nets, cmdline_extra=extra, scratch=scratch,
                       hostname=TEMPLATE_HOSTNAME if template_dir is not None else hostname)
     try:
         session = cvm.start(AGENT_TIMEOUT_S)
         cvm.machine.started = True      # (see _save_template) pause() snapshots it too
         if template_dir is not None:
-            _save_template(cvm.machine, template_dir)
+            _save_template(cvm.machine, template_dir, scratch)
             reseed(session, hostname)
     except VmFailed as e:
         cvm.close()
@@ -153,17 +205,28 @@ def boot_cold(img, *, cpus: int, memory_mib: int, hostname: str, network: bool, 
         stack.close()
         raise
     vm = SandboxVm(rundir, cvm.machine, session, cvm.console_fd, cvm=cvm, stack=stack)
+    vm.scratch = scratch
     vm.timings = cvm.timings()
     return vm
 
 
-def _save_template(machine, final: Path) -> None:
+SCRATCH_FILE = "scratch.img"
+
+
+def save_snapshot(machine, out: Path, scratch: Path | None) -> None:
+    """Snapshot the VM (left paused) into out, with a copy of its scratch disk as it is now."""
+    machine.snapshot(str(out))
+    if scratch is not None:
+        sparse_copy(scratch, out / SCRATCH_FILE)
+
+
+def _save_template(machine, final: Path, scratch: Path | None = None) -> None:
     """Snapshot the paused-at-agent-ready VM into final (published by rename), then resume."""
     tmp = final.parent / f".tmp-{final.name}-{secrets.token_hex(4)}"
     # ContainerVm starts the vCPUs with machine.vm.start(): the Machine is running all the same
     machine.started = True
     try:
-        machine.snapshot(str(tmp))
+        save_snapshot(machine, tmp, scratch)
         (tmp / "template.json").write_text(json.dumps({"format": TEMPLATE_FORMAT, "created_unix": time.time()}))
         os.rename(tmp, final)
     except OSError:
@@ -205,11 +268,18 @@ class Restored:
                                   0o600)
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         self.machine = None
+        self.scratch = None
         try:
             self.listener.bind(str(rundir.file(f"v_{VSOCK_PORT}")))
             self.listener.listen(1)
+            drives = None
+            if (template / SCRATCH_FILE).is_file():
+                # this VM's own copy of the scratch disk as the snapshot saw it
+                self.scratch = Path(rundir.file(SCRATCH_FILE))
+                sparse_copy(template / SCRATCH_FILE, self.scratch)
+                drives = _with_scratch(template, self.scratch)
             self.machine = Machine.restore(str(template), vsock_uds=str(rundir.file("v")),
-                                           serial_out_fd=self.console_fd, start=False)
+                                           serial_out_fd=self.console_fd, drives=drives, start=False)
         except BaseException:
             self.discard()
             raise
@@ -232,6 +302,7 @@ class Restored:
             raise
         self.listener.close()
         vm = SandboxVm(self.rundir, self.machine, session, self.console_fd)
+        vm.scratch = self.scratch
         vm.timings = {"restore_vmm_ms": getattr(self.machine, "restore_vmm_ms", None),
                       "connect_ms": round((time.monotonic_ns() - t0) / 1e6, 3)}
         return vm
@@ -261,6 +332,18 @@ class Restored:
             os.close(self.console_fd)
             self.console_fd = -1
         self.rundir.close()
+
+
+def _with_scratch(snap: Path, scratch: Path) -> list:
+    """The snapshot's drive list with its scratch disk replaced by scratch."""
+    from kvmvm.agent.guest import SCRATCH_ID
+    from kvmvm.snapshot import format as fmt
+
+    drives = json.loads((snap / fmt.HEADER_FILE).read_text())["config"].get("drives") or []
+    out = [f"{scratch},id={SCRATCH_ID}" if d.endswith(f",id={SCRATCH_ID}") else d for d in drives]
+    if out == drives:
+        raise SandboxError(f"{snap}: a scratch disk file but no scratch drive in the snapshot")
+    return out
 
 
 def prune(home: Path | None = None) -> list[str]:

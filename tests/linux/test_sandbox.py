@@ -1,5 +1,6 @@
 """kvmvm.Sandbox against real VMs (linux tier): cold boot and warm snapshot, re-seeded
-identity of restored copies, every method, limits, pause/resume, threads, teardown.
+identity of restored copies, every method, limits, a scratch disk, pause/resume, threads,
+teardown.
 
 One busybox image (every applet linked) is imported into a private store; warm snapshots
 go to a private directory. Kept to a few sandboxes: each one is a VM in the emulated L1.
@@ -15,65 +16,8 @@ from pathlib import Path
 import pytest
 
 from kvmvm.errors import CommandExitError, CommandTimeout, SandboxClosed, SandboxFileNotFound
-from kvmvm.images.store import ImageStore
 from kvmvm.sandbox import Sandbox
-from tests.imagefixtures import BUSYBOX, TAG, _Tar, sh
-
-
-def _build_busybox(work: Path) -> Path:
-    work.mkdir(parents=True, exist_ok=True)
-    layout = work / "oci"
-    sh("umoci", "init", "--layout", layout)
-    sh("umoci", "new", "--image", f"{layout}:{TAG}")
-    tar = work / "layer.tar"
-    t = _Tar(tar)
-    for d in ("bin", "etc", "tmp", "root", "home", "home/app"):
-        t.dir(d, 0o1777 if d == "tmp" else 0o755, *((1000, 1000) if d == "home/app" else (0, 0)))
-    t.file("bin/busybox", Path(BUSYBOX).read_bytes(), 0o755)
-    for app in sh(BUSYBOX, "--list").stdout.split():
-        if app != "busybox":
-            t.symlink(f"bin/{app}", "busybox")
-    t.file("etc/passwd", b"root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:app:/home/app:/bin/sh\n")
-    t.file("etc/group", b"root:x:0:\napp:x:1000:\n")
-    t.close()
-    sh("umoci", "raw", "add-layer", "--image", f"{layout}:{TAG}", tar)
-    sh("umoci", "config", "--image", f"{layout}:{TAG}", "--config.env", "PATH=/bin", "--config.env", "IMG=bb",
-       "--config.workingdir", "/root")
-    return layout
-
-
-@pytest.fixture(scope="module")
-def image(tmp_path_factory):
-    work = tmp_path_factory.mktemp("sandbox-image")
-    store = ImageStore(root=work / "store", rootfs_type="ext4")   # ext4: any kvmvm guest kernel mounts it
-    (img,) = store.import_(f"oci:{_build_busybox(work / 'build')}:{TAG}", name="kvmvm-sandbox-test:1")
-    return img
-
-
-@pytest.fixture(scope="module", autouse=True)
-def private_snapshots(tmp_path_factory):
-    from kvmvm.sandbox import vm as svm
-
-    root = tmp_path_factory.mktemp("sandbox-snapshots")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(svm, "snapshot_root", lambda home=None: root)
-        # run directories hold Unix sockets: a local directory (KVMVM_HOME may be a 9p share)
-        mp.setenv("XDG_RUNTIME_DIR", str(tmp_path_factory.mktemp("xdg-runtime")))
-        yield root
-
-
-@pytest.fixture(scope="module")
-def warm(image, private_snapshots):
-    """The first sandbox boots cold and leaves the warm snapshot; it is checked, then killed."""
-    sb = Sandbox.create(image, memory_mib=256, timeout=600)
-    try:
-        assert not sb.warm
-        assert [d for d in private_snapshots.iterdir() if (d / "template.json").is_file()]
-        assert sb.commands.run("hostname").stdout.strip() == sb.sandbox_id
-        assert sb.commands.run("echo $IMG; pwd").stdout == "bb\n/root\n"
-    finally:
-        sb.kill()
-    return image
+from tests.linux.sandboxfixtures import PROCS, image, private_snapshots, warm  # noqa: F401 (fixtures)
 
 
 def _fds() -> set:
@@ -118,7 +62,7 @@ def test_every_method_in_one_vm(warm):
         # a timeout kills the command (and its children), not the sandbox
         with pytest.raises(CommandTimeout):
             sb.commands.run("sleep 60 | cat", timeout=1)
-        assert sb.commands.run("pgrep sleep", check=False).stdout == ""
+        assert sb.commands.run(PROCS + " | grep -c '^sleep 60'", check=False).stdout == "0\n"
         # a flood of output hits the cap cleanly
         r = sb.commands.run("yes | head -c 200000000", output_limit=1 << 20, check=False, timeout=120)
         assert r.truncated and len(r.stdout_bytes) == 1 << 20 and "output limit" in r.error
@@ -180,3 +124,46 @@ def test_limits_pids_and_lifetime(warm):
     finally:
         sb.kill()
 
+
+def test_scratch_disk_bounds_the_writable_layer(warm):
+    """disk_mib: the first such sandbox boots cold and makes its own warm snapshot, with a
+    copy of the scratch disk; a restored one gets its own copy (nothing shared)."""
+    c = Sandbox.create(warm, memory_mib=256, disk_mib=48)
+    d = None
+    try:
+        assert not c.warm and c.vm.scratch is not None
+        c.files.write("/root/mine", "cold")
+        d = Sandbox.create(warm, memory_mib=256, disk_mib=48)
+        assert d.warm, d.warm_error
+        assert not d.files.exists("/root/mine")
+        total_kib = int(d.commands.run("df -k / | tail -n 1", timeout=60).stdout.split()[1])
+        assert 30_000 < total_kib <= 48 * 1024, total_kib
+        r = d.commands.run("dd if=/dev/zero of=/root/fill bs=1M count=200", check=False, timeout=180)
+        assert r.exit_code != 0 and "No space left on device" in r.stderr, r
+        st = os.stat(d.vm.scratch)
+        assert st.st_size == 48 << 20 and st.st_blocks * 512 <= (48 << 20) + (1 << 20)
+        d.commands.run("rm /root/fill", timeout=60)
+        assert d.commands.run("echo x > /root/y && cat /root/y", timeout=60).stdout == "x\n"
+        assert c.files.read("/root/mine") == "cold"
+        scratch = [c.vm.scratch, d.vm.scratch]
+    finally:
+        c.kill()
+        if d is not None:
+            d.kill()
+    assert not any(Path(p).exists() for p in scratch)
+
+
+def test_pause_resume_keeps_files_and_identity(warm, tmp_path):
+    sb = Sandbox.create(warm, memory_mib=256)
+    sb.files.write("/root/state.txt", "kept")
+    snap = sb.pause(str(tmp_path / "snap"))
+    with pytest.raises(SandboxClosed):
+        sb.commands.run("true")
+    sb2 = Sandbox.resume(snap)
+    try:
+        assert sb2.sandbox_id == sb.sandbox_id
+        assert sb2.commands.run("cat /root/state.txt; hostname", timeout=60).stdout == f"kept{sb.sandbox_id}\n"
+        sb2.files.write("/root/after", "y")
+        assert sb2.files.read("/root/after") == "y"
+    finally:
+        sb2.kill()

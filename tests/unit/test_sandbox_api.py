@@ -218,12 +218,16 @@ def test_lifetime_timeout_and_extension(tmp_path):
     assert s.vm.closed
 
 
-def test_garbage_collection_tears_down(tmp_path):
+@pytest.mark.parametrize("background", [False, True], ids=["idle", "background-command-running"])
+def test_garbage_collection_tears_down(tmp_path, background):
     import gc
 
     vm = AgentProcessVm()
     s = Sandbox._adopt(vm, IMG, cwd=str(tmp_path))
     assert s.commands.run("echo x").stdout == "x\n"
+    if background:      # a running command's stream must not keep its sandbox alive
+        s.commands.run("while :; do echo tick; sleep 0.05; done", background=True)
+        time.sleep(0.3)
     del s
     gc.collect()
     deadline = time.monotonic() + 5
@@ -242,7 +246,7 @@ def test_agent_death_is_one_clear_error(sb):
 
 def test_create_validates_before_booting():
     for kw in ({"cpus": 0}, {"memory_mib": 1}, {"timeout": -1}, {"pids": 2}, {"output_limit": -5},
-               {"cwd": "x"}, {"hostname": "bad name"}):
+               {"cwd": "x"}, {"hostname": "bad name"}, {"disk_mib": 1}, {"disk_mib": True}):
         with pytest.raises(ConfigError):
             Sandbox.create(IMG, **kw)
     with pytest.raises(ConfigError, match="image"):
@@ -272,3 +276,53 @@ def test_ls_answer_with_malformed_entries(entries, names):
     got = entries_from("/d", {"op": "ok", "entries": entries})
     assert [e.name for e in got] == names
     assert all(isinstance(e.size, int) for e in got)
+
+
+def test_scratch_disk_is_sparse_ext4_and_copies_keep_holes(tmp_path):
+    import json
+    import subprocess
+
+    from kvmvm.sandbox import vm as svm
+
+    disk = tmp_path / "scratch.img"
+    svm.make_scratch(disk, 256)
+    st = disk.stat()
+    assert st.st_size == 256 << 20 and st.st_blocks * 512 < 8 << 20      # mostly holes
+    info = subprocess.run(["dumpe2fs", "-h", disk], capture_output=True, text=True).stdout
+    assert "extent" in info and "has_journal" not in info     # ext4, no journal (dies with its VM)
+    with open(disk, "r+b") as f:           # data in the middle and at the end
+        f.seek(100 << 20)
+        f.write(b"x" * 5000)
+        f.seek((256 << 20) - 3)
+        f.write(b"end")
+    copy = tmp_path / "copy.img"
+    svm.sparse_copy(disk, copy)
+    assert copy.read_bytes() == disk.read_bytes()
+    assert copy.stat().st_blocks <= st.st_blocks + 64
+    # a restore swaps in its own copy for the snapshot's scratch drive, nothing else
+    snap = tmp_path / "snap"
+    snap.mkdir()
+    (snap / "snapshot.json").write_text(json.dumps({"config": {"drives": [
+        "/img/root.ext4,ro,id=kvmvm-root", f"{disk},id=kvmvm-scratch"]}}))
+    assert svm._with_scratch(snap, copy) == ["/img/root.ext4,ro,id=kvmvm-root", f"{copy},id=kvmvm-scratch"]
+    (snap / "snapshot.json").write_text(json.dumps({"config": {"drives": ["/img/root.ext4,ro,id=kvmvm-root"]}}))
+    with pytest.raises(SandboxError, match="scratch"):
+        svm._with_scratch(snap, copy)
+
+
+def test_scratch_disk_and_template_key(tmp_path):
+    from kvmvm.sandbox import vm as svm
+
+    k, i = tmp_path / "k", tmp_path / "i"
+    k.write_bytes(b"k")
+    i.write_bytes(b"i")
+    img = SimpleNamespace(digest="sha256:" + "0" * 64, rootfs=k, rootfs_type="ext4")
+    keys = {svm.template_key(img, 1, 256, k, i, d) for d in (None, 64, 128)}
+    assert len(keys) == 3           # the scratch size is part of what a warm snapshot depends on
+    with pytest.raises(SandboxError, match="scratch disk"):
+        svm.make_scratch(tmp_path / "no-such-dir" / "x.img", 64)
+
+
+def test_resume_refuses_what_is_not_a_paused_sandbox(tmp_path):
+    with pytest.raises(ConfigError, match="not a paused sandbox"):
+        Sandbox.resume(str(tmp_path))
