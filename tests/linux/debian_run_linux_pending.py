@@ -26,7 +26,10 @@ from tests import debianimage as deb
 
 KVMVM = [sys.executable, "-m", "kvmvm"]
 IMAGE = f"kvmvm-debian-test:{uuid.uuid4().hex[:8]}"
-TIMEOUT = 300
+TIMEOUT = 300            # one `kvmvm run`; an overstaying run fails with what it printed
+# the module's first test also imports the 78 MB image inside the emulated L1 (skopeo, digest
+# checks, umoci, mkfs.erofs: 13 s on the host, many times that under TCG)
+pytestmark = pytest.mark.timeout(900)
 
 
 @pytest.fixture(scope="module")
