@@ -179,7 +179,7 @@ def get(log=None) -> DebianImage:
             if not old.is_dir() or old == entry:
                 continue
             m = read_meta(old)
-            if (m and m.get("kind") == "debian") or ".tmp-" in old.name:
+            if (m and m.get("kind") == "debian") or ".tmp-" in old.name or ".old-" in old.name:
                 shutil.rmtree(old, ignore_errors=True)
     found = find()
     if not found:

@@ -130,3 +130,66 @@ def test_test_sh_finds_users_of_the_image(tmp_path):
     assert deb.used_by([str(tmp_path / "b_pending.py") + "::test_x"])
     (tmp_path / "test_c.py").write_text("from tests import debianimage\n")
     assert deb.used_by([str(tmp_path)])
+
+
+# ---- the cache's logic, with the slow build replaced (a private KVMVM_HOME) ------------
+
+@pytest.fixture
+def fake_build(monkeypatch, tmp_path):
+    """get() with mmdebstrap + umoci replaced by a builder that counts its calls."""
+    import threading
+    import time
+
+    monkeypatch.setenv("KVMVM_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("KVMHOST_INSIDE", raising=False)
+    calls = []
+
+    def build(tmp: Path) -> dict:
+        calls.append(threading.get_ident())
+        time.sleep(0.3)                      # long enough for a second caller to queue
+        if os.environ.get("FAKE_BUILD_FAIL"):
+            raise deb.DebianImageError("mirror unreachable")
+        (tmp / "oci").mkdir()
+        (tmp / "oci" / "index.json").write_text("{}")
+        return {"built_at": str(len(calls)), "base_opaque_files": []}
+
+    monkeypatch.setattr(deb, "_build", build)
+    return calls
+
+
+def test_concurrent_callers_build_once(fake_build):
+    import threading
+
+    got = []
+    ts = [threading.Thread(target=lambda: got.append(deb.get())) for _ in range(3)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    assert len(fake_build) == 1 and len({g.dir for g in got}) == 1
+    assert sorted(p.name for p in deb.cache_root().iterdir()) == [".debian.lock", got[0].dir.name]
+
+
+def test_failed_build_leaves_nothing_and_old_inputs_are_dropped(fake_build, monkeypatch):
+    old = deb.get()
+    monkeypatch.setattr(deb, "BUILDER_VERSION", deb.BUILDER_VERSION + 1)
+    monkeypatch.setenv("FAKE_BUILD_FAIL", "1")
+    with pytest.raises(deb.DebianImageError, match="mirror unreachable"):
+        deb.get()
+    assert sorted(p.name for p in deb.cache_root().iterdir()) == [".debian.lock", old.dir.name]
+    monkeypatch.delenv("FAKE_BUILD_FAIL")
+    new = deb.get()
+    assert new.dir != old.dir and not old.dir.exists()  # the older inputs' build is removed
+
+
+def test_inside_l1_a_missing_image_is_an_error(fake_build, monkeypatch):
+    monkeypatch.setenv("KVMHOST_INSIDE", "1")
+    with pytest.raises(deb.DebianImageError, match="scripts/test.sh builds it on the host"):
+        deb.get()
+    assert fake_build == []
+
+
+def test_missing_tool_names_its_package(monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(deb.DebianImageError, match=r"mmdebstrap is not installed \(Debian package mmdebstrap"):
+        deb._need("mmdebstrap")
