@@ -1,7 +1,9 @@
 """The Debian test image (tests/debianimage.py) through kvmvm's real image store, no VM.
 
 The image is a bookworm minbase rootfs made by mmdebstrap plus two layers of ours: whiteouts
-of a file and a directory of the base, and an opaque /etc/skel. Its build is slow the first
+of a file and a directory of the base, and an opaque /etc/skel. The rootfs kvmvm builds is
+checked path by path against what the layers say and against podman's own merged tree of the
+same image, and Debian's binaries are run from it (chroot). Its build is slow the first
 time (~75-95 s: mmdebstrap fetches from the Debian mirror) and cached by its inputs outside
 the clone; it is never skipped (a missing mmdebstrap, umoci or skopeo fails the test).
 """
@@ -101,6 +103,27 @@ def test_whiteouts_applied(debian, imported):
     # no whiteout marker survives into the rootfs
     markers = subprocess.run(["find", str(mnt), "-xdev", "-name", ".wh.*"], capture_output=True, text=True)
     assert markers.returncode == 0 and markers.stdout == ""
+
+
+
+def test_rootfs_matches_podman(debian, imported):
+    """Every path of kvmvm's rootfs against podman's own merged tree of the same image
+    (type, mode, owner, content, link targets, xattrs, hard-link groups)."""
+    _, mnt = imported
+    name = f"localhost/kvmvm-test-debian-{os.getpid()}:{deb.TAG}"
+    fx.sh("skopeo", "copy", "--quiet", debian.ref, f"containers-storage:{name}")
+    try:
+        pmnt = fx.podman("image", "mount", name).stdout.strip()
+        try:
+            theirs = fx.snapshot(Path(pmnt))
+        finally:
+            subprocess.run(["podman", "image", "unmount", name], capture_output=True)
+    finally:
+        subprocess.run(["podman", "rmi", "-f", name], capture_output=True)
+    ours = fx.snapshot(mnt)
+    assert len(ours) > 4000                     # a whole Debian system, not a stub
+    assert sorted(ours) == sorted(theirs)
+    assert [p for p in theirs if ours[p] != theirs[p]] == []
 
 
 def test_debian_files_present_and_usable(imported):
