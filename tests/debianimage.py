@@ -4,7 +4,8 @@ three-layer OCI image layout with umoci, cached outside the clone by its inputs.
     layer 1  the Debian base (mmdebstrap --variant=minbase, merged /usr, no docs/man/locales)
     layer 2  deletes a file and a directory of the base (whiteouts `.wh.NAME`) and replaces
              the contents of /etc/skel (an opaque directory, `.wh..wh..opq`)
-    layer 3  a small one: a release file and a script in /usr/local/bin
+    layer 3  a small one: a release file, a script in /usr/local/bin, an empty /dev (the base
+             has no device nodes, like Debian's images on registries)
 
 The layout lives in ``${KVMVM_HOME:-~/.cache/kvmvm}/test-images/<key>/oci`` (tag ``TAG``),
 where key hashes every input (suite, variant, package list, dpkg excludes, mmdebstrap's
@@ -36,12 +37,15 @@ from pathlib import Path
 
 from kvmvm.image.cache import cache_key, kvmvm_home, locked, read_meta, staging
 
-BUILDER_VERSION = 1
+BUILDER_VERSION = 2
 SUITE = "bookworm"
 VARIANT = "minbase"
 PACKAGES: tuple[str, ...] = ()          # minbase already holds apt, dpkg, bash, coreutils
 # merged /usr as debootstrap makes it (else `usrmerge` is installed and pulls in perl: +49 MB)
 HOOKS = ("/usr/share/mmdebstrap/hooks/merged-usr",)
+# no device nodes in the image, as in Debian's images on registries (the runtime provides /dev;
+# and a store on a file system that refuses mknod, like the test host's 9p share, takes it)
+SKIP = ("output/dev",)
 DPKG_OPTS = (
     "path-exclude=/usr/share/man/*",
     "path-exclude=/usr/share/info/*",
@@ -127,7 +131,7 @@ def inputs() -> dict:
     """Everything the image depends on (the cache key is a hash of this)."""
     return {
         "builder": BUILDER_VERSION, "suite": SUITE, "variant": VARIANT, "packages": sorted(PACKAGES),
-        "hooks": list(HOOKS), "dpkg_opts": list(DPKG_OPTS), "mmdebstrap": mmdebstrap_version(),
+        "hooks": list(HOOKS), "skip": list(SKIP), "dpkg_opts": list(DPKG_OPTS), "mmdebstrap": mmdebstrap_version(),
         "layers": {"deleted": [DELETED_FILE, DELETED_DIR], "opaque": OPAQUE_DIR,
                    "opaque_files": {k: v.decode() for k, v in OPAQUE_FILES.items()},
                    "release": RELEASE[1].decode(), "script": SCRIPT[1].decode()},
@@ -215,7 +219,9 @@ def _layer2(path: Path) -> None:
 
 
 def _layer3(path: Path) -> None:
+    """A release file, a script, and the empty /dev that the runtime mounts over."""
     with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tf:
+        _tar_member(tf, "dev", mode=0o755, type_=tarfile.DIRTYPE)
         _tar_member(tf, RELEASE[0], RELEASE[1])
         for d in ("usr", "usr/local", "usr/local/bin"):
             _tar_member(tf, d, mode=0o755, type_=tarfile.DIRTYPE)
@@ -241,7 +247,7 @@ def _check_base(tar: Path) -> list[str]:
 def _build(tmp: Path) -> dict:
     base = tmp / "base.tar"
     argv = ["mmdebstrap", f"--variant={VARIANT}", "--format=tar", "--quiet"]
-    argv += [f"--hook-dir={h}" for h in HOOKS]
+    argv += [f"--hook-dir={h}" for h in HOOKS] + [f"--skip={s}" for s in SKIP]
     argv += [f"--dpkgopt={o}" for o in DPKG_OPTS]
     if PACKAGES:
         argv.append("--include=" + ",".join(PACKAGES))

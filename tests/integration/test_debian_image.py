@@ -132,6 +132,7 @@ def test_debian_files_present_and_usable(imported):
     assert version.split(".")[0] == "12", version
     assert os.access(mnt / "usr/bin/apt", os.X_OK) and os.access(mnt / "usr/bin/apt-get", os.X_OK)
     assert os.readlink(mnt / "bin") == "usr/bin"       # merged /usr
+    assert (mnt / "dev").is_dir() and list((mnt / "dev").iterdir()) == []   # no device nodes
     assert (mnt / deb.RELEASE[0]).read_bytes() == deb.RELEASE[1]
     assert (mnt / deb.SCRIPT[0]).stat().st_mode & 0o777 == 0o755
     assert not (mnt / "usr/share/man").exists() or not any((mnt / "usr/share/man").iterdir())
