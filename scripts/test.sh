@@ -85,6 +85,9 @@ if [[ ,$TIERS, == *,linux,* ]] && [ ${#linux_paths[@]} -gt 0 ]; then
   echo "== test.sh: kvmvm kernel build (cached after the first time)" >&2
   t=$(now)
   .venv/bin/kvmvm kernel build --plain >&2 || failed+=("kvmvm kernel build (exit $?)")
+  # test images that need the network (mmdebstrap's Debian rootfs): built or found in the
+  # cache here, since the L1 has no network; only when a selected test file names them
+  "$PY" -m tests.debianimage --for "${linux_paths[@]}" >/dev/null || failed+=("Debian test image (exit $?)")
   image_s=$(since $t)
   t=$(now)
   if [ -e /dev/kvm ] && [ ! -e /sys/module/kvm_pvm ]; then
