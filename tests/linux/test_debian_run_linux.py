@@ -1,7 +1,4 @@
-"""PENDING (not collected): passed once alone in the test host (3 passed in 436 s, the first
-test 348 s of it: the image import inside L1); rename to test_debian_run_linux.py once it has
-passed alongside the other linux files (run_linux_pending.py waits on an intermittent
-`kvmvm run` stall in the emulated L1). `kvmvm run` of a real Debian image (linux tier).
+"""`kvmvm run` of a real Debian image (linux tier).
 
 The image is tests/debianimage.py's: bookworm minbase from mmdebstrap, then a layer with
 whiteouts (a file and a directory of the base deleted) and an opaque /etc/skel, then a small
