@@ -3,9 +3,9 @@ host): kvmvm.Sandbox under load and abuse (linux tier). Status from the runs of 
 - 50 threads creating, using and dropping sandboxes leave nothing behind: ran past the
   420 s per-test limit in an L1 shared with a second L1 (36 of 50 done); needs a quieter
   test host or a longer limit for this one test.
-- network=True through passt: passt cannot create its user namespace in the L1 test host
-  (EPERM: tests there run chrooted, tests/kvmhost/init.sh); needs the test host to
-  pivot_root/switch_root into the host root instead of chroot.
+- network=True through passt: passt could not create its user namespace in the L1 test
+  host while tests ran chrooted there; since stop 17 they do not (tests/kvmhost/init.sh
+  moves the host tree onto /), but this test has not run since.
 - pause/resume keeps running processes: failed once (the test paused before the guest had
   started the process); it now waits for the pid; not yet run again.
 - the CLI against a real VM: create, ls, exec (status, --json, -i, --timeout 124), cp both
