@@ -87,6 +87,15 @@ def test_reboot_ends_the_vm_cleanly(art):
     assert json.loads(out.strip().splitlines()[-1])["reason"] == "reset"
 
 
+def test_panic_exits_nonzero_with_a_clear_line(art):
+    from kvmvm.cli.booting import DEFAULT_LINUX_CMDLINE
+
+    rc, out, err = boot("", "--cmdline", DEFAULT_LINUX_CMDLINE.replace(" quiet", "") + " rdinit=/nonexistent root=/dev/nothing")
+    assert rc == 3, f"{err}\n{out[-3000:]}"
+    assert "Kernel panic" in out
+    assert err.strip().splitlines()[-1] == "kvmvm: guest kernel panicked (pvpanic); see its console output above"
+
+
 def test_each_console_line_runs_as_it_arrives(art):
     """`kvmvm boot` with a pipe for stdin: a line is run when it arrives, not when the next
     one does (busybox cat's sendfile from the tty once held every line back by one)."""
