@@ -1,4 +1,8 @@
-"""`kvmvm run` of a real Debian image (linux tier).
+"""PENDING (not collected): passed 3 of 3 alone in the test host (436 s, most of it the
+image import inside L1); in the full linux-tier run of stop 17 its first two tests passed
+and the third (six Debian runs) was still going after 20 minutes when the stop ended.
+Rename to test_debian_run_linux.py once it passes alongside the other linux files in a
+time that fits CI's test-host limit. `kvmvm run` of a real Debian image (linux tier).
 
 The image is tests/debianimage.py's: bookworm minbase from mmdebstrap, then a layer with
 whiteouts (a file and a directory of the base deleted) and an opaque /etc/skel, then a small
