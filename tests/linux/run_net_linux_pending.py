@@ -9,9 +9,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import uuid
 
 import pytest
+
+from tests.linux.netns import routed_netns as netns_routed
 
 from tests.linux.test_run_linux import KVMVM, TIMEOUT, _no_kvmvm_children, image, xdg  # noqa: F401
 # --- --net user: passt in a network namespace the test creates (a dummy interface with a
@@ -51,19 +52,8 @@ print(json.dumps({"rc": p.returncode, "out": out, "err": err, "inbound": got}))
 
 @pytest.fixture
 def routed_netns():
-    name = f"kvmvm-run-{uuid.uuid4().hex[:8]}"
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    try:
-        ns = ["ip", "netns", "exec", name]
-        for c in (["ip", "link", "set", "lo", "up"],
-                  ["ip", "link", "add", "eth0", "type", "dummy"],
-                  ["ip", "addr", "add", "192.0.2.2/24", "dev", "eth0"],
-                  ["ip", "link", "set", "eth0", "up"],
-                  ["ip", "route", "add", "default", "via", "192.0.2.1"]):
-            subprocess.run([*ns, *c], check=True)
+    with netns_routed() as ns:
         yield ns
-    finally:
-        subprocess.run(["ip", "netns", "del", name])
 
 
 def test_net_user_outbound_and_published_port(image, xdg, routed_netns):
