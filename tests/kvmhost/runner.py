@@ -38,6 +38,8 @@ DEBUG = bool(os.environ.get("KVMHOST_DEBUG"))  # L1's console (kernel, init) to 
 # init.sh beats every 10 s from memory; no beat for this long means L1 itself is frozen
 # (seen under QEMU's multi-threaded TCG: the vCPUs spin, nothing in L1 runs, not even timers).
 DEFAULT_STALL = 180.0
+# QEMU's TCG threading: "multi" (one host thread per L1 vCPU) or "single" (round-robin)
+TCG_THREAD = os.environ.get("KVMHOST_TCG_THREAD", "multi")
 
 
 @dataclass
@@ -177,7 +179,7 @@ def _qemu_args(qemu: str, image: Image, mem: int, cpus: int, console: Path, ctl:
     kernel = image.vmlinux or image.kernel
     append = (KERNEL_ARGS.replace(" quiet", "") if DEBUG else KERNEL_ARGS) + " " + os.environ.get("KVMHOST_APPEND", "")
     args = [
-        qemu, "-accel", "tcg,thread=multi", "-cpu", "qemu64,+svm,+npt", "-m", str(mem), "-smp", str(cpus),
+        qemu, "-accel", f"tcg,thread={TCG_THREAD}", "-cpu", "qemu64,+svm,+npt", "-m", str(mem), "-smp", str(cpus),
         "-M", "pc", "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
         "-serial", f"file:{_qemu_opt(console)}",
         "-monitor", f"unix:{_qemu_opt(console.with_name('monitor'))},server=on,wait=off",

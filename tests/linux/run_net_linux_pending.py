@@ -31,22 +31,32 @@ def answer():
     c.close()
 threading.Thread(target=answer, daemon=True).start()
 guest = ("GW=$(ip route | awk '/^default/ {print $3}'); echo gw=$GW; "
-         "echo out=$(nc $GW 9099 </dev/null); echo guest-says-hi | nc -l -p 80; echo served")
+         "ip addr; echo out=$(nc -w 20 $GW 9099 </dev/null); echo guest-says-hi | nc -l -p 80; echo served")
+t0 = time.monotonic()
 p = subprocess.Popen([*kvmvm, "run", "--net", "user", "-p", "18080:80", image, "sh", "-c", guest],
                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-got, deadline = "", time.monotonic() + 240
+got, errors, deadline = "", [], time.monotonic() + 180
 while p.poll() is None and time.monotonic() < deadline and "guest-says-hi" not in got:
     try:
         with socket.create_connection(("127.0.0.1", 18080), timeout=5) as c:
+            c.settimeout(10)
             got = c.recv(100).decode()
-    except OSError:
+    except OSError as e:
+        if not errors or errors[-1][1] != repr(e):
+            errors.append((round(time.monotonic() - t0, 1), repr(e)))
         time.sleep(0.5)
+inbound_s = round(time.monotonic() - t0, 1)
 try:
-    out, err = p.communicate(timeout=120)
+    out, err = p.communicate(timeout=60 if "guest-says-hi" in got else 10)
 except subprocess.TimeoutExpired:
-    p.kill()
-    out, err = p.communicate()
-print(json.dumps({"rc": p.returncode, "out": out, "err": err, "inbound": got}))
+    p.terminate()
+    try:
+        out, err = p.communicate(timeout=15)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        out, err = p.communicate()
+print(json.dumps({"rc": p.returncode, "out": out, "err": err, "inbound": got, "connect_errors": errors,
+                  "inbound_s": inbound_s, "total_s": round(time.monotonic() - t0, 1)}))
 '''
 
 
