@@ -15,7 +15,7 @@ import time
 
 from kvmvm.errors import ConfigError
 from kvmvm.snapshot.persist import (CONFIG_FIELDS, announce_genid, apply_overrides, assemble,
-                                    guest_is_linux)
+                                    guest_is_linux, prepare_for)
 
 
 def _child_config(m, k: int, *, serial_out_fd: int, serial_in_fd: int, vsock_uds: str | None, net_override: dict | None,
@@ -61,12 +61,16 @@ def fork(m, n: int, *, serial_out_fds: list[int] | None = None,
                           vsock_uds=vsock_uds[k] if vsock_uds else None,
                           net_override=net_override[k] if net_override else None,
                           drives=drives[k] if drives else None) for k in range(n)]
-    was_paused = m.paused
-    if not was_paused:
-        m.pause()
+    linux = guest_is_linux(m)
     t0 = time.monotonic_ns()
-    fds, kids = [], []
+    # every child's VM and memory slots made now on C threads, overlapping the parent's
+    # memory copy below; its memfd then goes under each child's (untouched) RAM in place
+    preps = [prepare_for(cfg, linux) for cfg in cfgs]
+    fds, kids, paused_here = [], [], False
     try:
+        if not m.paused:
+            m.pause()
+            paused_here = True
         state = m.vm.save_state()
         for i, _ in enumerate(m.ram.regions):
             fd = os.memfd_create(f"kvmvm-fork-ram{i}", os.MFD_CLOEXEC)
@@ -76,8 +80,9 @@ def fork(m, n: int, *, serial_out_fds: list[int] | None = None,
         t_mem = time.monotonic_ns()
         for k in range(n):
             # each child gets a new VM generation ID (assemble writes it)
+            p, preps[k] = preps[k], None
             kids.append(assemble(type(m), cfgs[k], fds, state, None, what="fork", start=False,
-                                 linux=guest_is_linux(m)))
+                                 linux=linux, prepared=p))
         for kid in kids:
             kid.start()
             announce_genid(kid)
@@ -89,8 +94,11 @@ def fork(m, n: int, *, serial_out_fds: list[int] | None = None,
             kid.close()
         raise
     finally:
+        for p in preps:
+            if p is not None:
+                p.discard()
         for fd in fds:
             os.close(fd)
-        if not was_paused:
+        if paused_here:
             m.resume()
     return kids

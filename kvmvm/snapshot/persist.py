@@ -137,9 +137,11 @@ def announce_genid(m) -> None:
 
 
 def assemble(cls, cfg, ram_fds: list[int], state: bytes, guest_cpuid: list | None, *,
-             what: str, start: bool, new_genid: bool = True, linux: bool = False):
+             what: str, start: bool, new_genid: bool = True, linux: bool = False,
+             prepared=None):
     """A Machine of class cls with cfg's devices, RAM from ram_fds and the given state; a
-    new VM generation ID unless new_genid is false (every copy is a new VM to its guest)."""
+    new VM generation ID unless new_genid is false (every copy is a new VM to its guest).
+    prepared: a kvmvm.prepared.PreparedVm for it (prepare_for), started earlier."""
     from kvmvm.boot import layout
 
     m = cls.__new__(cls)
@@ -150,7 +152,7 @@ def assemble(cls, cfg, ram_fds: list[int], state: bytes, guest_cpuid: list | Non
     m.t_vm_created_ns = 0
     m.ram = layout.RamLayout(cfg.memory_mib * layout.MiB)
     m.kernel = m.kernel_data = m.initrd_data = None
-    m.prepared = None
+    m.prepared = prepared
     m.restored_linux = m._was_linux = linux      # (Machine.is_linux without a kernel)
     try:
         m._build_platform(ram_fds)
@@ -169,6 +171,18 @@ def assemble(cls, cfg, ram_fds: list[int], state: bytes, guest_cpuid: list | Non
         raise
     m.restore_vmm_ms = round((time.monotonic_ns() - m.t0_ns) / 1e6, 3)
     return m
+
+
+def prepare_for(cfg, linux: bool):
+    """A kvmvm.prepared.PreparedVm for a Machine that assemble will build from cfg: the VM
+    and its memory slots made on a C thread (the kernel makes each slot wait for an SRCU
+    grace period, milliseconds), overlapping whatever the caller does meanwhile."""
+    from kvmvm.boot import layout
+    from kvmvm.prepared import PreparedVm
+
+    pit = cfg.pit == "on" or (cfg.pit == "auto" and linux)
+    return PreparedVm(cfg.kvm_path, layout.RamLayout(cfg.memory_mib * layout.MiB).regions, pit,
+                      cfg.seccomp_level)
 
 
 def check_cpuid(what: str, saved: list, now: list) -> None:
