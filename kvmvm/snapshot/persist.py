@@ -138,15 +138,16 @@ def announce_genid(m) -> None:
 
 def assemble(cls, cfg, ram_fds: list[int], state: bytes, guest_cpuid: list | None, *,
              what: str, start: bool, new_genid: bool = True, linux: bool = False,
-             prepared=None):
+             prepared=None, t0_ns: int | None = None):
     """A Machine of class cls with cfg's devices, RAM from ram_fds and the given state; a
     new VM generation ID unless new_genid is false (every copy is a new VM to its guest).
-    prepared: a kvmvm.prepared.PreparedVm for it (prepare_for), started earlier."""
+    prepared: a kvmvm.prepared.PreparedVm for it (prepare_for), started earlier; t0_ns:
+    when the caller began (restore_vmm_ms counts from it)."""
     from kvmvm.boot import layout
 
     m = cls.__new__(cls)
     m.cfg = cfg
-    m.t0_ns = time.monotonic_ns()
+    m.t0_ns = t0_ns or time.monotonic_ns()
     m.vm = None
     m.virtio = []
     m.t_vm_created_ns = 0
@@ -223,6 +224,7 @@ def check(snap_dir: str, *, net_override=None, vsock_uds=None, serial_out_fd: in
 
 def restore(cls, snap_dir: str, *, net_override=None, vsock_uds=None, serial_out_fd: int = 1,
             serial_in_fd: int = -1, drives=None, start: bool = True):
+    t0 = time.monotonic_ns()
     snap, state, cfg = check(snap_dir, net_override=net_override, vsock_uds=vsock_uds,
                              serial_out_fd=serial_out_fd, serial_in_fd=serial_in_fd, drives=drives)
     if snap.header.get("linux"):
@@ -233,12 +235,16 @@ def restore(cls, snap_dir: str, *, net_override=None, vsock_uds=None, serial_out
             from kvmvm.errors import HostUnsupported
 
             raise HostUnsupported(problem)
-    fds = []
+    linux = bool(snap.header.get("linux"))
+    prep, fds = prepare_for(cfg, linux), []
     try:
         for i in range(len(snap.regions)):
             fds.append(os.open(snap.memory_path(i), os.O_RDONLY | os.O_CLOEXEC))
+        p, prep = prep, None
         return assemble(cls, cfg, fds, state, snap.header.get("guest_cpuid"), what=snap_dir,
-                        start=start, linux=bool(snap.header.get("linux")))
+                        start=start, linux=linux, prepared=p, t0_ns=t0)
     finally:
+        if prep is not None:
+            prep.discard()
         for fd in fds:
             os.close(fd)
