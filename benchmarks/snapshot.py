@@ -8,10 +8,11 @@ Machine.restore's call until the vCPUs run) for 128 MiB and 1 GiB guests, end to
 (`kvmvm restore` spawned until the guest's first console line), fork latency (first child,
 per child for 4 as Machine.fork reports it, and per further child: fork(4)'s total less
 fork(1)'s, over 3), and the memory of --vms VMs restored from one snapshot in this process
-against one (each guest has read back the 8 MiB it filled). QEMU (microvm, same guest,
+against one (each guest has read back the 8 MiB it filled), and of --processes `kvmvm
+restore` processes of it against one. QEMU (microvm, same guest,
 same run): `stop` + `migrate "exec:cat > FILE"` until completed, and `-incoming "exec:cat
 FILE"` + `cont` spawned until the guest's first console line.
---parts: a comma-separated subset of fork,restore,e2e,memory,qemu (snapshots are always
+--parts: a comma-separated subset of fork,restore,e2e,memory,processes,qemu (snapshots are always
 taken: the other parts need them).
 """
 
@@ -53,10 +54,10 @@ def wait_file(path: str, text: str, timeout: float = 60.0) -> None:
         time.sleep(0.01)
 
 
-PARTS = ("fork", "restore", "e2e", "memory", "qemu")
+PARTS = ("fork", "restore", "e2e", "memory", "processes", "qemu")
 
 
-def kvmvm_side(runs: int, tmp: str, parts=PARTS, vms: int = 100) -> dict:
+def kvmvm_side(runs: int, tmp: str, parts=PARTS, vms: int = 100, processes: int = 20) -> dict:
     from kvmvm.machine import Machine, MachineConfig
 
     out = {}
@@ -106,6 +107,8 @@ def kvmvm_side(runs: int, tmp: str, parts=PARTS, vms: int = 100) -> dict:
         out["restore_end_to_end_ms"] = bl.summarize(e2e)
     if "memory" in parts:
         out["restored_memory"] = restored_memory(snaps[128], tmp, vms)
+    if "processes" in parts:
+        out["restored_processes_memory"] = restored_processes_memory(snaps[128], tmp, processes)
     os.close(devnull)
     return out
 
@@ -223,6 +226,50 @@ def restored_memory(snap: str, tmp: str, n: int) -> dict:
             "kernel_per_extra_vm_kib": round((kall - kone) / max(1, n - 1))}
 
 
+def restored_processes_memory(snap: str, tmp: str, n: int) -> dict:
+    """The memory of n `kvmvm restore` processes of the same snapshot against one: the sum
+    of their PSS, each measured once its guest has read back its 8 MiB and the process is
+    stopped (SIGSTOP: nothing changes, nothing spins); the first alone, then in batches
+    of 10."""
+    import signal
+
+    logs = [os.path.join(tmp, f"proc-{i}.out") for i in range(n)]
+    procs = []
+
+    def pss(p) -> int:
+        return smaps_rollup_kib(str(p.pid))["Pss"]
+
+    try:
+        one = None
+        for b0, b1 in [(0, 1)] + [(b, min(n, b + 10)) for b in range(1, n, 10)]:
+            batch = []
+            for i in range(b0, b1):
+                with open(logs[i], "wb") as fh:
+                    # stdin: a pipe kept open (at EOF the console would end the guest)
+                    batch.append(subprocess.Popen([bl.kvmvm_bin(), "restore", snap, "--timeout", "600"],
+                                                  stdin=subprocess.PIPE, stdout=fh,
+                                                  stderr=subprocess.DEVNULL))
+            procs += batch
+            wait_all(logs[b0:b0 + len(batch)], "counter: verified", 120)
+            for p in batch:
+                p.send_signal(signal.SIGSTOP)
+            if one is None:
+                time.sleep(0.2)
+                one = pss(batch[0])     # the first alone
+        time.sleep(0.2)
+        total = sum(pss(p) for p in procs)
+        rss1 = smaps_rollup_kib(str(procs[0].pid))["Rss"]
+    finally:
+        for p in procs:
+            p.kill()
+            p.send_signal(signal.SIGCONT)
+            p.wait()
+            p.stdin.close()
+    return {"n": n, "pss_one_process_kib": one, "rss_one_process_kib": rss1,
+            "pss_n_processes_kib": total, "ratio_n_to_one": round(total / one, 3),
+            "pss_per_process_kib": round(total / n)}
+
+
 class Qmp:
     def __init__(self, path: str, timeout: float = 30.0):
         deadline = time.monotonic() + timeout
@@ -306,9 +353,9 @@ def qemu_side(runs: int, tmp: str) -> dict:
     return out
 
 
-def measure(runs: int, parts=PARTS, vms: int = 100) -> dict:
+def measure(runs: int, parts=PARTS, vms: int = 100, processes: int = 20) -> dict:
     with tempfile.TemporaryDirectory(prefix="kvmvm-snapbench-") as tmp:
-        res = {"kvmvm": kvmvm_side(runs, tmp, parts, vms)}
+        res = {"kvmvm": kvmvm_side(runs, tmp, parts, vms, processes)}
         if "qemu" not in parts:
             res["qemu"] = bl.missing("not measured (--parts)")
         else:
@@ -333,14 +380,17 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=10)
     ap.add_argument("--vms", type=int, default=100, help="VMs restored for the memory measure")
+    ap.add_argument("--processes", type=int, default=20,
+                    help="`kvmvm restore` processes for the per-process memory measure")
     ap.add_argument("--parts", default=",".join(PARTS), help="a subset of " + ",".join(PARTS))
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args(argv)
     parts = tuple(p for p in a.parts.split(",") if p)
     bad = [p for p in parts if p not in PARTS]
-    if bad or a.vms < 2 or a.runs < 1:
-        ap.error(f"unknown part {bad[0]!r}" if bad else "--vms must be at least 2 and --runs at least 1")
-    r = measure(a.runs, parts, a.vms)
+    if bad or a.vms < 2 or a.processes < 2 or a.runs < 1:
+        ap.error(f"unknown part {bad[0]!r}" if bad else
+                 "--vms and --processes must be at least 2, --runs at least 1")
+    r = measure(a.runs, parts, a.vms, a.processes)
     k, q = r["results"]["kvmvm"], r["results"]["qemu"]
     lines = [f"snapshot/restore/fork, {r['guest']}, {a.runs} runs, load {r['load']}"]
     for name in ("snapshot_ms", "restore_vmm_128mib_ms", "restore_vmm_1024mib_ms",
@@ -357,6 +407,11 @@ def main(argv=None) -> int:
                      f"{rm['pss_per_extra_vm_kib']} KiB per extra VM; host kernel "
                      f"(Slab+stacks+page tables, host-wide): {rm['kernel_one_vm_kib']} KiB for one, "
                      f"{rm['kernel_n_vms_kib']} KiB for {rm['n']}")
+    if "restored_processes_memory" in k:
+        rp = k["restored_processes_memory"]
+        lines.append(f"  kvmvm {rp['n']} `kvmvm restore` processes: PSS {rp['pss_n_processes_kib']} KiB "
+                     f"vs one {rp['pss_one_process_kib']} KiB = {rp['ratio_n_to_one']}x "
+                     f"({rp['pss_per_process_kib']} KiB per process)")
     for name in ("snapshot_ms", "restore_end_to_end_ms"):
         lines.append(f"  qemu  {name:<24} {bl.fmt_entry(q.get(name)) if not bl.is_missing(q) else bl.fmt_entry(q)}")
     if not bl.is_missing(q):
