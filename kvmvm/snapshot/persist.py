@@ -136,13 +136,14 @@ def announce_genid(m) -> None:
         m.vm.irq_line(layout.VMGENID_GED_IRQ, 0)
 
 
-def assemble(cls, cfg, ram_fds: list[int], state: bytes, guest_cpuid: list | None, *,
+def assemble(cls, cfg, ram_fds: list[int], state: bytes | None, guest_cpuid: list | None, *,
              what: str, start: bool, new_genid: bool = True, linux: bool = False,
              prepared=None, t0_ns: int | None = None):
     """A Machine of class cls with cfg's devices, RAM from ram_fds and the given state; a
     new VM generation ID unless new_genid is false (every copy is a new VM to its guest).
     prepared: a kvmvm.prepared.PreparedVm for it (prepare_for), started earlier; t0_ns:
-    when the caller began (restore_vmm_ms counts from it)."""
+    when the caller began (restore_vmm_ms counts from it). state None: built without
+    touching guest memory (ram_fds may still be being written), for load() to finish."""
     from kvmvm.boot import layout
 
     m = cls.__new__(cls)
@@ -160,18 +161,28 @@ def assemble(cls, cfg, ram_fds: list[int], state: bytes, guest_cpuid: list | Non
         m.vm.create_vcpus(cfg.cpus)
         if guest_cpuid is not None:
             check_cpuid(what, guest_cpuid, m.vm.vcpu_cpuid(0))
-        m.vm.load_state(state)
-        if new_genid:
-            m.vm.write(layout.VMGENID_GPA, os.urandom(16))
-        if start:
-            m.start()
-            if new_genid:
-                announce_genid(m)
+        if state is not None:
+            load(m, state, start=start, new_genid=new_genid)
     except BaseException:
         m.close()
         raise
-    m.restore_vmm_ms = round((time.monotonic_ns() - m.t0_ns) / 1e6, 3)
     return m
+
+
+def load(m, state: bytes, *, start: bool, new_genid: bool = True) -> None:
+    """Finish a Machine that assemble built without state: the state, a new VM generation
+    ID unless new_genid is false, and (if start) its vCPUs running. On an error the caller
+    closes m."""
+    from kvmvm.boot import layout
+
+    m.vm.load_state(state)
+    if new_genid:
+        m.vm.write(layout.VMGENID_GPA, os.urandom(16))
+    if start:
+        m.start()
+        if new_genid:
+            announce_genid(m)
+    m.restore_vmm_ms = round((time.monotonic_ns() - m.t0_ns) / 1e6, 3)
 
 
 def prepare_for(cfg, linux: bool):
