@@ -321,11 +321,13 @@ class Machine:
             p = None
         vm = self.vm = Vm(cfg.kvm_path, prepared=p)
         self.t_vm_created_ns = time.monotonic_ns()
-        if ram_fds is not None and vm.ram_regions:
-            raise ValueError("a prepared VM already has anonymous RAM")
         for i, (gpa, size) in enumerate(self.ram.regions):
             if i < vm.ram_regions:
-                continue        # made by the prepared VM (kvmvm.prepared.PreparedVm) already
+                # made by the prepared VM (kvmvm.prepared.PreparedVm) already, anonymous and
+                # untouched: a file goes under it in place (its KVM memory slot stays)
+                if ram_fds is not None:
+                    vm.remap_ram_file(i, ram_fds[i])
+                continue
             if ram_fds is None:
                 vm.add_ram(gpa, size)
             else:
