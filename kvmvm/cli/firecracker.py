@@ -4,10 +4,9 @@ It takes Firecracker's flags with their meaning, serves its API on `--api-sock` 
 and/or boots what `--config-file` describes (the JSON of GET /vm/config), and exits when the
 guest ends, with kvmvm boot's exit statuses. A Firecracker flag kvmvm does not implement
 gets one line naming it (exit 2). Arguments are parsed without click: start-up to a
-listening socket is part of what clients wait for.
+listening socket is part of what clients wait for, so nothing is imported before the
+socket listens that the arguments do not need (not even `__future__`).
 """
-
-from __future__ import annotations
 
 import os
 import sys
@@ -52,8 +51,6 @@ UNSUPPORTED = {"--seccomp-filter": True, "--mmds-size-limit": True, "--describe-
 
 
 def parse(argv: list[str]) -> dict:
-    from kvmvm.errors import ConfigError
-
     out: dict = {"api_sock": DEFAULT_API_SOCK, "id": "anonymous-instance", "level": None}
     i = 0
     while i < len(argv):
@@ -61,26 +58,26 @@ def parse(argv: list[str]) -> dict:
         i += 1
         name, eq, val = a.partition("=") if a.startswith("--") else (a, "", "")
         if name in UNSUPPORTED:
-            raise ConfigError(f"firecracker: {name} is not supported by kvmvm")
+            raise _bad(f"firecracker: {name} is not supported by kvmvm")
         if name not in FLAGS:
-            raise ConfigError(f"firecracker: unknown argument {a!r} (see --help)")
+            raise _bad(f"firecracker: unknown argument {a!r} (see --help)")
         dest, takes = FLAGS[name]
         if not takes:
             if eq:
-                raise ConfigError(f"firecracker: {name} takes no value")
+                raise _bad(f"firecracker: {name} takes no value")
             out[dest] = True
             continue
         if not eq:
             if i >= len(argv):
-                raise ConfigError(f"firecracker: {name} needs a value")
+                raise _bad(f"firecracker: {name} needs a value")
             val = argv[i]
             i += 1
         out[dest] = val
     iid = out["id"]
     if not 1 <= len(iid) <= 64 or not all(c.isalnum() or c == "-" for c in iid):
-        raise ConfigError(f"firecracker: invalid --id {iid!r} (1-64 alphanumeric characters or '-')")
+        raise _bad(f"firecracker: invalid --id {iid!r} (1-64 alphanumeric characters or '-')")
     if out.get("no_api") and not out.get("config_file"):
-        raise ConfigError("firecracker: --no-api needs --config-file")
+        raise _bad("firecracker: --no-api needs --config-file")
     for k in ("max_payload", "start_time_us", "start_time_cpu_us", "parent_cpu_time_us"):
         if k in out:
             try:
@@ -88,8 +85,15 @@ def parse(argv: list[str]) -> dict:
                 if out[k] < 0:
                     raise ValueError
             except ValueError:
-                raise ConfigError(f"firecracker: {k.replace('_', '-')} must be a non-negative integer") from None
+                raise _bad(f"firecracker: {k.replace('_', '-')} must be a non-negative integer") from None
     return out
+
+
+def _bad(msg: str):
+    """A ConfigError (kvmvm.errors is imported only when there is one to raise)."""
+    from kvmvm.errors import ConfigError
+
+    return ConfigError(msg)
 
 
 # GET /vm/config's sections -> the request that configures each (config files use the same JSON)
@@ -280,7 +284,7 @@ def _wait(vmm) -> None:
 
 
 def entry() -> None:
-    """The `kvmvm-firecracker` console script."""
+    """The `kvmvm-firecracker` command (bin/kvmvm-firecracker)."""
     from kvmvm.cli import main as kvmvm_main
 
     sys.exit(kvmvm_main(["firecracker", *sys.argv[1:]]))
