@@ -11,7 +11,7 @@ import stat
 
 def listen(path: str, backlog: int = 64):
     """A Unix stream socket bound at path and listening (a stale socket file is reclaimed),
-    as a `socket.socket`."""
+    as a Listener."""
     reclaim_socket(path)
     s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
     try:
@@ -24,7 +24,7 @@ def listen(path: str, backlog: int = 64):
 
 
 class Listener:
-    """A bound socket not yet wrapped: `take()` gives the `socket.socket` (imported then)."""
+    """The bound, listening socket (`raw`, a `_socket.socket`) until a server takes it."""
 
     def __init__(self, raw):
         self.raw = raw
@@ -34,11 +34,6 @@ class Listener:
 
     def close(self) -> None:
         self.raw.close()
-
-    def take(self):
-        import socket
-
-        return socket.socket(fileno=self.raw.detach())
 
 
 def reclaim_socket(path: str) -> None:
