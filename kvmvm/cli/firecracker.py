@@ -293,9 +293,9 @@ def _wait(vmm) -> None:
 
 def entry() -> None:
     """The `kvmvm-firecracker` command (bin/kvmvm-firecracker)."""
-    from kvmvm.cli import main as kvmvm_main
+    from kvmvm.cli import exit_now, main as kvmvm_main
 
-    sys.exit(kvmvm_main(["firecracker", *sys.argv[1:]]))
+    exit_now(kvmvm_main(["firecracker", *sys.argv[1:]]))
 
 
 def __getattr__(name):
