@@ -17,6 +17,7 @@ MIN_MEMORY_MIB = 16
 MAX_MEMORY_MIB = 1 << 20
 DEBUG_EXIT_PORT = 0xF4
 MAX_IMAGE_BYTES = 4 << 30      # a kernel or initrd larger than this is a mistake
+READ_MAX = 256 << 10           # images below this are read, not mapped (read_image)
 
 
 @record
@@ -87,10 +88,10 @@ class Result:
 
 def read_image(path: str, what: str = "kernel image"):
     """The file's bytes as a read-only mmap: nothing is read or copied until used, and only
-    what is used (a vmlinux's PT_LOAD segments, not its symbols). Files under
-    _ImageFile.MAP_MIN bytes (a tiny guest) are read into bytes instead: cheaper than
-    importing mmap and mapping them. Only regular files (a FIFO would block, a character
-    device such as /dev/zero never ends)."""
+    what is used (a vmlinux's PT_LOAD segments, not its symbols). Files under READ_MAX
+    bytes (a tiny guest) are read into bytes instead: cheaper than importing mmap, mapping
+    them and opening them again to load them. Only regular files (a FIFO would block, a
+    character device such as /dev/zero never ends)."""
     import stat
 
     try:
@@ -113,7 +114,7 @@ def read_image(path: str, what: str = "kernel image"):
             raise ConfigError(f"{what} is larger than {MAX_IMAGE_BYTES >> 30} GiB: {path}")
         if st.st_size == 0:
             return b""
-        if st.st_size < _ImageFile.MAP_MIN:
+        if st.st_size < READ_MAX:
             return _read_all(fd, st.st_size)
         import mmap
 
@@ -180,9 +181,9 @@ class _ImageFile:
     """An image to load into guest memory. A mapped regular file (read_image) is read
     straight into guest memory (pread, no buffer between) or, when it lies in kvmvm's own
     cache (immutable: entries are published whole and never rewritten), mapped there
-    copy-on-write page by page, so that nothing is copied before the guest touches it.
-    Images under MAP_MIN bytes (read_image gives them as bytes: reading costs less than
-    mapping, and than finding the cache) and anything else are copied from `data`."""
+    copy-on-write page by page, so that nothing is copied before the guest touches it
+    (only for images of MAP_MIN bytes or more: below that, reading costs less than mapping,
+    and than finding the cache). Images read_image gave as bytes are copied from `data`."""
 
     MAP_MIN = 1 << 20
 
@@ -190,7 +191,7 @@ class _ImageFile:
         self.path, self.data, self.fd, self.map = path, data, -1, False
 
     def __enter__(self):
-        if not isinstance(self.data, bytes):     # an mmap (read_image): big enough to map
+        if not isinstance(self.data, bytes):     # an mmap (read_image)
             try:
                 self.fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
             except OSError:
