@@ -87,10 +87,9 @@ static const unsigned long vcpu_ioctls[] = {
 static const unsigned long worker_ioctls[] = { KVM_IRQ_LINE, KVM_IRQ_LINE_STATUS, 0 };
 static const unsigned long serial_in_ioctls[] = { KVM_IRQ_LINE, KVM_IRQ_LINE_STATUS, TCGETS, 0 };
 static const unsigned long main_ioctls[] = {
-    /* the terminal (isatty, raw mode and its restore); device teardown; the memory slots'
-       removal before the VM's release (vm.c: unregister_ram) */
+    /* the terminal (isatty, raw mode and its restore); device teardown */
     TCGETS, TCSETS, TCSETSW, TCSETSF, TIOCGWINSZ, FIONBIO, FIOCLEX,
-    KVM_IOEVENTFD, KVM_IRQFD, KVM_IRQ_LINE, KVM_IRQ_LINE_STATUS, KVM_SET_USER_MEMORY_REGION, 0,
+    KVM_IOEVENTFD, KVM_IRQFD, KVM_IRQ_LINE, KVM_IRQ_LINE_STATUS, 0,
 };
 static const int main_fcntls[] = {
     F_GETFD, F_SETFD, F_GETFL, F_SETFL, F_DUPFD_CLOEXEC, F_DUPFD, -1,

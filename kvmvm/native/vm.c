@@ -557,20 +557,6 @@ int kvmvm_vm_stats(kvmvm_vm *vm, struct kvmvm_stats *st)
     return 0;
 }
 
-/* The memory slots out of KVM before the VM's release. A VM released within ~15 ms of
-   creating its irqchip otherwise waits in the kernel for SRCU work its setup left pending
-   (3-12 ms, measured here); a slot deleted first finishes it at once (about 0.1 ms). That
-   is a bare tiny guest's case: a virtio device's notifiers, deregistered before, do the same,
-   and a PIT's teardown waits for its own grace periods either way (so not with one). */
-static void unregister_ram(struct kvmvm_vm *vm)
-{
-    for (int i = 0; i < vm->mem.nr; i++) {
-        struct kvm_userspace_memory_region region = { .slot = (uint32_t)i,
-                                                      .guest_phys_addr = vm->mem.r[i].gpa };
-        ioctl(vm->vm_fd, KVM_SET_USER_MEMORY_REGION, &region);     /* size 0: delete */
-    }
-}
-
 void kvmvm_vm_free(kvmvm_vm *vm)
 {
     if (!vm)
@@ -589,8 +575,6 @@ void kvmvm_vm_free(kvmvm_vm *vm)
         if (v->fd >= 0)
             close(v->fd);
     }
-    if (vm->vm_fd >= 0 && !vm->has_pit)
-        unregister_ram(vm);
     if (vm->vm_fd >= 0)
         close(vm->vm_fd);
     if (vm->kvm_fd >= 0)
