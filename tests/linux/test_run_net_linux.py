@@ -33,7 +33,7 @@ threading.Thread(target=answer, daemon=True).start()
 guest = ("GW=$(ip route | awk '/^default/ {print $3}'); echo gw=$GW; "
          "ip addr; echo out=$(nc -w 20 $GW 9099 </dev/null); echo guest-says-hi | nc -l -p 80; echo served")
 t0 = time.monotonic()
-p = subprocess.Popen([*kvmvm, "run", "--net", "user", "-p", "18080:80", image, "sh", "-c", guest],
+p = subprocess.Popen([*kvmvm, "run", "--timeout", "240", "--net", "user", "-p", "18080:80", image, "sh", "-c", guest],
                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 got, errors, deadline = "", [], time.monotonic() + 180
 while p.poll() is None and time.monotonic() < deadline and "guest-says-hi" not in got:
