@@ -400,14 +400,28 @@ class ImageStore:
             progress.note("not running as root: every file will be owned by this user and device "
                           "nodes will be empty files (import as root for exact ownership)")
         with self._unpack_dir(work, size) as udir:
-            tree = udir / "rootfs"
-            progress.phase(f"applying {nlayers} layer{'s' if nlayers != 1 else ''}")
             try:
-                rootfs.unpack(layout, ref, tree)
-                progress.phase(f"building the {fstype} image")
-                rootfs.mkfs(tree, out, fstype)
-            finally:
-                _rmtree(tree)
+                self._unpack_mkfs(layout, ref, udir / "rootfs", out, fstype, nlayers, progress)
+                return
+            except (ImageImportError, OSError):
+                if udir == work:
+                    raise
+                # /dev/shm filled up (many small files take a page each) or failed otherwise:
+                # once more on disk, where the failure, if any, is the real one
+        with contextlib.suppress(FileNotFoundError):
+            out.unlink()
+        self._unpack_mkfs(layout, ref, work / "rootfs", out, fstype, nlayers, progress)
+
+    @staticmethod
+    def _unpack_mkfs(layout, ref, tree: Path, out: Path, fstype: str, nlayers: int,
+                     progress: ImportProgress) -> None:
+        progress.phase(f"applying {nlayers} layer{'s' if nlayers != 1 else ''}")
+        try:
+            rootfs.unpack(layout, ref, tree)
+            progress.phase(f"building the {fstype} image")
+            rootfs.mkfs(tree, out, fstype)
+        finally:
+            _rmtree(tree)
 
     @contextlib.contextmanager
     def _unpack_dir(self, work: Path, size: int) -> Iterator[Path]:

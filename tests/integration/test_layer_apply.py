@@ -143,3 +143,22 @@ def test_tree_on_disk_when_memory_is_short(tmp_path, monkeypatch):
 def test_shm_fits_bounds():
     assert rootfs.shm_fits(store_mod.SHM, 1 << 20)
     assert not rootfs.shm_fits(store_mod.SHM, 1 << 50)
+
+
+def test_tree_on_disk_when_memory_fills_up(tmp_path, monkeypatch):
+    """ENOSPC in /dev/shm (or any failure there): the layers are applied again on disk."""
+    archive = fx.to_docker_archive(fx.build_layered(tmp_path / "img"), tmp_path / "d.tar")
+    store = ImageStore(tmp_path / "images")
+    seen = []
+    real = rootfs.unpack
+
+    def full_shm(layout, ref, dest):
+        seen.append(dest)
+        if dest.parent.parent == store_mod.SHM:
+            raise OSError(28, "No space left on device")
+        return real(layout, ref, dest)
+
+    monkeypatch.setattr(rootfs, "unpack", full_shm)
+    (img,) = store.import_(str(archive))
+    assert [d.parent.parent for d in seen] == [store_mod.SHM, store.tmp]
+    assert img.rootfs.is_file() and not seen[0].parent.exists()
