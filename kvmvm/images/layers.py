@@ -12,7 +12,11 @@ applied only when it is plain:
   first, so tar never writes through an existing entry;
 - a layer with a path through a symlink (in the tree or earlier in the layer), through a
   non-directory, with `..`, or a zstd layer, or not running as root, is `Unplain`: the caller
-  applies the whole image with umoci instead.
+  applies the whole image with umoci instead;
+- the checks are only as good as the agreement between Python's tarfile and GNU tar on what
+  the layer holds (a crafted header that one parser skips and the other reads could hide a
+  member), so GNU tar's own listing (`tar -tv`) must match tarfile's member for member
+  (type, name, link target), and a name that would make that listing ambiguous is Unplain.
 
 tar runs as root with the owners, modes, xattrs and device nodes of the archive
 (`--same-owner --numeric-owner -p --xattrs --xattrs-include=*`).
@@ -21,6 +25,7 @@ tar runs as root with the owners, modes, xattrs and device nodes of the archive
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -73,6 +78,62 @@ def _check_parents(parts: list[str], tree: _Tree, seen: dict[str, str]) -> None:
             raise Unplain(f"a path through a symlink or file: {rel[:80]!r}")
 
 
+_ESC = {7: "\\a", 8: "\\b", 9: "\\t", 10: "\\n", 11: "\\v", 12: "\\f", 13: "\\r", 92: "\\\\"}
+_TYPE = {tarfile.REGTYPE: "-", tarfile.AREGTYPE: "-", tarfile.DIRTYPE: "d", tarfile.SYMTYPE: "l",
+         tarfile.LNKTYPE: "h", tarfile.CHRTYPE: "c", tarfile.BLKTYPE: "b", tarfile.FIFOTYPE: "p"}
+_ROW = re.compile(r"^(.)\S{9} (\S+) +(\S+) (\S+) (\S+) (.*)$")
+
+
+def _quote(name: str) -> str:
+    """A name as GNU tar lists it with --quoting-style=escape in the C locale."""
+    out = []
+    for b in name.encode("utf-8", "surrogateescape"):
+        if b in _ESC:
+            out.append(_ESC[b])
+        elif 0x20 <= b < 0x7F:
+            out.append(chr(b))
+        else:
+            out.append("\\%03o" % b)
+    return "".join(out)
+
+
+def _expect(m: tarfile.TarInfo) -> tuple[str, str, str]:
+    """(type letter, name, rest) of the member's `tar -tv` line, as tarfile read it."""
+    if m.type not in _TYPE:
+        raise Unplain(f"member type {m.type!r}")
+    for text in (m.name, m.linkname):
+        if " -> " in text or " link to " in text:
+            raise Unplain(f"an ambiguous name {text[:80]!r}")
+    rest = ""
+    if m.issym():
+        rest = " -> " + _quote(m.linkname)
+    elif m.islnk():
+        rest = " link to " + _quote(m.linkname)
+    return _TYPE[m.type], _quote(m.name), rest
+
+
+def _same_listing(tar: str, layer: Path, compression: Optional[str], expected: list) -> None:
+    argv = [tar, "-t", "-v", "--numeric-owner", "--quoting-style=escape", "-f", str(layer)]
+    if compression == "gzip":
+        argv.insert(1, "-z")
+    p = subprocess.run(argv, capture_output=True, env={"LC_ALL": "C", "TZ": "UTC", "PATH": "/usr/bin:/bin"},
+                       stdin=subprocess.DEVNULL)
+    if p.returncode != 0:
+        raise Unplain("tar cannot list the layer")
+    lines = p.stdout.decode("ascii", "replace").split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    if len(lines) != len(expected):
+        raise Unplain(f"tar lists {len(lines)} members, tarfile {len(expected)}")
+    for line, (kind, name, rest) in zip(lines, expected):
+        row = _ROW.match(line)
+        if row is None or row.group(1) != kind:
+            raise Unplain(f"tar and tarfile disagree on {name[:80]!r}")
+        shown = row.group(6)
+        if not shown.endswith(rest) or shown[:len(shown) - len(rest)].rstrip("/") != name.rstrip("/"):
+            raise Unplain(f"tar and tarfile disagree on {name[:80]!r}")
+
+
 def _remove(path: str) -> None:
     try:
         st = os.lstat(path)
@@ -84,7 +145,7 @@ def _remove(path: str) -> None:
         os.unlink(path)
 
 
-def plan(layer: Path, compression: Optional[str], root: Path) -> list[str]:
+def plan(layer: Path, compression: Optional[str], root: Path, tar: str = "tar") -> list[str]:
     """Read one layer's headers; returns the paths (relative to root) to remove before it
     is extracted (whiteouts, emptied opaque directories, replaced entries). Unplain if the
     layer is not one tar can apply safely."""
@@ -93,9 +154,11 @@ def plan(layer: Path, compression: Optional[str], root: Path) -> list[str]:
     tree = _Tree(root)
     seen: dict[str, str] = {}
     remove: list[str] = []
+    expected = []
     try:
         with tarfile.open(layer, "r:gz" if compression == "gzip" else "r:") as tf:
             for m in tf:
+                expected.append(_expect(m))
                 parts = _parts(m.name)
                 if not parts:
                     continue                          # the root directory itself
@@ -128,6 +191,7 @@ def plan(layer: Path, compression: Optional[str], root: Path) -> list[str]:
                         remove.append(rel)            # replaced: never written through
     except (tarfile.TarError, EOFError, OSError) as e:
         raise Unplain(f"unreadable layer ({e})") from None
+    _same_listing(tar, layer, compression, expected)
     return remove
 
 
@@ -140,7 +204,7 @@ def apply(layers: list[tuple[Path, Optional[str]]], root: Path) -> None:
         raise Unplain("no tar")
     root.mkdir(mode=0o755)
     for path, compression in layers:
-        for rel in plan(path, compression, root):
+        for rel in plan(path, compression, root, tar):
             _remove(os.path.join(root, rel))
         argv = [tar, "-x", "-f", str(path), "-C", str(root), "--same-owner", "--numeric-owner",
                 "-p", "--xattrs", "--xattrs-include=*", "--exclude=.wh.*"]

@@ -162,3 +162,25 @@ def test_tree_on_disk_when_memory_fills_up(tmp_path, monkeypatch):
     (img,) = store.import_(str(archive))
     assert [d.parent.parent for d in seen] == [store_mod.SHM, store.tmp]
     assert img.rootfs.is_file() and not seen[0].parent.exists()
+
+
+def test_a_member_hidden_from_tarfile_sends_the_layer_to_umoci(tmp_path):
+    """A header tarfile stops at but GNU tar skips over: the member after it (a write through
+    a lower layer's symlink) is seen by tar's own listing, so tar never extracts the layer."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    l1 = _layer(tmp_path / "l1.tar", lambda t: t.symlink("esc", str(outside)))
+    l2 = _layer(tmp_path / "l2.tar", lambda t: (t.file("ok", b"1"), t.file("bad", b"2"),
+                                                t.file("esc/owned", b"x")))
+    data = bytearray(l2.read_bytes())
+    import tarfile
+    with tarfile.open(l2) as tf:
+        bad = tf.getmember("bad").offset
+    data[bad + 148:bad + 156] = b"0000000\0"          # its checksum field: now wrong
+    l2.write_bytes(bytes(data))
+    with tarfile.open(l2) as tf:
+        assert [m.name for m in tf] == ["ok"]          # tarfile stops there silently
+    root = tmp_path / "root"
+    with pytest.raises(layers.Unplain):
+        layers.apply([(l1, None), (l2, None)], root)
+    assert list(outside.iterdir()) == []
