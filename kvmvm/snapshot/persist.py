@@ -8,6 +8,7 @@ cache shared by every VM restored from the same files), load the state, start.
 
 from __future__ import annotations
 
+import errno
 import os
 import time
 
@@ -157,7 +158,7 @@ def assemble(cls, cfg, ram_fds: list[int], state: bytes, guest_cpuid: list | Non
         m.vm.create_vcpus(cfg.cpus)
         if guest_cpuid is not None:
             check_cpuid(what, guest_cpuid, m.vm.vcpu_cpuid(0))
-        m.vm.load_state(state)
+        load_state(m.vm, state, what)
         if new_genid:
             m.vm.write(layout.VMGENID_GPA, os.urandom(16))
         if start:
@@ -169,6 +170,18 @@ def assemble(cls, cfg, ram_fds: list[int], state: bytes, guest_cpuid: list | Non
         raise
     m.restore_vmm_ms = round((time.monotonic_ns() - m.t0_ns) / 1e6, 3)
     return m
+
+
+def load_state(vm, state: bytes, what: str) -> None:
+    """vm.load_state, with a stream the C loader refuses as malformed, inconsistent or
+    for other devices (EBADMSG, EPROTO, ENODEV) reported as the bad input it is."""
+    from kvmvm.errors import KvmError
+    try:
+        vm.load_state(state)
+    except KvmError as e:
+        if e.errno in (errno.EBADMSG, errno.EPROTO, errno.ENODEV):
+            raise fmt.SnapshotError(f"cannot restore {what}: its state file is invalid ({e})") from None
+        raise
 
 
 def check_cpuid(what: str, saved: list, now: list) -> None:
