@@ -17,6 +17,7 @@ MIN_MEMORY_MIB = 16
 MAX_MEMORY_MIB = 1 << 20
 DEBUG_EXIT_PORT = 0xF4
 MAX_IMAGE_BYTES = 4 << 30      # a kernel or initrd larger than this is a mistake
+READ_MAX = 256 << 10           # images below this are read, not mapped (read_image)
 
 
 @record
@@ -86,10 +87,11 @@ class Result:
 
 
 def read_image(path: str, what: str = "kernel image"):
-    """The file's bytes as a read-only mmap (bytes when empty): nothing is read or copied
-    until used, and only what is used (a vmlinux's PT_LOAD segments, not its symbols).
-    Only regular files (a FIFO would block, a character device such as /dev/zero never ends)."""
-    import mmap
+    """The file's bytes as a read-only mmap: nothing is read or copied until used, and only
+    what is used (a vmlinux's PT_LOAD segments, not its symbols). Files under READ_MAX
+    bytes (a tiny guest) are read into bytes instead: cheaper than importing mmap, mapping
+    them and opening them again to load them. Only regular files (a FIFO would block, a
+    character device such as /dev/zero never ends)."""
     import stat
 
     try:
@@ -112,15 +114,26 @@ def read_image(path: str, what: str = "kernel image"):
             raise ConfigError(f"{what} is larger than {MAX_IMAGE_BYTES >> 30} GiB: {path}")
         if st.st_size == 0:
             return b""
+        if st.st_size < READ_MAX:
+            return _read_all(fd, st.st_size)
+        import mmap
+
         try:
             return mmap.mmap(fd, 0, prot=mmap.PROT_READ)   # keeps its own reference to the file
         except (ValueError, OSError):
-            with os.fdopen(fd, "rb", closefd=False) as f:
-                return f.read()
+            return _read_all(fd, st.st_size)
     except OSError as e:
         raise ConfigError(f"{what} cannot be read: {path}: {e.strerror}") from None
     finally:
         os.close(fd)
+
+
+def _read_all(fd: int, size: int) -> bytes:
+    """The file from fd's offset to its end (size: what fstat saw, the first read's size)."""
+    chunks = []
+    while b := os.read(fd, max(size, 1 << 16)):
+        chunks.append(b)
+    return b"".join(chunks)
 
 
 DEBUG_EXIT_MAX = 0x7F
@@ -170,7 +183,7 @@ class _ImageFile:
     cache (immutable: entries are published whole and never rewritten), mapped there
     copy-on-write page by page, so that nothing is copied before the guest touches it
     (only for images of MAP_MIN bytes or more: below that, reading costs less than mapping,
-    and than finding the cache). Anything else is copied from `data`."""
+    and than finding the cache). Images read_image gave as bytes are copied from `data`."""
 
     MAP_MIN = 1 << 20
 
@@ -178,9 +191,7 @@ class _ImageFile:
         self.path, self.data, self.fd, self.map = path, data, -1, False
 
     def __enter__(self):
-        import mmap
-
-        if isinstance(self.data, mmap.mmap):
+        if not isinstance(self.data, bytes):     # an mmap (read_image)
             try:
                 self.fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
             except OSError:
@@ -321,11 +332,13 @@ class Machine:
             p = None
         vm = self.vm = Vm(cfg.kvm_path, prepared=p)
         self.t_vm_created_ns = time.monotonic_ns()
-        if ram_fds is not None and vm.ram_regions:
-            raise ValueError("a prepared VM already has anonymous RAM")
         for i, (gpa, size) in enumerate(self.ram.regions):
             if i < vm.ram_regions:
-                continue        # made by the prepared VM (kvmvm.prepared.PreparedVm) already
+                # made by the prepared VM (kvmvm.prepared.PreparedVm) already, anonymous and
+                # untouched: a file goes under it in place (its KVM memory slot stays)
+                if ram_fds is not None:
+                    vm.remap_ram_file(i, ram_fds[i])
+                continue
             if ram_fds is None:
                 vm.add_ram(gpa, size)
             else:

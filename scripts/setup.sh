@@ -24,7 +24,7 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 stamp=.venv/.kvmvm-installed
-src_hash=$(cat pyproject.toml setup.py MANIFEST.in bin/kvmvm kvmvm/native/*.c kvmvm/native/*.h kvmvm/native/*.py 2>/dev/null | sha256sum | cut -c1-16)
+src_hash=$(cat pyproject.toml setup.py MANIFEST.in bin/* kvmvm/native/*.c kvmvm/native/*.h kvmvm/native/*.py 2>/dev/null | sha256sum | cut -c1-16)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$src_hash" ]; then
   echo "setup: installing kvmvm into .venv (compiles the C core)" >&2
   # compat mode: a plain path entry, not an import hook that slows every start

@@ -105,7 +105,7 @@ if [[ ,$TIERS, == *,linux,* ]] && [ ${#linux_paths[@]} -gt 0 ]; then
     }
     run_l1; rc=$?
     if [ "$rc" = 124 ]; then
-      # the software-emulated L1 itself hung (seen rarely: a nested guest stuck in KVM);
+      # the software-emulated L1 itself hung (its heartbeat stopped: QEMU TCG froze) or ran out of time;
       # that is the test host, not kvmvm: run the tier once more, loudly, and keep the
       # first attempt's reports beside the second's (a flaky pass stays visible)
       echo "test.sh: the kvmhost L1 timed out; running the linux tier once more (first attempt's reports: $REPORTS/*-attempt1.*)" >&2

@@ -308,6 +308,9 @@ const char *container_setup(const struct jdoc *d, char *why, size_t cap)
         return snprintf(why, cap, "hostname: 1..64 characters"), why;
     if (sethostname(host, strlen(host)) < 0)
         return fail(why, cap, "sethostname", host);
+    /* the VM is the container's own network namespace: any user may bind a port below
+       1024 in it, as Docker sets for every container (ip_unprivileged_port_start=0) */
+    write_file("/proc/sys/net/ipv4/ip_unprivileged_port_start", "0\n", 0644);
     snprintf(text, sizeof(text), "%s\n", host);
     if ((bad = etc_file("hostname", text, readonly, why, cap)))
         return bad;

@@ -2,13 +2,13 @@
 
 `serve(path, vmm)` starts the threaded server for a `Vmm` (kvmvm.api.vmm); the endpoint
 groups live one per module (boot_source, drives, net, actions, ...). Imported only by
-commands that serve the API, so `kvmvm boot`'s start-up does not pay for it.
+commands that serve the API, so `kvmvm boot`'s start-up does not pay for it; and imports
+nothing itself (not even `__future__`): kvmvm.api.listen, below it, runs before the API
+socket listens.
 """
 
-from __future__ import annotations
 
-
-def serve(path: str, vmm, max_payload: int | None = None, sock=None):
+def serve(path: str, vmm, max_payload: "int | None" = None, sock=None):
     """Serve `vmm` on `path` (or on `sock`, from kvmvm.api.listen.listen(path)) in a daemon
     thread; returns the ApiServer (`.close()` stops it and removes the socket)."""
     from kvmvm.api.router import Router

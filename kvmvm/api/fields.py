@@ -8,8 +8,6 @@ integers that fit), an enum (a tuple of allowed strings), a nested schema (a dic
 
 from __future__ import annotations
 
-import json
-
 from kvmvm.api.errors import ApiError
 
 _UINT_MAX = {"u8": 0xFF, "u16": 0xFFFF, "u32": 0xFFFF_FFFF, "u64": 0xFFFF_FFFF_FFFF_FFFF,
@@ -38,6 +36,8 @@ def deser_error(msg: str) -> ApiError:
 
 def load_json(body: bytes):
     """The body as JSON (any value); syntax errors worded like serde_json's."""
+    import json     # here: a first GET need not wait for json (and re, and enum)
+
     try:
         return json.loads(body)
     except UnicodeDecodeError:
@@ -58,7 +58,9 @@ def _unexpected(v) -> str:
     if isinstance(v, float):
         return f"floating point `{v}`"
     if isinstance(v, str):
-        return f"string {json.dumps(v)}"
+        from kvmvm.api.jsonout import dumps
+
+        return f"string {dumps(v)}"
     if isinstance(v, list):
         return "sequence"
     return "map"

@@ -1,8 +1,7 @@
 """The API's listening Unix socket, made before anything else is imported: a client that
 connects early waits in the backlog while the server finishes starting. Built on `_socket`
-(the `socket` module's enum machinery costs more than the rest of this path)."""
-
-from __future__ import annotations
+(the `socket` module's enum machinery costs more than the rest of this path); kvmvm.errors
+only when there is an error to raise."""
 
 import _socket
 import errno
@@ -12,9 +11,7 @@ import stat
 
 def listen(path: str, backlog: int = 64):
     """A Unix stream socket bound at path and listening (a stale socket file is reclaimed),
-    as a `socket.socket`."""
-    from kvmvm.errors import ConfigError
-
+    as a Listener."""
     reclaim_socket(path)
     s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
     try:
@@ -22,12 +19,12 @@ def listen(path: str, backlog: int = 64):
         s.listen(backlog)
     except OSError as e:
         s.close()
-        raise ConfigError(f"cannot bind the API socket {path}: {e.strerror}") from None
+        raise _bad(f"cannot bind the API socket {path}: {e.strerror}") from None
     return Listener(s)
 
 
 class Listener:
-    """A bound socket not yet wrapped: `take()` gives the `socket.socket` (imported then)."""
+    """The bound, listening socket (`raw`, a `_socket.socket`) until a server takes it."""
 
     def __init__(self, raw):
         self.raw = raw
@@ -38,22 +35,15 @@ class Listener:
     def close(self) -> None:
         self.raw.close()
 
-    def take(self):
-        import socket
-
-        return socket.socket(fileno=self.raw.detach())
-
 
 def reclaim_socket(path: str) -> None:
     """Remove a stale socket left by a VMM that died; refuse a live one or a non-socket."""
-    from kvmvm.errors import ConfigError
-
     try:
         st = os.lstat(path)
     except FileNotFoundError:
         return
     if not stat.S_ISSOCK(st.st_mode):
-        raise ConfigError(f"API socket path {path} exists and is not a socket")
+        raise _bad(f"API socket path {path} exists and is not a socket")
     s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
     try:
         s.connect(path)
@@ -64,7 +54,13 @@ def reclaim_socket(path: str) -> None:
             except FileNotFoundError:
                 pass
             return
-        raise ConfigError(f"API socket {path}: {e.strerror}") from None
+        raise _bad(f"API socket {path}: {e.strerror}") from None
     finally:
         s.close()
-    raise ConfigError(f"API socket {path} is in use by another process")
+    raise _bad(f"API socket {path} is in use by another process")
+
+
+def _bad(msg: str):
+    from kvmvm.errors import ConfigError
+
+    return ConfigError(msg)

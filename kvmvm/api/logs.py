@@ -3,13 +3,14 @@
 Log line: `<RFC 3339 time, ns> [<instance id>:<thread>(:<LEVEL>)(:<file>:<line>)] <message>`.
 Metrics: a JSON object per line, counters as deltas since the previous flush (as
 Firecracker's SharedIncMetric), written every 60 s and on the FlushMetrics action.
+`json` and `threading` are imported when a logger or metrics sink is configured, not before:
+the API's first answer does not wait for them.
 """
 
 from __future__ import annotations
 
-import json
+import _thread
 import os
-import threading
 import time
 
 from kvmvm.api.errors import ApiError
@@ -31,6 +32,26 @@ def _write(fd: int, data: bytes) -> None:
         os.write(fd, data)
     except OSError:        # a full pipe or gone reader loses the line, as Firecracker's does
         pass
+
+
+_THREAD_NAMES: dict = {}     # thread ident -> name, for threads started through _thread
+
+
+def name_thread(name: str | None) -> None:
+    """Name the calling thread in log lines (None: forget it, as the thread ends)."""
+    if name is None:
+        _THREAD_NAMES.pop(_thread.get_ident(), None)
+    else:
+        _THREAD_NAMES[_thread.get_ident()] = name
+
+
+def thread_name() -> str:
+    name = _THREAD_NAMES.get(_thread.get_ident())
+    if name is None:
+        import threading
+
+        name = threading.current_thread().name
+    return name
 
 
 def rfc3339_ns() -> str:
@@ -63,7 +84,7 @@ class Logger:
     def log(self, level: str, msg: str) -> None:
         if self.fd < 0 or LEVELS[level] > self.level:
             return
-        tag = f"{self.id}:{threading.current_thread().name}"
+        tag = f"{self.id}:{thread_name()}"
         if self.show_level:
             tag += f":{level.upper()}"
         if self.show_origin:
@@ -91,7 +112,7 @@ class Metrics:
         self.fd = -1
         self.counts: dict[str, dict[str, int]] = {}
         self._last: dict[str, int] = {}
-        self._timer: threading.Timer | None = None
+        self._timer = None             # a threading.Timer while a sink is configured
         self._final_stats: dict | None = None
         self.start_us = 0
         self.start_cpu_us = 0
@@ -110,6 +131,8 @@ class Metrics:
         self._schedule()
 
     def _schedule(self) -> None:
+        import threading
+
         self._timer = threading.Timer(FLUSH_INTERVAL_S, self._periodic)
         self._timer.daemon = True
         self._timer.start()
@@ -185,6 +208,8 @@ class Metrics:
     def flush(self) -> bool:
         if self.fd < 0:
             return False
+        import json
+
         _write(self.fd, (json.dumps(self.snapshot()) + "\n").encode())
         return True
 

@@ -1,21 +1,35 @@
 """Requests to handlers: Firecracker's routing (method + first path segment) and its
-generic errors, one request at a time under the VMM's lock, counted for the metrics."""
+generic errors, one request at a time under the VMM's lock, counted for the metrics.
+
+Each endpoint group's module (its ROUTES) is imported when a request first names one of its
+segments: the first answer waits for one small module, not for all of them."""
 
 from __future__ import annotations
 
 from kvmvm.api.errors import ApiError
 
-_GROUPS = ("instance", "boot_source", "machine_config", "drives", "net", "vsock", "entropy",
-           "serial", "telemetry", "actions", "snapshot", "unsupported")
+# first path segment -> the module under kvmvm.api whose ROUTES serve it
+SEGMENTS = {"": "instance", "version": "instance", "vm": "instance",
+            "boot-source": "boot_source", "machine-config": "machine_config", "drives": "drives",
+            "network-interfaces": "net", "vsock": "vsock", "entropy": "entropy",
+            "serial": "serial", "logger": "telemetry", "metrics": "telemetry",
+            "actions": "actions", "snapshot": "snapshot", "balloon": "unsupported",
+            "cpu-config": "unsupported", "hotplug": "unsupported", "mmds": "unsupported",
+            "pmem": "unsupported"}
+
+
+def group_routes(group: str) -> dict:
+    """{(method, segment): (handler, metric group, metric)} of one endpoint group."""
+    module = __import__(f"kvmvm.api.{group}", fromlist=["ROUTES"])     # not importlib: lean
+    return {(method, segment): (fn, metric_group, metric) for method, segment, fn, metric_group, metric
+            in module.ROUTES}
 
 
 def route_table() -> dict:
-    import importlib
-
+    """Every route (all groups imported)."""
     table = {}
-    for g in _GROUPS:
-        for method, segment, fn, metric_group, metric in importlib.import_module(f"kvmvm.api.{g}").ROUTES:
-            table[(method, segment)] = (fn, metric_group, metric)
+    for g in sorted(set(SEGMENTS.values())):
+        table.update(group_routes(g))
     return table
 
 
@@ -24,7 +38,16 @@ class Router:
 
     def __init__(self, vmm, table: dict | None = None):
         self.vmm = vmm
-        self.table = table or route_table()
+        self.table = dict(table) if table else {}
+        self._loaded = set(SEGMENTS.values()) if table else set()
+
+    def _entry(self, method: str, first: str):
+        group = SEGMENTS.get(first)
+        if group is not None and group not in self._loaded:
+            routes = group_routes(group)        # the same routes whichever thread loads them
+            self.table.update(routes)
+            self._loaded.add(group)
+        return self.table.get((method, first))
 
     def __call__(self, method: str, target: str, body: bytes | None):
         path = target.split("?", 1)[0]
@@ -33,8 +56,9 @@ class Router:
             tokens.pop()        # a trailing slash (split_terminator)
         first, rest = tokens[0], tokens[1:]
         vmm = self.vmm
-        entry = self.table.get((method, first))
+        entry = None
         try:
+            entry = self._entry(method, first)
             if method == "GET" and body is not None:
                 raise ApiError("GET request cannot have a body.")
             if method == "PUT" and body is None:

@@ -1,22 +1,25 @@
-"""HTTP/1.1 on a Unix socket, from the standard library's socketserver (threaded).
+"""HTTP/1.1 on a Unix socket: a thread per connection, on the C modules `_socket` and
+`_thread` alone.
 
 Only what Firecracker's API clients use: requests with a Content-Length body, keep-alive,
 `Expect: 100-continue`. Chunked bodies are refused with a fault message, bodies are capped
 (Firecracker's default limit, 51200 bytes), and every request is handed to `dispatch`, which
-applies it to the VM under one lock. The request line and headers are parsed here rather
-than by http.server, whose imports (email, http.client) would cost more than the rest of
-the API's start-up together.
+applies it to the VM under one lock.
+
+The first answer is what a client waits for after the socket appears, so nothing on its
+path imports `socket`, `socketserver`, `threading` or `json` (together with the `enum` and
+`re` they pull in, about twice the interpreter's own start-up): the request line and headers
+are read here rather than by http.server, and answers are written by kvmvm.api.jsonout.
 """
 
-from __future__ import annotations
-
-import json
+import _socket
+import _thread
 import os
-import socket
-import socketserver
 import stat
-import threading
 import time
+
+from kvmvm.api import jsonout
+from kvmvm.api.logs import name_thread
 
 MAX_PAYLOAD = 51200          # Firecracker's --http-api-max-payload-size default
 MAX_LINE = 8192
@@ -27,11 +30,65 @@ _REASONS = {200: "OK", 204: "No Content", 400: "Bad Request", 404: "Not Found",
             501: "Not Implemented", 505: "HTTP Version Not Supported"}
 
 
-class _Handler(socketserver.StreamRequestHandler):
-    def handle(self) -> None:
-        threading.current_thread().name = "fc_api"     # Firecracker's thread name in log lines
-        while self._one_request():
+class _Reader:
+    """Buffered reads from a connected socket: `readline(limit)` and `read(n)` as a
+    BufferedReader has them (b"" at the end; a broken connection reads as its end)."""
+
+    __slots__ = ("sock", "buf")
+
+    def __init__(self, sock):
+        self.sock = sock
+        self.buf = b""
+
+    def _fill(self, want: int) -> bool:
+        try:
+            chunk = self.sock.recv(max(want, 65536))
+        except OSError:
+            chunk = b""
+        self.buf += chunk
+        return bool(chunk)
+
+    def readline(self, limit: int) -> bytes:
+        while True:
+            i = self.buf.find(b"\n", 0, limit)
+            if i >= 0:
+                n = i + 1
+                break
+            if len(self.buf) >= limit or not self._fill(1):
+                n = limit
+                break
+        line, self.buf = self.buf[:n], self.buf[n:]
+        return line
+
+    def read(self, n: int) -> bytes:
+        while len(self.buf) < n and self._fill(n - len(self.buf)):
             pass
+        data, self.buf = self.buf[:n], self.buf[n:]
+        return data
+
+
+class _Connection:
+    """One client: requests answered in order until it closes or asks to."""
+
+    def __init__(self, server: "ApiServer", sock):
+        self.server = server
+        self.sock = sock
+        self.rfile = _Reader(sock)
+
+    def handle(self) -> None:
+        name_thread("fc_api")      # Firecracker's thread name in log lines
+        try:
+            while self._one_request():
+                pass
+        except Exception:   # noqa: BLE001 - a client that went away mid-request
+            pass
+        finally:
+            name_thread(None)
+            try:
+                self.sock.shutdown(_socket.SHUT_WR)
+            except OSError:
+                pass
+            self.sock.close()
 
     def _fail(self, status: int, msg: str) -> bool:
         self._send(status, {"fault_message": msg}, keep_alive=False)
@@ -82,7 +139,7 @@ class _Handler(socketserver.StreamRequestHandler):
             return self._fail(413, f"Request payload with size {length} is larger than the limit "
                                    f"of {server.max_payload} allowed by server.")
         if length and headers.get("expect", "").lower() == "100-continue":
-            self.wfile.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            self.sock.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
         body = rfile.read(length) if length else b""
         if len(body) < length:
             return False
@@ -95,19 +152,17 @@ class _Handler(socketserver.StreamRequestHandler):
                 f"Connection: {'keep-alive' if keep_alive else 'close'}"]
         data = b""
         if payload is not None and status != 204:
-            data = json.dumps(payload).encode()
+            data = jsonout.dumps(payload).encode()
             head += ["Content-Type: application/json", f"Content-Length: {len(data)}"]
         try:
-            self.wfile.write(("\r\n".join(head) + "\r\n\r\n").encode() + data)
+            self.sock.sendall(("\r\n".join(head) + "\r\n\r\n").encode() + data)
         except OSError:
             pass
 
 
-class ApiServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+class ApiServer:
     """One thread per connection; `dispatch(method, target, body)` -> (status, payload)."""
 
-    daemon_threads = True
-    allow_reuse_address = False
     request_queue_size = 64
 
     def __init__(self, path: str, dispatch, max_payload: int = MAX_PAYLOAD, sock=None):
@@ -117,66 +172,70 @@ class ApiServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
         self.path = path
         self.dispatch = dispatch
         self.max_payload = max_payload
-        sock = sock or listen(path, self.request_queue_size)
-        super().__init__(path, _Handler, bind_and_activate=False)
-        self.socket.close()
-        self.socket = sock.take()
-        self._thread = None
+        self.socket = (sock or listen(path, self.request_queue_size)).raw
+        self._accepting = None         # a lock held while the accept loop runs
         self._closing = False
-        self._count_lock = threading.Lock()
+        self._count_lock = _thread.allocate_lock()
         self._connections = 0
 
-    def process_request_thread(self, request, client_address):
+    def start(self) -> "ApiServer":
+        """Serve in a thread: accept() blocks (no polling interval to wait out on close),
+        each connection gets its own thread."""
+        self._accepting = _thread.allocate_lock()
+        self._accepting.acquire()
         try:
-            super().process_request_thread(request, client_address)
+            _thread.start_new_thread(self._accept_loop, ())
+        except BaseException:
+            self._accepting.release()
+            raise
+        return self
+
+    def _accept_loop(self) -> None:
+        try:
+            while not self._closing:
+                try:
+                    fd, _ = self.socket._accept()      # a blocking accept4(SOCK_CLOEXEC)
+                except OSError:
+                    if self._closing:
+                        return
+                    time.sleep(0.05)                    # e.g. out of fds: retry, do not spin
+                    continue
+                conn = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM, 0, fd)
+                with self._count_lock:
+                    full = self._connections >= MAX_CONNECTIONS
+                    if not full:
+                        self._connections += 1
+                if full:
+                    conn.close()
+                    continue
+                try:
+                    _thread.start_new_thread(self._serve, (conn,))   # a thread per connection
+                except Exception:   # noqa: BLE001 - e.g. no thread could start: drop this one
+                    with self._count_lock:
+                        self._connections -= 1
+                    conn.close()
+        finally:
+            self._accepting.release()
+
+    def _serve(self, conn) -> None:
+        try:
+            _Connection(self, conn).handle()
         finally:
             with self._count_lock:
                 self._connections -= 1
 
-    def start(self) -> "ApiServer":
-        """Serve in a daemon thread: accept() blocks (no polling interval to wait out on
-        close), each connection gets its own thread."""
-        self._thread = threading.Thread(target=self._accept_loop, name="fc_api_accept", daemon=True)
-        self._thread.start()
-        return self
-
-    def _accept_loop(self) -> None:
-        while not self._closing:
-            try:
-                request, addr = self.get_request()      # a blocking accept()
-            except OSError:
-                if self._closing:
-                    return
-                time.sleep(0.05)                        # e.g. out of fds: retry, do not spin
-                continue
-            with self._count_lock:
-                full = self._connections >= MAX_CONNECTIONS
-                if not full:
-                    self._connections += 1
-            if full:
-                self.shutdown_request(request)
-                continue
-            try:
-                self.process_request(request, addr)    # a thread per connection
-            except Exception:   # noqa: BLE001 - e.g. no thread could start: drop this one
-                with self._count_lock:
-                    self._connections -= 1
-                self.shutdown_request(request)
-
-    def handle_error(self, request, client_address) -> None:
-        pass    # a client that went away mid-request is not the server's problem
-
     def close(self) -> None:
         """Stop serving and remove the socket."""
         self._closing = True
-        if self._thread is not None:
+        if self._accepting is not None:
             try:
-                self.socket.shutdown(socket.SHUT_RDWR)   # wakes the blocked accept()
+                self.socket.shutdown(_socket.SHUT_RDWR)   # wakes the blocked accept()
             except OSError:
                 pass
-            self._thread.join(2.0)
-            self._thread = None
-        self.server_close()
+            if self._accepting.acquire(True, 2.0):
+                self._accepting.release()
+            self._accepting = None
+        self.socket.close()
         try:
             if stat.S_ISSOCK(os.lstat(self.path).st_mode):
                 os.unlink(self.path)

@@ -3,12 +3,15 @@ the running Machine after it (`InstanceStart`), with Firecracker's states.
 
 Requests reach it one at a time (the router holds `lock`). Nothing here waits on the guest:
 the VM's end is watched by its own thread, which records the Result and sets `ended`.
+`threading` is imported when a VM starts, not before: the API's first answer does not wait
+for it, and the main thread, which waits on `ended` with signal handlers set, imports nothing
+while the API answers (a signal that lands inside an import can be lost).
 """
 
 from __future__ import annotations
 
+import _thread
 import os
-import threading
 import time
 
 from kvmvm.api.errors import NOT_AFTER_BOOT, NOT_BEFORE_BOOT, ApiError, unsupported
@@ -35,6 +38,32 @@ def default_machine_config() -> dict:
             "huge_pages": "None"}
 
 
+class Flag:
+    """threading.Event's set / is_set / wait, on one `_thread` lock held until set."""
+
+    def __init__(self):
+        self._lock = _thread.allocate_lock()
+        self._lock.acquire()
+        self._set = False
+
+    def set(self) -> None:
+        if not self._set:
+            self._set = True
+            self._lock.release()
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """True once set; False after `timeout` seconds. Signals interrupt it (POSIX)."""
+        if self._set:
+            return True
+        if self._lock.acquire(True, -1 if timeout is None else timeout):
+            self._lock.release()        # the next waiter passes too
+            return True
+        return self._set
+
+
 class Vmm:
     """One microVM's configuration and life, as Firecracker's API sees it."""
 
@@ -43,7 +72,7 @@ class Vmm:
 
         self.id = instance_id
         self.t0_ns = t0_ns or time.monotonic_ns()
-        self.lock = threading.Lock()
+        self.lock = _thread.allocate_lock()       # what threading.Lock() gives
         self.state = NOT_STARTED
         self.boot_source: dict | None = None
         self.machine_config = default_machine_config()
@@ -59,7 +88,7 @@ class Vmm:
         self.attached = False          # kvmvm boot --api-sock: the CLI runs the machine
         self.boot_timer = False        # --boot-timer: log the guest's boot time when it signals
         self.result = None
-        self.ended = threading.Event()
+        self.ended = Flag()
         self._serial_fd = -1
 
     # --- states ---
@@ -212,6 +241,8 @@ class Vmm:
 
     def watch(self) -> None:
         """Watch the running VM for its end, in a thread."""
+        import threading
+
         threading.Thread(target=self._watch, name="fc_vmm_wait", daemon=True).start()
 
     def _watch(self) -> None:

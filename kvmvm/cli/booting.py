@@ -22,8 +22,6 @@ def run(kernel, initrd, cmdline, memory, cpus, timeout, entry, use_bzimage, no_a
                                              seccomp_level)
     from kvmvm.machine import MachineConfig
 
-    if as_json:     # now: the main thread's seccomp filter refuses loading C extensions later
-        import json  # noqa: F401
     if kernel is None:
         kernel, default_initrd = _default_kernel(use_bzimage)
         initrd = initrd or default_initrd
@@ -93,7 +91,6 @@ def report(res, as_json: bool) -> int:
 
     out, err = sys.stdout, sys.stderr     # None when the process started with them closed
     if as_json and out is not None:
-        import json
         import time
 
         from kvmvm.machine import process_start_ms
@@ -101,12 +98,63 @@ def report(res, as_json: bool) -> int:
         res.timings_ms["closed"] = round((time.monotonic_ns() - T0) / 1e6, 3)   # VM torn down
         res.timings_ms["process_start"] = process_start_ms(T0)
         out.flush()
-        out.write(json.dumps(res.to_dict()) + "\n")
+        out.write(json_line(res.to_dict()) + "\n")
     if (res.outcome != "ok" or os.environ.get("KVMVM_VERBOSE") == "1") and err is not None:
         if out is not None:
             out.flush()
         err.write(f"kvmvm: {res.message}\n")
     return res.status
+
+
+def json_line(v) -> str:
+    """v (dicts, lists, strings, numbers, booleans, None) as one line of JSON, the same text
+    as json.dumps(v). Not the json module: with the `re` it imports, it cost more start-up
+    than the rest of `kvmvm boot --json` and its timings would have measured it; and a C
+    extension (_json) could not be loaded once the main thread's seccomp filter is on."""
+    if v is None:
+        return "null"
+    if v is True:
+        return "true"
+    if v is False:
+        return "false"
+    if isinstance(v, str):
+        return _json_str(v)
+    if isinstance(v, int):
+        return int.__repr__(v)
+    if isinstance(v, float):
+        if v != v:
+            return "NaN"
+        if v in (float("inf"), float("-inf")):
+            return "Infinity" if v > 0 else "-Infinity"
+        return float.__repr__(v)
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{_json_str(str(k) if not isinstance(k, str) else k)}: {json_line(x)}"
+                               for k, x in v.items()) + "}"
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(json_line(x) for x in v) + "]"
+    raise TypeError(f"Object of type {type(v).__name__} is not JSON serializable")
+
+
+_JSON_ESC = {'"': '\\"', "\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t", "\b": "\\b", "\f": "\\f"}
+
+
+def _json_str(s: str) -> str:
+    """A JSON string, ASCII only (json.dumps's ensure_ascii)."""
+    if s.isascii() and s.isprintable() and '"' not in s and "\\" not in s:
+        return '"' + s + '"'
+    out = []
+    for ch in s:
+        c = ord(ch)
+        if ch in _JSON_ESC:
+            out.append(_JSON_ESC[ch])
+        elif 0x20 <= c < 0x7F:
+            out.append(ch)
+        elif c <= 0xFFFF:
+            out.append(f"\\u{c:04x}")
+        else:
+            c -= 0x10000
+            out.append(f"\\u{0xD800 | (c >> 10):04x}\\u{0xDC00 | (c & 0x3FF):04x}")
+    return '"' + "".join(out) + '"'
 
 
 def _prepare_vm(memory, pit: bool, seccomp_level="2"):

@@ -8,6 +8,7 @@ SIGINT, or --timeout, stops the VM.
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import time
@@ -38,7 +39,8 @@ class RunCommand(click.Command):
 @click.option("-u", "--user", metavar="USER[:GROUP]", help="User (names from the image's /etc/passwd).")
 @click.option("--entrypoint", metavar="CMD", help="Override the image's Entrypoint (a JSON array or one program).")
 @click.option("--hostname", metavar="NAME", help="The container's host name.")
-@click.option("--cpus", default="1", show_default=True, metavar="N", help="vCPUs (rounded up).")
+@click.option("--cpus", metavar="N", help="CPU time the VM may use, as podman's (1.5: one and a half CPUs; "
+              "the VM gets 2 vCPUs). Default: 1 vCPU, no limit.")
 @click.option("-m", "--memory", default="512m", show_default=True, metavar="SIZE", help="VM memory (512m, 2g).")
 @click.option("--timeout", metavar="SECONDS", help="Stop the VM after this long (exit 137).")
 @click.option("--read-only", is_flag=True, help="Mount the image read-only (/tmp, /run, /var/tmp stay writable).")
@@ -101,7 +103,7 @@ def run(interactive, tty, env, env_file, workdir, user, entrypoint, hostname, cp
     from kvmvm.host import linux_guest_problem
 
     memory_mib = spec.parse_memory(memory)
-    ncpus = spec.parse_cpus(cpus)
+    ncpus = spec.parse_cpus(cpus) if cpus is not None else 1
     deadline_s = spec.parse_timeout(timeout)
     if net != "none" and net != "user" and not net.startswith("tap="):
         raise ConfigError(f"--net {net!r}: use none, user or tap=NAME")
@@ -132,6 +134,8 @@ def run(interactive, tty, env, env_file, workdir, user, entrypoint, hostname, cp
         import contextlib
 
         with contextlib.ExitStack() as stack:
+            if cpus is not None:
+                _cpu_quota(float(cpus), stack)
             if use is not None:
                 stack.enter_context(use())
             mounts = _mounts(vols, rd, stack)
@@ -140,6 +144,18 @@ def run(interactive, tty, env, env_file, workdir, user, entrypoint, hostname, cp
                            mounts=mounts, nets=nets, cmdline_extra=cmdline_extra, resolv=resolv,
                            readonly=read_only, hostname=host, interactive=interactive, tty=tty,
                            deadline_s=deadline_s, t0=T0)
+
+
+def _cpu_quota(cpus: float, stack) -> None:
+    """--cpus as a limit of CPU time (a cgroup); where this host does not let kvmvm make one,
+    one line says so and the VM runs with its vCPUs only (podman does the same)."""
+    from kvmvm.jail.cgroup import CpuQuota
+
+    try:
+        stack.enter_context(CpuQuota(cpus))
+    except OSError as e:
+        sys.stderr.write(f"kvmvm: --cpus {cpus:g}: CPU time not limited (no cgroup: {e.strerror or e}); "
+                         f"the VM has {math.ceil(cpus)} vCPU(s)\n")
 
 
 def _parse_volumes(volume) -> list:

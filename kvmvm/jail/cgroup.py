@@ -104,3 +104,76 @@ class Cgroup:
                     break
                 except OSError:     # EBUSY while the last task is still exiting
                     time.sleep(0.01)
+
+
+RUN_PREFIX = "run-"
+
+
+class CpuQuota:
+    """`kvmvm run --cpus 1.5` as podman means it: this process (the VMM, all its threads and
+    what it starts) may use 1.5 CPUs of time, through a cgroup of its own; on leaving, the
+    process goes back to the cgroup it came from and the cgroup is removed. One left by a
+    killed kvmvm is empty, and the next CpuQuota removes it."""
+
+    def __init__(self, cpus: float):
+        self.cpus = cpus
+        self.v2 = is_v2()
+        name = f"{RUN_PREFIX}{os.getpid()}"
+        if self.v2:
+            self.home, self.base = f"{ROOT}{_own(None)}".rstrip("/"), f"{ROOT}/kvmvm"
+        else:
+            self.home = f"{ROOT}/cpu{_own('cpu')}".rstrip("/")
+            self.base = f"{self.home}/kvmvm"
+        self.path = f"{self.base}/{name}"
+        self.entered = False
+
+    def _reclaim(self) -> None:
+        try:
+            names = os.listdir(self.base)
+        except OSError:
+            return
+        for n in names:
+            if n.startswith(RUN_PREFIX) and n != os.path.basename(self.path):
+                try:
+                    os.rmdir(f"{self.base}/{n}")    # EBUSY while its kvmvm still runs
+                except OSError:
+                    pass
+
+    def __enter__(self) -> "CpuQuota":
+        self._reclaim()
+        if self.v2:
+            os.makedirs(self.base, exist_ok=True)
+            ctl = f"{ROOT}/cgroup.subtree_control"
+            if "cpu" not in open(ctl).read().split():
+                _write(ctl, "+cpu")
+            if "cpu" not in open(f"{self.base}/cgroup.subtree_control").read().split():
+                _write(f"{self.base}/cgroup.subtree_control", "+cpu")
+            os.makedirs(self.path, exist_ok=True)
+            _write(f"{self.path}/cpu.max", f"{int(self.cpus * PERIOD_US)} {PERIOD_US}")
+        else:
+            os.makedirs(self.path, exist_ok=True)
+            _write(f"{self.path}/cpu.cfs_period_us", str(PERIOD_US))
+            _write(f"{self.path}/cpu.cfs_quota_us", str(int(self.cpus * PERIOD_US)))
+        try:
+            _write(f"{self.path}/cgroup.procs", str(os.getpid()))
+        except OSError:
+            os.rmdir(self.path)
+            raise
+        self.entered = True
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.entered:
+            try:
+                _write(f"{self.home}/cgroup.procs", str(os.getpid()))
+            except OSError:
+                return      # left for the next CpuQuota to reclaim
+            self.entered = False
+        for _ in range(50):
+            try:
+                os.rmdir(self.path)
+                return
+            except FileNotFoundError:
+                return
+            except OSError:     # children (passt) still leaving
+                time.sleep(0.01)

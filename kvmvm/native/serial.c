@@ -145,8 +145,11 @@ static void *output_thread(void *arg)
         if (w > 0) {
             s->tx_head = (s->tx_head + (uint32_t)w) % TX_CAP;
             s->tx_len -= (uint32_t)w;
-            if (!s->tx_len)
+            if (!s->tx_len) {
                 s->tx_ready = 0;
+                s->tx_head = 0;     /* drained: start again at the front, so a chatty guest
+                                       keeps touching the same few pages, not all 1 MiB */
+            }
         }
     }
     /* what could not be written in time is dropped */

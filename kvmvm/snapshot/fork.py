@@ -11,11 +11,12 @@ its RNG (drivers/virt/vmgenid.c). Then everyone runs.
 from __future__ import annotations
 
 import os
+import threading
 import time
 
 from kvmvm.errors import ConfigError
 from kvmvm.snapshot.persist import (CONFIG_FIELDS, announce_genid, apply_overrides, assemble,
-                                    guest_is_linux)
+                                    guest_is_linux, load, prepare_for)
 
 
 def _child_config(m, k: int, *, serial_out_fd: int, serial_in_fd: int, vsock_uds: str | None, net_override: dict | None,
@@ -41,11 +42,38 @@ def _child_config(m, k: int, *, serial_out_fd: int, serial_in_fd: int, vsock_uds
     return cfg
 
 
+class _Copy:
+    """The paused machine m's RAM written into fds (one per region) and mapped back under
+    it, on a thread; wait() joins it (raising what it raised) and returns when it ended."""
+
+    def __init__(self, m, fds: list[int]):
+        self.m, self.fds, self.error, self.t_end = m, fds, None, 0
+        self.thread = threading.Thread(target=self._run, name="kvmvm-fork-copy", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            for i, fd in enumerate(self.fds):
+                self.m.vm.save_ram(i, fd)
+                self.m.vm.remap_ram_file(i, fd)     # the parent shares the same pages from now on
+        except BaseException as e:  # noqa: BLE001 - raised again by wait()
+            self.error = e
+        self.t_end = time.monotonic_ns()
+
+    def wait(self) -> int:
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+        return self.t_end
+
+
 def fork(m, n: int, *, serial_out_fds: list[int] | None = None,
          serial_in_fds: list[int] | None = None, vsock_uds: list[str] | None = None,
          net_override: list[dict] | None = None, drives: list[list] | None = None) -> list:
     """n running children of the running Machine m (which keeps running). Per child, when
-    given: its console output and input fds, vsock socket, TAP overrides and drive list."""
+    given: its console output and input fds, vsock socket, TAP overrides and drive list.
+    Sets m.fork_ms: memory (until the parent's memory is copied, from the call), total
+    (until every child runs), per_child (what followed the copy, per child)."""
     if not isinstance(n, int) or n < 1:
         raise ConfigError(f"fork: n must be a positive number (got {n!r})")
     if m.vm is None or not m.started:
@@ -61,23 +89,31 @@ def fork(m, n: int, *, serial_out_fds: list[int] | None = None,
                           vsock_uds=vsock_uds[k] if vsock_uds else None,
                           net_override=net_override[k] if net_override else None,
                           drives=drives[k] if drives else None) for k in range(n)]
-    was_paused = m.paused
-    if not was_paused:
-        m.pause()
+    linux = guest_is_linux(m)
     t0 = time.monotonic_ns()
-    fds, kids = [], []
+    # every child's VM and memory slots made now on C threads, overlapping the parent's
+    # memory copy below; its memfd then goes under each child's (untouched) RAM in place
+    preps = [prepare_for(cfg, linux) for cfg in cfgs]
+    fds, kids, paused_here = [], [], False
     try:
+        if not m.paused:
+            m.pause()
+            paused_here = True
         state = m.vm.save_state()
         for i, _ in enumerate(m.ram.regions):
-            fd = os.memfd_create(f"kvmvm-fork-ram{i}", os.MFD_CLOEXEC)
-            fds.append(fd)
-            m.vm.save_ram(i, fd)
-            m.vm.remap_ram_file(i, fd)      # the parent shares the same pages from now on
-        t_mem = time.monotonic_ns()
-        for k in range(n):
-            # each child gets a new VM generation ID (assemble writes it)
-            kids.append(assemble(type(m), cfgs[k], fds, state, None, what="fork", start=False,
-                                 linux=guest_is_linux(m)))
+            fds.append(os.memfd_create(f"kvmvm-fork-ram{i}", os.MFD_CLOEXEC))
+        # the parent's memory copied on a thread (the C calls let go of the GIL) while the
+        # children are built here: nothing below touches their memory until it is done
+        copy = _Copy(m, fds)
+        try:
+            for k in range(n):
+                p, preps[k] = preps[k], None
+                kids.append(assemble(type(m), cfgs[k], fds, None, None, what="fork", start=False,
+                                     linux=linux, prepared=p))
+        finally:
+            t_mem = copy.wait()
+        for kid in kids:
+            load(kid, state, start=False)   # each child gets a new VM generation ID
         for kid in kids:
             kid.start()
             announce_genid(kid)
@@ -89,8 +125,11 @@ def fork(m, n: int, *, serial_out_fds: list[int] | None = None,
             kid.close()
         raise
     finally:
+        for p in preps:
+            if p is not None:
+                p.discard()
         for fd in fds:
             os.close(fd)
-        if not was_paused:
+        if paused_here:
             m.resume()
     return kids

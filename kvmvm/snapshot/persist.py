@@ -137,38 +137,36 @@ def announce_genid(m) -> None:
         m.vm.irq_line(layout.VMGENID_GED_IRQ, 0)
 
 
-def assemble(cls, cfg, ram_fds: list[int], state: bytes, guest_cpuid: list | None, *,
-             what: str, start: bool, new_genid: bool = True, linux: bool = False):
+def assemble(cls, cfg, ram_fds: list[int], state: bytes | None, guest_cpuid: list | None, *,
+             what: str, start: bool, new_genid: bool = True, linux: bool = False,
+             prepared=None, t0_ns: int | None = None):
     """A Machine of class cls with cfg's devices, RAM from ram_fds and the given state; a
-    new VM generation ID unless new_genid is false (every copy is a new VM to its guest)."""
+    new VM generation ID unless new_genid is false (every copy is a new VM to its guest).
+    prepared: a kvmvm.prepared.PreparedVm for it (prepare_for), started earlier; t0_ns:
+    when the caller began (restore_vmm_ms counts from it). state None: built without
+    touching guest memory (ram_fds may still be being written), for load() to finish."""
     from kvmvm.boot import layout
 
     m = cls.__new__(cls)
     m.cfg = cfg
-    m.t0_ns = time.monotonic_ns()
+    m.t0_ns = t0_ns or time.monotonic_ns()
     m.vm = None
     m.virtio = []
     m.t_vm_created_ns = 0
     m.ram = layout.RamLayout(cfg.memory_mib * layout.MiB)
     m.kernel = m.kernel_data = m.initrd_data = None
-    m.prepared = None
+    m.prepared = prepared
     m.restored_linux = m._was_linux = linux      # (Machine.is_linux without a kernel)
     try:
         m._build_platform(ram_fds)
         m.vm.create_vcpus(cfg.cpus)
         if guest_cpuid is not None:
             check_cpuid(what, guest_cpuid, m.vm.vcpu_cpuid(0))
-        load_state(m.vm, state, what)
-        if new_genid:
-            m.vm.write(layout.VMGENID_GPA, os.urandom(16))
-        if start:
-            m.start()
-            if new_genid:
-                announce_genid(m)
+        if state is not None:
+            load(m, state, start=start, new_genid=new_genid, what=what)
     except BaseException:
         m.close()
         raise
-    m.restore_vmm_ms = round((time.monotonic_ns() - m.t0_ns) / 1e6, 3)
     return m
 
 
@@ -182,6 +180,34 @@ def load_state(vm, state: bytes, what: str) -> None:
         if e.errno in (errno.EBADMSG, errno.EPROTO, errno.ENODEV):
             raise fmt.SnapshotError(f"cannot restore {what}: its state file is invalid ({e})") from None
         raise
+
+
+def load(m, state: bytes, *, start: bool, new_genid: bool = True, what: str = "the snapshot") -> None:
+    """Finish a Machine that assemble built without state: the state, a new VM generation
+    ID unless new_genid is false, and (if start) its vCPUs running. On an error the caller
+    closes m."""
+    from kvmvm.boot import layout
+
+    load_state(m.vm, state, what)
+    if new_genid:
+        m.vm.write(layout.VMGENID_GPA, os.urandom(16))
+    if start:
+        m.start()
+        if new_genid:
+            announce_genid(m)
+    m.restore_vmm_ms = round((time.monotonic_ns() - m.t0_ns) / 1e6, 3)
+
+
+def prepare_for(cfg, linux: bool):
+    """A kvmvm.prepared.PreparedVm for a Machine that assemble will build from cfg: the VM
+    and its memory slots made on a C thread (the kernel makes each slot wait for an SRCU
+    grace period, milliseconds), overlapping whatever the caller does meanwhile."""
+    from kvmvm.boot import layout
+    from kvmvm.prepared import PreparedVm
+
+    pit = cfg.pit == "on" or (cfg.pit == "auto" and linux)
+    return PreparedVm(cfg.kvm_path, layout.RamLayout(cfg.memory_mib * layout.MiB).regions, pit,
+                      cfg.seccomp_level)
 
 
 def check_cpuid(what: str, saved: list, now: list) -> None:
@@ -222,6 +248,7 @@ def check(snap_dir: str, *, net_override=None, vsock_uds=None, serial_out_fd: in
 
 def restore(cls, snap_dir: str, *, net_override=None, vsock_uds=None, serial_out_fd: int = 1,
             serial_in_fd: int = -1, drives=None, start: bool = True):
+    t0 = time.monotonic_ns()
     snap, state, cfg = check(snap_dir, net_override=net_override, vsock_uds=vsock_uds,
                              serial_out_fd=serial_out_fd, serial_in_fd=serial_in_fd, drives=drives)
     if snap.header.get("linux"):
@@ -232,12 +259,16 @@ def restore(cls, snap_dir: str, *, net_override=None, vsock_uds=None, serial_out
             from kvmvm.errors import HostUnsupported
 
             raise HostUnsupported(problem)
-    fds = []
+    linux = bool(snap.header.get("linux"))
+    prep, fds = prepare_for(cfg, linux), []
     try:
         for i in range(len(snap.regions)):
             fds.append(os.open(snap.memory_path(i), os.O_RDONLY | os.O_CLOEXEC))
+        p, prep = prep, None
         return assemble(cls, cfg, fds, state, snap.header.get("guest_cpuid"), what=snap_dir,
-                        start=start, linux=bool(snap.header.get("linux")))
+                        start=start, linux=linux, prepared=p, t0_ns=t0)
     finally:
+        if prep is not None:
+            prep.discard()
         for fd in fds:
             os.close(fd)

@@ -62,6 +62,22 @@ def test_json_reports_outcome_counts_and_timings(kvm_ok, tiny_images):
     assert t["process_start"] <= 0 <= t["vm_created"] <= t["first_kvm_run"] <= t["end"] <= t["now"] <= t["closed"]
 
 
+def test_boot_path_imports_only_what_it_uses(kvm_ok, tiny_images):
+    """`kvmvm boot --json` of a tiny guest, in process: its line is valid JSON, and nothing
+    heavier than the boot needs was imported on the way (json and re cost more than the
+    rest of the start-up's imports; mmap is only for images large enough to map)."""
+    import sys
+
+    code = ("import sys; from kvmvm.cli import main\n"
+            f"rv = main(['boot', '--kernel', {str(tiny_images / 'hello.elf')!r}, '--json'])\n"
+            "print(rv, sorted(m for m in ('json', 're', 'mmap', 'enum', 'dataclasses', 'threading', "
+            "'signal', 'click') if m in sys.modules))")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    lines = p.stdout.strip().splitlines()
+    assert p.returncode == 0 and lines[-1] == "0 []", (p.stdout, p.stderr)
+    assert json.loads(lines[-2])["outcome"] == "ok" and lines[0] == HELLO.strip()
+
+
 def test_probe_memory_cmdline_unmapped_mmio(kvm_ok, tiny_images):
     r = kvmvm("boot", "--kernel", str(tiny_images / "probe.elf"), "--memory", "64",
               "--cmdline", "hello world")

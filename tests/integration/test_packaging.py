@@ -140,6 +140,10 @@ def test_installed_kvmvm_runs_outside_the_checkout(venvs, kind, tmp_path, kvm_ok
     assert where.stdout.startswith(str(v)), f"kvmvm imported from {where.stdout}{where.stderr}"
 
     assert "boot" in run("--help").stdout
+    fc = v / "bin" / "kvmvm-firecracker"       # a plain script: pip's wrappers import re
+    assert "import re" not in fc.read_text()
+    p = subprocess.run([str(fc), "--version"], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=60)
+    assert p.returncode == 0 and p.stdout.startswith("kvmvm 0.1.0 (Firecracker API v"), p.stderr
     assert re.match(r"kvmvm 0\.1\.0 \(C core build [0-9a-f]{12}, ", run("--version").stdout)
     doc = json.loads(run("doctor", "--json").stdout)
     checks = {c["name"]: c for c in doc["checks"]}

@@ -356,7 +356,10 @@ def test_a_pause_that_times_out_leaves_the_guest_running(kvm_ok, tiny_images, tm
             time.sleep(0.01)
         gave_up = None
         for _ in range(100):    # the vCPU is mostly in the handler; a kick between two
-            try:                # writes lets it park in time, and then we just resume
+            seen = port.writes  # writes lets it park in time, and then we just resume
+            while port.writes == seen and time.monotonic() < deadline + 20:
+                time.sleep(0.001)   # back in the handler (not parked at once after a resume)
+            try:
                 m.pause(timeout=0.002)
             except Exception as e:
                 gave_up = str(e)

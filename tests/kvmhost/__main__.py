@@ -40,6 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--env", action="append", default=[], metavar="K=V", help="extra variable for CMD")
     r.add_argument("--share", action="append", default=[], metavar="DIR",
                    help="another host directory to mount read-write at its own path")
+    r.add_argument("--stall", type=float, default=runner.DEFAULT_STALL,
+                   help="kill L1 (exit 124) when its heartbeat stops for S seconds (default %(default)s; 0: never)")
     r.add_argument("--report", metavar="FILE", help="write timings and status as JSON to FILE")
     r.add_argument("cmd", nargs=argparse.REMAINDER, help="-- CMD [ARGS...]")
     sub.add_parser("prepare", help="build (or find) the cached L1 image and print its directory")
@@ -57,12 +59,12 @@ def main(argv: list[str] | None = None) -> int:
         env = dict(kv.split("=", 1) for kv in a.env)
         t0 = time.monotonic()
         res = runner.run(cmd, timeout=a.timeout, mem=a.mem, cpus=a.cpus, env=env, shares=a.share,
-                         stream=sys.stdout.buffer, log=_err)
+                         stream=sys.stdout.buffer, log=_err, stall=a.stall)
         if a.report:
             with open(a.report, "w") as f:
-                json.dump({"status": res.status, "timed_out": res.timed_out, "ready_s": res.ready_s,
+                json.dump({"status": res.status, "timed_out": res.timed_out, "stalled": res.stalled, "ready_s": res.ready_s,
                            "run_s": res.total_s, "total_s": time.monotonic() - t0}, f)
-        if res.timed_out:
+        if res.timed_out and not res.stalled:  # a stall was reported as it happened
             _err(f"kvmhost: timeout after {a.timeout:g} s")
         return res.status
     except image.KvmhostError as e:

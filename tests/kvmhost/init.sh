@@ -40,6 +40,8 @@ share() {
 ip link set lo up 2>/dev/null
 
 say "ready $(cut -d' ' -f1 /proc/uptime)"
+# Heartbeat from memory only (no 9p): the host declares L1 stalled when beats stop.
+( while :; do sleep 10; say "beat $(cut -d' ' -f1 /proc/uptime)"; done ) </dev/null >/dev/null 2>&1 &
 # Not a plain chroot: Linux refuses a user namespace (passt's isolation) to a chrooted
 # process. In a mount namespace of the command's own, the host's tree (with the mounts
 # above) is moved onto / and becomes the root mount, as switch_root does.

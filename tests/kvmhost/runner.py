@@ -35,6 +35,11 @@ FORWARD = re.compile(r"^(CI|KVMVM_\w+|PYTEST_\w+|PYTHON(DONTWRITEBYTECODE|HASHSE
 # cryptomgr.notests: the crypto self-tests cost ~0.6 s under TCG.
 KERNEL_ARGS = "console=ttyS0 panic=-1 quiet mitigations=off pci=noacpi cryptomgr.notests"
 DEBUG = bool(os.environ.get("KVMHOST_DEBUG"))  # L1's console (kernel, init) to stderr, timestamped
+# init.sh beats every 10 s from memory; no beat for this long means L1 itself is frozen
+# (seen under QEMU's multi-threaded TCG: the vCPUs spin, nothing in L1 runs, not even timers).
+DEFAULT_STALL = 180.0
+# QEMU's TCG threading: "multi" (one host thread per L1 vCPU) or "single" (round-robin)
+TCG_THREAD = os.environ.get("KVMHOST_TCG_THREAD", "multi")
 
 
 @dataclass
@@ -45,6 +50,7 @@ class RunResult:
     ready_s: float | None  # seconds from QEMU start until L1 had /dev/kvm and its mounts
     total_s: float
     timed_out: bool = False
+    stalled: str | None = None  # why L1 was declared frozen (its heartbeat stopped), if it was
 
 
 def _pdeathsig() -> None:
@@ -108,11 +114,13 @@ def _shares(paths: Sequence[Path]) -> list[Path]:
 def run(cmd: Sequence[str], *, timeout: float | None = None, mem: int = DEFAULT_MEM, cpus: int = DEFAULT_CPUS,
         env: Mapping[str, str] | None = None, cwd: str | Path | None = None, shares: Sequence[str | Path] = (),
         stream: BinaryIO | None = None, log: Callable[[str], None] | None = None,
-        image: Image | None = None) -> RunResult:
+        image: Image | None = None, stall: float | None = DEFAULT_STALL) -> RunResult:
     """Run ``cmd`` inside a fresh L1 with the host root (ro), ``cwd`` and KVMVM_HOME (rw) mounted.
 
     Returns the command's exit status (``TIMEOUT_STATUS`` and ``timed_out`` when ``timeout``
-    seconds passed first) and its output; ``stream`` gets the output live. Raises
+    seconds passed first) and its output; ``stream`` gets the output live. When L1's heartbeat
+    stops for ``stall`` seconds, L1 is frozen: its state is saved (``stalled`` says where) and it
+    is killed, with ``TIMEOUT_STATUS``. Raises
     :class:`KvmhostError` when L1 itself cannot run the command.
     """
     say = log or (lambda msg: None)
@@ -149,7 +157,7 @@ def run(cmd: Sequence[str], *, timeout: float | None = None, mem: int = DEFAULT_
         with open(qemu_log, "wb") as qlog:
             proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=qlog, stderr=subprocess.STDOUT,
                                     start_new_session=True, preexec_fn=_pdeathsig)
-        return _supervise(proc, start, rundir, timeout, stream, say)
+        return _supervise(proc, start, rundir, timeout, stream, say, stall)
     finally:
         # A second Ctrl-C / SIGTERM must not cut the teardown short.
         blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
@@ -171,9 +179,10 @@ def _qemu_args(qemu: str, image: Image, mem: int, cpus: int, console: Path, ctl:
     kernel = image.vmlinux or image.kernel
     append = (KERNEL_ARGS.replace(" quiet", "") if DEBUG else KERNEL_ARGS) + " " + os.environ.get("KVMHOST_APPEND", "")
     args = [
-        qemu, "-accel", "tcg,thread=multi", "-cpu", "qemu64,+svm,+npt", "-m", str(mem), "-smp", str(cpus),
+        qemu, "-accel", f"tcg,thread={TCG_THREAD}", "-cpu", "qemu64,+svm,+npt", "-m", str(mem), "-smp", str(cpus),
         "-M", "pc", "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
         "-serial", f"file:{_qemu_opt(console)}",
+        "-monitor", f"unix:{_qemu_opt(console.with_name('monitor'))},server=on,wait=off",
         "-kernel", str(kernel), "-initrd", str(image.initrd), "-append", append.strip(),
     ]
     exports = [("hostroot", Path("/"), True), ("kvmhostctl", ctl, False)]
@@ -204,7 +213,7 @@ class _Tail:
 
 
 def _supervise(proc: subprocess.Popen, start: float, rundir: Path, timeout: float | None,
-               stream: BinaryIO | None, say: Callable[[str], None]) -> RunResult:
+               stream: BinaryIO | None, say: Callable[[str], None], stall: float | None = None) -> RunResult:
     console, out = _Tail(rundir / "console.log"), _Tail(rundir / "ctl" / "out")
     chunks: list[bytes] = []
     pending = b""
@@ -213,6 +222,8 @@ def _supervise(proc: subprocess.Popen, start: float, rundir: Path, timeout: floa
     status: int | None = None
     status_at: float | None = None
     timed_out = False
+    stalled: str | None = None
+    beat_at: float | None = None
 
     def pump() -> None:
         nonlocal stream
@@ -236,6 +247,8 @@ def _supervise(proc: subprocess.Popen, start: float, rundir: Path, timeout: floa
             if not line.startswith("@@kvmhost "):
                 continue
             word, _, rest = line[len("@@kvmhost "):].partition(" ")
+            if word in ("ready", "beat"):
+                beat_at = time.monotonic()
             if word == "ready" and ready_s is None:
                 ready_s = time.monotonic() - start
                 say(f"kvmhost: L1 ready in {ready_s:.1f} s (guest uptime {rest} s)")
@@ -252,6 +265,11 @@ def _supervise(proc: subprocess.Popen, start: float, rundir: Path, timeout: floa
             break
         if status_at is not None and now - status_at > 10:  # powered off too slowly: enough
             break
+        if stall and beat_at is not None and status_at is None and now - beat_at > stall:
+            stalled = _save_stall(proc, rundir, now - beat_at)
+            say(f"kvmhost: L1 froze: no heartbeat for {now - beat_at:.0f} s; its state is in {stalled}")
+            timed_out = True
+            break
         time.sleep(0.05)
     if proc.poll() is None:
         proc.kill()
@@ -260,7 +278,7 @@ def _supervise(proc: subprocess.Popen, start: float, rundir: Path, timeout: floa
     total = time.monotonic() - start
     output = b"".join(chunks).decode(errors="replace")
     if timed_out:
-        return RunResult(TIMEOUT_STATUS, output, ready_s, total, timed_out=True)
+        return RunResult(TIMEOUT_STATUS, output, ready_s, total, timed_out=True, stalled=stalled)
     status_file = rundir / "ctl" / "status"
     if status_file.is_file() and status_file.read_text().strip():
         status = int(status_file.read_text().strip())
@@ -275,3 +293,60 @@ def _supervise(proc: subprocess.Popen, start: float, rundir: Path, timeout: floa
     if tail:
         sys.stderr.write("kvmhost: last L1 console lines:\n" + "".join(f"  | {t}\n" for t in tail))
     raise KvmhostError("L1 stopped before the command finished" + ("" if ready_s else " (it never became ready)"))
+
+
+def _monitor(path: Path, commands: Sequence[str], timeout: float = 10.0) -> str:
+    """Ask QEMU's human monitor; what it answered (or why it did not)."""
+    import socket
+    out = []
+    try:
+        with socket.socket(socket.AF_UNIX) as sk:
+            sk.settimeout(timeout)
+            sk.connect(str(path))
+            for cmd in commands:
+                sk.sendall(cmd.encode() + b"\n")
+            sk.sendall(b"info version\n")  # its echo marks the end of the answers
+            deadline = time.monotonic() + timeout
+            data = b""
+            while time.monotonic() < deadline and data.count(b"(qemu)") <= len(commands) + 1:
+                chunk = sk.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+            # the monitor's readline echoes each keystroke: keep the final command text
+            text = data.decode(errors="replace").replace("\r", "")
+            out.append("\n".join(re.sub(r"\x1b\[K", "", re.sub(r".*\x1b\[D", "", ln)) for ln in text.split("\n")))
+    except OSError as e:
+        out.append(f"monitor did not answer: {e}")
+    return "".join(out)
+
+
+def _save_stall(proc: subprocess.Popen, rundir: Path, quiet_s: float) -> str:
+    """Keep what tells why L1 froze: QEMU's threads, L1's vCPU registers, the console tail."""
+    dest = kvmvm_home() / "kvmhost-stalls" / time.strftime("%Y%m%dT%H%M%S")
+    dest.mkdir(parents=True, exist_ok=True)
+    report = [f"no heartbeat for {quiet_s:.0f} s; qemu pid {proc.pid}"]
+    for task in sorted(Path(f"/proc/{proc.pid}/task").glob("*")):
+        try:
+            stat = (task / "stat").read_text().split()
+            wchan = (task / "wchan").read_text()
+            comm = (task / "comm").read_text().strip()
+            report.append(f"thread {task.name} {comm}: state {stat[2]} utime {stat[13]} stime {stat[14]} wchan {wchan}")
+        except OSError:
+            pass
+    (dest / "threads.txt").write_text("\n".join(report) + "\n")
+    (dest / "monitor.txt").write_text(_monitor(rundir / "monitor", ["info status", "info cpus", "info registers -a"]))
+    gdb = shutil.which("gdb")
+    if gdb:
+        try:
+            r = subprocess.run([gdb, "-batch", "-p", str(proc.pid), "-ex", "thread apply all bt"],
+                               capture_output=True, text=True, timeout=60)
+            (dest / "qemu-stacks.txt").write_text(r.stdout + r.stderr)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            (dest / "qemu-stacks.txt").write_text(f"gdb failed: {e}\n")
+    for name in ("console.log", "qemu.log"):
+        try:
+            shutil.copy(rundir / name, dest / name)
+        except OSError:
+            pass
+    return str(dest)

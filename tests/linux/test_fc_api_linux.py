@@ -12,13 +12,13 @@ import shutil
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import pytest
 
 from kvmvm.image import cached_default
 from tests.fcclient import FcClient, wait_socket
+from tests.linux.netns import tap_netns
 
 TIMEOUT = 300
 INIT = r"""#!/bin/busybox sh
@@ -72,18 +72,8 @@ def rootfs(tmp_path) -> Path:
 
 @pytest.fixture
 def netns():
-    name = f"kvmvm-fc-{uuid.uuid4().hex[:8]}"
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    try:
-        ns = ["ip", "netns", "exec", name]
-        for c in (["ip", "link", "set", "lo", "up"],
-                  ["ip", "tuntap", "add", "dev", "fctap0", "mode", "tap"],
-                  ["ip", "addr", "add", "10.77.0.1/24", "dev", "fctap0"],
-                  ["ip", "link", "set", "fctap0", "up"]):
-            subprocess.run([*ns, *c], check=True)
+    with tap_netns("fctap0", "kvmvm-fc") as ns:
         yield ns
-    finally:
-        subprocess.run(["ip", "netns", "del", name])
 
 
 def _wait_for(path: Path, text: str, proc, timeout: float) -> None:

@@ -12,7 +12,6 @@ import re
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import pytest
@@ -20,6 +19,7 @@ import pytest
 from kvmvm.cli.booting import DEFAULT_LINUX_CMDLINE
 from kvmvm.image import cached_default
 from kvmvm.machine import Machine, MachineConfig
+from tests.linux.netns import tap_netns
 
 ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT = 180
@@ -222,13 +222,7 @@ def test_snapshot_with_blk_and_net_active(art, tmp_path):
     with open(disk, "wb") as f:
         f.truncate(32 << 20)
     subprocess.run(["mkfs.ext4", "-q", "-F", str(disk)], check=True)
-    name = f"ksnap{uuid.uuid4().hex[:6]}"
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    try:
-        ns = ["ip", "netns", "exec", name]
-        for cmd in (["ip", "link", "set", "lo", "up"], ["ip", "tuntap", "add", "dev", "ktap0", "mode", "tap"],
-                    ["ip", "addr", "add", "10.77.0.1/24", "dev", "ktap0"], ["ip", "link", "set", "ktap0", "up"]):
-            subprocess.run([*ns, *cmd], check=True)
+    with tap_netns("ktap0", "ksnap") as ns:
         script = tmp_path / "net_snapshot.py"
         script.write_text(NET_SCRIPT)
         p = subprocess.run([*ns, sys.executable, str(script), str(ROOT), str(art.vmlinux),
@@ -237,7 +231,5 @@ def test_snapshot_with_blk_and_net_active(art, tmp_path):
         assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
         assert "line-399" in p.stdout, p.stdout[-2000:]
         assert "ping-after-ok" in p.stdout, p.stdout[-2000:]
-    finally:
-        subprocess.run(["ip", "netns", "del", name])
     log = subprocess.run(["debugfs", "-R", "cat /log", str(disk)], capture_output=True, text=True).stdout
     assert log.splitlines() == [f"line-{i}" for i in range(400)], log[-500:]

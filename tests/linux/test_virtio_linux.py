@@ -17,13 +17,13 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from pathlib import Path
 
 import pytest
 
 from kvmvm.image import cached_default
 from tests.kvmhost.cpio import Cpio
+from tests.linux.netns import tap_netns
 
 ROOT = Path(__file__).resolve().parents[2]
 VSOCK_ECHO = ROOT / "guest-images" / "tools" / "out" / "vsock-echo"
@@ -125,22 +125,12 @@ def test_devices_found_from_acpi_without_cmdline(art, ext4):
 
 @pytest.fixture
 def netns():
-    name = f"kvmvm-{uuid.uuid4().hex[:8]}"
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    try:
-        ns = ["ip", "netns", "exec", name]
-        for c in (["ip", "link", "set", "lo", "up"],
-                  ["ip", "tuntap", "add", "dev", "ktap0", "mode", "tap"],
-                  ["ip", "addr", "add", "10.77.0.1/24", "dev", "ktap0"],
-                  ["ip", "link", "set", "ktap0", "up"]):
-            subprocess.run([*ns, *c], check=True)
-        yield name, ns
-    finally:
-        subprocess.run(["ip", "netns", "del", name])
+    with tap_netns("ktap0") as ns:
+        yield ns
 
 
 def test_net_ping_and_tcp_through_tap(art, netns):
-    name, ns = netns
+    ns = netns
     server = subprocess.Popen([*ns, sys.executable, "-c", (
         "import socket\n"
         "s = socket.create_server(('10.77.0.1', 7777)); s.settimeout(200)\n"

@@ -214,3 +214,21 @@ def test_results_name_no_machine_paths(tmp_path):
     assert out["command"] == ".venv/bin/python benchmarks/startup.py --json"
     assert out["kvmvm"] == "~/.cache/kvmvm/x"
     assert out["tmp"] == "$TMP/.../rootfs"
+
+
+def test_startup_pairs_alternates_and_reads_json_timings(capsys, tmp_path):
+    """startup_pairs.py: every command runs --runs times (after a warm-up round), and the
+    timings_ms of a `kvmvm boot --json`-like last line are summarised."""
+    import startup_pairs
+
+    count = tmp_path / "count"
+    script = (f"echo x >> {count}; echo hello; "
+              "echo '{\"outcome\": \"ok\", \"timings_ms\": {\"first_kvm_run\": 3.5, \"end\": null}}'")
+    assert startup_pairs.main(["--runs", "3", "--json", f"a=sh -c {json.dumps(script)}", "b=true"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    a, b = out["results"]["a"], out["results"]["b"]
+    assert count.read_text().count("x") == 4     # 3 runs + the warm-up
+    assert a["wall_ms"]["n"] == 3 and b["cpu_ms"]["n"] == 3 and b["timings_ms"] == {}
+    assert a["timings_ms"] == {"first_kvm_run": {"median": 3.5, "min": 3.5, "n": 3}}
+    with pytest.raises(SystemExit):
+        startup_pairs.main(["no-equals-sign"])

@@ -367,3 +367,66 @@ def test_stale_socket_is_reclaimed_and_live_one_refused(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(ConfigError, match="not a socket"):
         serve(str(tmp_path / "file"), Vmm())
+
+
+def test_segments_map_every_route_to_its_group():
+    """The router imports a group's module when a request first names one of its path
+    segments: SEGMENTS must say, for every route of every group, which module serves it."""
+    import importlib
+
+    from kvmvm.api.router import SEGMENTS, Router, route_table
+
+    for group in set(SEGMENTS.values()):
+        for method, segment, *_ in importlib.import_module(f"kvmvm.api.{group}").ROUTES:
+            assert SEGMENTS[segment] == group, (method, segment)
+    served = {seg for _, seg in route_table()}
+    assert served == set(SEGMENTS)
+    lazy = Router(Vmm("lazy"))
+    assert lazy("GET", "/machine-config", None)[0] == 200 and lazy.table.keys() <= route_table().keys()
+    assert lazy("GET", "/nope", None) == (400, {"fault_message": "Invalid request method and/or path: GET nope."})
+
+
+@pytest.mark.parametrize("value", [
+    {"id": "x", "state": "Not started", "n": [1, -2, 2 ** 70, 0.1, -0.0, 1e300, True, False, None]},
+    {"s": "é \n \" \\ \u2028 \ud800 \x00", "nested": {"a": [[], {}], "t": (1, "2")}},
+    {"inf": float("inf"), "ninf": float("-inf"), "nan": float("nan")},
+    [], "", 0, {1: "int key"}, {"set": {1}}, {"deep": [[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]]},
+])
+def test_jsonout_writes_what_json_dumps_writes(value):
+    from kvmvm.api.jsonout import dumps
+
+    try:
+        expected = json.dumps(value)
+    except TypeError as e:
+        with pytest.raises(TypeError, match=str(e)):
+            dumps(value)
+        return
+    assert dumps(value) == expected
+
+
+def test_first_answers_import_nothing_heavy(tmp_path):
+    """What a client waits for after the socket appears (kvmvm firecracker serves its first
+    requests while it still starts) must not import json, re, enum, socket or threading:
+    together they cost about twice the interpreter's start-up."""
+    import subprocess
+    import sys
+
+    code = f"""
+import _socket, sys
+from kvmvm.api import serve
+from kvmvm.api.vmm import Vmm
+srv = serve({str(tmp_path / 'lean.sock')!r}, Vmm('lean'))
+s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+s.connect({str(tmp_path / 'lean.sock')!r})
+got = b''
+for path in ('/', '/machine-config', '/version'):     # flat JSON answers: each ends at its }}
+    s.sendall(('GET ' + path + ' HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n').encode())
+    got += s.recv(4096)
+    while not got.endswith(b'}}'):
+        got += s.recv(4096)
+print(got.count(b'HTTP/1.1 200 OK'), sorted(m for m in ('json', 're', 'enum', 'socket', 'socketserver', 'threading') if m in sys.modules))
+srv.close()
+"""
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.split(None, 1) == ["3", "[]\n"]

@@ -78,3 +78,27 @@ def test_root_help_and_version_do_not_import_click():
     assert set(cmds) == {n for n in COMMANDS if _has_module(n)}
     assert cmds["boot"] == "Boot a kernel in a fresh microVM, console on this terminal."
     assert lines[-2].startswith("kvmvm ") and "(C core build " in lines[-2]
+
+
+@pytest.mark.parametrize("value", [
+    {"outcome": "ok", "code": 0, "rip": 0x100026, "stats": {"exits": 57, "dropped": 0},
+     "timings_ms": {"process_start": -12.5, "vm_created": 3.25, "boot_signal": None, "end": 1e-07}},
+    {"message": 'guest said "hi"\\\n\t\x00\x1f\x7f caf\u00e9 \u2603 \U0001F600', "ok": True, "no": False},
+    [1, -2, 3.0, float("inf"), float("-inf"), [], {}, ("a", None)],
+    {"big": 2 ** 70, "neg": -0.0, "key \u00e9": "v"},
+])
+def test_json_line_is_json_dumps(value):
+    """`kvmvm boot --json` writes its line without the json module: the same text."""
+    import json
+
+    from kvmvm.cli.booting import json_line
+
+    assert json_line(value) == json.dumps(value)
+
+
+def test_json_line_nan():
+    import json
+
+    from kvmvm.cli.booting import json_line
+
+    assert json_line(float("nan")) == json.dumps(float("nan")) == "NaN"

@@ -9,9 +9,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import uuid
 
 import pytest
+
+from tests.linux.netns import routed_netns as netns_routed
 
 from tests.linux.test_run_linux import KVMVM, TIMEOUT, _no_kvmvm_children, image, xdg  # noqa: F401
 # --- --net user: passt in a network namespace the test creates (a dummy interface with a
@@ -30,40 +31,39 @@ def answer():
     c.close()
 threading.Thread(target=answer, daemon=True).start()
 guest = ("GW=$(ip route | awk '/^default/ {print $3}'); echo gw=$GW; "
-         "echo out=$(nc $GW 9099 </dev/null); echo guest-says-hi | nc -l -p 80; echo served")
-p = subprocess.Popen([*kvmvm, "run", "--net", "user", "-p", "18080:80", image, "sh", "-c", guest],
+         "ip addr; echo out=$(nc -w 20 $GW 9099 </dev/null); echo guest-says-hi | nc -l -p 80; echo served")
+t0 = time.monotonic()
+p = subprocess.Popen([*kvmvm, "run", "--timeout", "240", "--net", "user", "-p", "18080:80", image, "sh", "-c", guest],
                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-got, deadline = "", time.monotonic() + 240
+got, errors, deadline = "", [], time.monotonic() + 180
 while p.poll() is None and time.monotonic() < deadline and "guest-says-hi" not in got:
     try:
         with socket.create_connection(("127.0.0.1", 18080), timeout=5) as c:
+            c.settimeout(10)
             got = c.recv(100).decode()
-    except OSError:
+    except OSError as e:
+        if not errors or errors[-1][1] != repr(e):
+            errors.append((round(time.monotonic() - t0, 1), repr(e)))
         time.sleep(0.5)
+inbound_s = round(time.monotonic() - t0, 1)
 try:
-    out, err = p.communicate(timeout=120)
+    out, err = p.communicate(timeout=60 if "guest-says-hi" in got else 10)
 except subprocess.TimeoutExpired:
-    p.kill()
-    out, err = p.communicate()
-print(json.dumps({"rc": p.returncode, "out": out, "err": err, "inbound": got}))
+    p.terminate()
+    try:
+        out, err = p.communicate(timeout=15)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        out, err = p.communicate()
+print(json.dumps({"rc": p.returncode, "out": out, "err": err, "inbound": got, "connect_errors": errors,
+                  "inbound_s": inbound_s, "total_s": round(time.monotonic() - t0, 1)}))
 '''
 
 
 @pytest.fixture
 def routed_netns():
-    name = f"kvmvm-run-{uuid.uuid4().hex[:8]}"
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    try:
-        ns = ["ip", "netns", "exec", name]
-        for c in (["ip", "link", "set", "lo", "up"],
-                  ["ip", "link", "add", "eth0", "type", "dummy"],
-                  ["ip", "addr", "add", "192.0.2.2/24", "dev", "eth0"],
-                  ["ip", "link", "set", "eth0", "up"],
-                  ["ip", "route", "add", "default", "via", "192.0.2.1"]):
-            subprocess.run([*ns, *c], check=True)
+    with netns_routed() as ns:
         yield ns
-    finally:
-        subprocess.run(["ip", "netns", "del", name])
 
 
 def test_net_user_outbound_and_published_port(image, xdg, routed_netns):
