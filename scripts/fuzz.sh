@@ -6,16 +6,17 @@
 # agent protocol (agent) and the snapshot loader (snapshot). Both kinds take libFuzzer's flags.
 #
 #   scripts/fuzz.sh build                      build every harness into build/fuzz/
-#   scripts/fuzz.sh run [-t SECONDS] [-r RUNS | --execs N] [-j] [NAME...]
-#                                              fuzz each harness (default 30 s), one at a time;
+#   scripts/fuzz.sh run [-t SECONDS] [-r RUNS | --execs N] [-j | -P JOBS] [NAME...]
+#                                              fuzz each harness (default 30 s), one at a time
+#                                              (-j: all at once; -P: JOBS at a time);
 #                                              -t and --execs together: whichever comes first
-#   scripts/fuzz.sh long [--execs N] [-t SECONDS] [NAME...]
-#                                              the long run: every harness at once (-j) toward
-#                                              N executions (default 10,000,000) or SECONDS
-#                                              (default 6 h), under `nice -n 15`
+#   scripts/fuzz.sh long [--execs N] [-t SECONDS] [-P JOBS] [NAME...]
+#                                              the long run: every harness at once (or JOBS at
+#                                              a time) toward N executions (default 10,000,000)
+#                                              or SECONDS each (default 6 h), under `nice -n 15`
 #   scripts/fuzz.sh regress [NAME...]          run every saved input once (tests/fuzz/corpus/)
 #
-# NAME is a harness without the fuzz_ prefix (C: virtq, blk, net, vsock, mmio, uart; Python:
+# NAME is a harness without the fuzz_ prefix (C: virtq, blk, net, vsock, mmio, uart, state; Python:
 # agent, snapshot). tests/fuzz/NAME.dict, when there is one, is passed as -dict.
 # The working corpus is build/fuzz/corpus/NAME, seeded from tests/fuzz/corpus/NAME (which
 # holds the regression inputs: every crash ever found). A crash leaves its input in
@@ -113,38 +114,44 @@ run() {
       -r|--execs)
         [[ $2 =~ ^[0-9]+$ ]] || die "$1 takes a number of executions"
         runs=(-runs="$2"); [ "${time[0]}" = -max_total_time=30 ] && time=(); shift 2 ;;
-      -j) parallel=1; shift ;;
+      -j) parallel=1000; shift ;;
+      -P) [[ $2 =~ ^[1-9][0-9]*$ ]] || die "-P takes a number of jobs"; parallel=$2; shift 2 ;;
       -*) die "unknown option $1" ;;
       *) break ;;
     esac
   done
   build
   mkdir -p "$OUT/crashes" "$OUT/logs"
-  local h rc=0 pids=()
+  local h rc=0 pids=() failed
+  failed=$(mktemp) || die "mktemp failed"
   for h in $(names "$@"); do
-    if [ $parallel = 1 ]; then
-      one "$h" "${time[@]}" "${runs[@]}" & pids+=($!)
+    if [ "$parallel" -gt 0 ]; then
+      while [ "$(jobs -rp | wc -l)" -ge "$parallel" ]; do wait -n; done
+      { one "$h" "${time[@]}" "${runs[@]}" || echo "$h" >> "$failed"; } & pids+=($!)
     else
       one "$h" "${time[@]}" "${runs[@]}" || rc=1
     fi
   done
-  for h in "${pids[@]}"; do wait "$h" || rc=1; done
+  for h in "${pids[@]}"; do wait "$h"; done
+  [ -s "$failed" ] && rc=1
+  rm -f "$failed"
   return $rc
 }
 
 long() {
-  local execs=10000000 secs=21600
+  local execs=10000000 secs=21600 jobs=(-j)
   while [ $# -gt 0 ]; do
     case $1 in
       --execs) execs=$2; shift 2 ;;
+      -P) jobs=(-P "$2"); shift 2 ;;
       -t) secs=$2; shift 2 ;;
       -*) die "unknown option $1" ;;
       *) break ;;
     esac
   done
   build   # at normal priority, once, before the harnesses start together
-  echo "fuzz.sh long: nice -n 15 scripts/fuzz.sh run -j --execs $execs -t $secs $(names "$@")"
-  LOGPFX=long- nice -n 15 "$0" run -j --execs "$execs" -t "$secs" "$@"
+  echo "fuzz.sh long: nice -n 15 scripts/fuzz.sh run ${jobs[*]} --execs $execs -t $secs $(names "$@")"
+  LOGPFX=long- nice -n 15 "$0" run "${jobs[@]}" --execs "$execs" -t "$secs" "$@"
 }
 
 regress() {

@@ -122,7 +122,7 @@ def fix_layer_media_types(layout: Path, ref: str) -> dict:
         if not isinstance(layer, dict) or layer.get("mediaType") not in LAYER_TYPES:
             continue
         try:
-            real = _sniff(blob_path(layout, check_digest(layer.get("digest"), "layer digest")))
+            real = sniff(blob_path(layout, check_digest(layer.get("digest"), "layer digest")))
         except OSError:
             continue                    # verify() says what is missing
         if LAYER_TYPES[layer["mediaType"]] != real:
@@ -165,7 +165,7 @@ class Verified:
 Advance = Callable[[int], None]
 
 
-def _sniff(path: Path) -> Optional[str]:
+def sniff(path: Path) -> Optional[str]:
     """The layer's compression by its first bytes: media types cannot be trusted for it
     (skopeo 1.9 labels the uncompressed layers of a docker-archive "+gzip")."""
     with open(path, "rb") as f:
@@ -264,7 +264,7 @@ def verify(layout: Path, manifest_desc: dict, advance: Advance = lambda n: None,
             raise ImageImportError(f"layer {i + 1} ({short(digest)}) is missing from the image") from None
         if actual_size != size:
             raise ImageImportError(f"layer {i + 1} ({short(digest)}) is {actual_size} bytes, the manifest says {size} (truncated or corrupt)")
-        got, _, diff_id, usize = _hash_layer(p, _sniff(p), advance)
+        got, _, diff_id, usize = _hash_layer(p, sniff(p), advance)
         if got != digest:
             raise ImageImportError(f"layer {i + 1} ({short(digest)}) does not match its digest (corrupt)")
         if diff_id != diff_ids[i]:

@@ -40,7 +40,8 @@ void state_put(struct state_buf *b, uint32_t tag, uint32_t index, uint32_t versi
     }
     uint32_t h[4] = { tag, index, len, version };
     memcpy(b->p + b->len, h, SEC_HDR);
-    memcpy(b->p + b->len + SEC_HDR, data, len);
+    if (len)        /* the END section has no data (NULL): memcpy's pointers must be valid */
+        memcpy(b->p + b->len + SEC_HDR, data, len);
     memset(b->p + b->len + SEC_HDR + len, 0, need - SEC_HDR - len);
     b->len += need;
 }

@@ -76,9 +76,32 @@ int virtio_save_all(struct kvmvm_vm *vm, struct state_buf *b)
     return 0;
 }
 
+/* A state the transport could never reach through its registers (virtio_mmio.c): refused,
+   as the state file is the guest's as much as the host's. 0 or -EBADMSG. */
+static int state_problem(const struct virtio_dev *d, const struct virtio_state *st)
+{
+    unsigned need_ok = VIRTIO_STATUS_DRIVER_OK | VIRTIO_STATUS_NEEDS_RESET;
+    if (st->isr & ~(uint32_t)(VIRTIO_INT_VRING | VIRTIO_INT_CONFIG))
+        return -EBADMSG;
+    /* features are fixed once FEATURES_OK: a subset of the offer, the modern interface */
+    if ((st->status & VIRTIO_STATUS_FEATURES_OK) &&
+        ((st->drv_features & ~d->dev_features) ||
+         !(st->drv_features & (1ull << VIRTIO_F_VERSION_1))))
+        return -EBADMSG;
+    /* DRIVER_OK without FEATURES_OK leaves the device broken, never running */
+    if ((st->status & need_ok) == VIRTIO_STATUS_DRIVER_OK &&
+        !(st->status & VIRTIO_STATUS_FEATURES_OK))
+        return -EBADMSG;
+    for (int i = 0; i < d->ops->nqueues; i++)
+        if (st->q[i].num > d->ops->queue_max || st->q[i].ready > 1)
+            return -EBADMSG;
+    return 0;
+}
+
 int virtio_load(struct kvmvm_vm *vm, uint32_t index, const void *data, uint32_t len)
 {
     struct virtio_state st;
+    struct virtq q[VIRTIO_MAX_QUEUES];
     struct virtio_dev *d = virtio_find(vm, index);
     int rc = 0;
 
@@ -89,7 +112,22 @@ int virtio_load(struct kvmvm_vm *vm, uint32_t index, const void *data, uint32_t 
         return -ENODEV;     /* the machine was built with other devices */
     if (st.dev_features != d->dev_features)
         return -EPROTO;
+    if ((rc = state_problem(d, &st)) < 0)
+        return rc;
+    /* every ready queue's rings inside guest memory, before anything changes */
+    for (int i = 0; i < d->ops->nqueues; i++) {
+        struct vq_state *s = &st.q[i];
+        memset(&q[i], 0, sizeof(q[i]));
+        if (s->ready && (rc = virtq_setup(&q[i], d->mem, s->num, s->desc, s->avail, s->used)) < 0)
+            return rc;
+        q[i].last_avail = s->last_avail;
+        q[i].used_idx = s->used_idx;
+    }
     pthread_mutex_lock(&d->lock);
+    if (d->running) {       /* a second section for the same device */
+        pthread_mutex_unlock(&d->lock);
+        return -EBADMSG;
+    }
     d->drv_features = st.drv_features;
     d->dev_feat_sel = st.dev_feat_sel;
     d->drv_feat_sel = st.drv_feat_sel;
@@ -97,29 +135,17 @@ int virtio_load(struct kvmvm_vm *vm, uint32_t index, const void *data, uint32_t 
     d->config_generation = st.config_generation;
     memcpy(d->broken_why, st.broken_why, sizeof(d->broken_why));
     d->broken_why[sizeof(d->broken_why) - 1] = 0;
-    for (int i = 0; i < d->ops->nqueues && rc == 0; i++) {
-        struct vq_state *q = &st.q[i];
-        if (q->num > d->ops->queue_max) {
-            rc = -EBADMSG;
-            break;
-        }
-        d->qnum[i] = q->num;
-        d->qaddr[i][0] = q->desc;
-        d->qaddr[i][1] = q->avail;
-        d->qaddr[i][2] = q->used;
-        d->qready[i] = 0;
-        if (q->ready) {
-            rc = virtq_setup(&d->q[i], d->mem, q->num, q->desc, q->avail, q->used);
-            if (rc == 0) {
-                d->q[i].last_avail = q->last_avail;
-                d->q[i].used_idx = q->used_idx;
-                d->qready[i] = 1;
-            }
-        }
+    for (int i = 0; i < d->ops->nqueues; i++) {
+        d->qnum[i] = st.q[i].num;
+        d->qaddr[i][0] = st.q[i].desc;
+        d->qaddr[i][1] = st.q[i].avail;
+        d->qaddr[i][2] = st.q[i].used;
+        d->q[i] = q[i];
+        d->qready[i] = st.q[i].ready;
     }
     atomic_store(&d->status, st.status);
     atomic_store(&d->isr, st.isr);
-    if (rc == 0 && (st.status & VIRTIO_STATUS_DRIVER_OK) && !virtio_broken(d)) {
+    if ((st.status & VIRTIO_STATUS_DRIVER_OK) && !virtio_broken(d)) {
         if (d->ops->restored)
             d->ops->restored(d);
         rc = virtio_worker_start(d);

@@ -8,6 +8,7 @@ cache shared by every VM restored from the same files), load the state, start.
 
 from __future__ import annotations
 
+import errno
 import os
 import time
 
@@ -162,20 +163,32 @@ def assemble(cls, cfg, ram_fds: list[int], state: bytes | None, guest_cpuid: lis
         if guest_cpuid is not None:
             check_cpuid(what, guest_cpuid, m.vm.vcpu_cpuid(0))
         if state is not None:
-            load(m, state, start=start, new_genid=new_genid)
+            load(m, state, start=start, new_genid=new_genid, what=what)
     except BaseException:
         m.close()
         raise
     return m
 
 
-def load(m, state: bytes, *, start: bool, new_genid: bool = True) -> None:
+def load_state(vm, state: bytes, what: str) -> None:
+    """vm.load_state, with a stream the C loader refuses as malformed, inconsistent or
+    for other devices (EBADMSG, EPROTO, ENODEV) reported as the bad input it is."""
+    from kvmvm.errors import KvmError
+    try:
+        vm.load_state(state)
+    except KvmError as e:
+        if e.errno in (errno.EBADMSG, errno.EPROTO, errno.ENODEV):
+            raise fmt.SnapshotError(f"cannot restore {what}: its state file is invalid ({e})") from None
+        raise
+
+
+def load(m, state: bytes, *, start: bool, new_genid: bool = True, what: str = "the snapshot") -> None:
     """Finish a Machine that assemble built without state: the state, a new VM generation
     ID unless new_genid is false, and (if start) its vCPUs running. On an error the caller
     closes m."""
     from kvmvm.boot import layout
 
-    m.vm.load_state(state)
+    load_state(m.vm, state, what)
     if new_genid:
         m.vm.write(layout.VMGENID_GPA, os.urandom(16))
     if start:

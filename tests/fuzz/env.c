@@ -65,6 +65,10 @@ void virtio_worker_unwatch(struct virtio_dev *d, int fd)
 
 int virtio_worker_start(struct virtio_dev *d)
 {
+    if (d->running) {   /* the real one would leak its epoll fd and a second worker thread */
+        fprintf(stderr, "fuzz env: virtio_worker_start on a running device\n");
+        abort();
+    }
     int rc = d->ops->activate ? d->ops->activate(d) : 0;
     if (rc < 0) {
         for (int i = nwatch - 1; i >= 0; i--)
