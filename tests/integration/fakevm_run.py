@@ -11,6 +11,24 @@ import sys
 import time
 
 
+def _descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(d))
+    out, todo = [], [pid]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            out.append(c)
+            todo.append(c)
+    return out
+
+
 class FakeVm:
     def __init__(self, rundir, **kw):
         self.rundir, self.kw = rundir, kw
@@ -23,6 +41,9 @@ class FakeVm:
         from kvmvm.agent.initramfs import agent_binary
         from kvmvm.agent.session import Session
 
+        import ctypes
+
+        ctypes.CDLL(None).prctl(36, 1)      # PR_SET_CHILD_SUBREAPER: the "VM"'s processes stay ours
         a, b = socket.socketpair()
         self.proc = subprocess.Popen([str(agent_binary()), "--fd", str(b.fileno())], pass_fds=(b.fileno(),),
                                      start_new_session=True)
@@ -47,8 +68,16 @@ class FakeVm:
         return ""
 
     def stop(self):
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
+        """Stopping a VM ends everything in it: the agent and every process it started
+        (each container process has a session of its own, so killing the agent alone
+        would leave them running on the host)."""
+        # this process is their subreaper (start): an orphan of the agent is still below us
+        for pid in _descendants(os.getpid()):
+            try:
+                os.kill(pid, 9)
+            except ProcessLookupError:
+                pass
+        if self.proc is not None and self.stop_info is None:
             self.proc.wait()
             self.stop_info = "stopped"
 

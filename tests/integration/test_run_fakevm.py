@@ -101,6 +101,9 @@ def test_sigterm_forwarded_and_double_sigint_stops(env):
     assert p.poll() is None                      # the container ignores one ^C
     p.send_signal(signal.SIGINT)
     assert p.wait(30) == 130 and b"interrupted twice" in p.stderr.read()
+    time.sleep(0.5)                              # the stopped "VM" took its process with it
+    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    assert "trap '' INT; echo ready; while" not in ps
 
 
 def test_timeout(env):
