@@ -33,7 +33,9 @@ FORWARD = re.compile(r"^(CI|KVMVM_\w+|PYTEST_\w+|PYTHON(DONTWRITEBYTECODE|HASHSE
                      r"TZ|LANG|LC_\w+|TERM|NO_COLOR|FORCE_COLOR|VIRTUAL_ENV)$")
 # pci=noacpi: legacy IRQ routing; ACPI's link setup costs ~0.3 s per 9p device under TCG.
 # cryptomgr.notests: the crypto self-tests cost ~0.6 s under TCG.
-KERNEL_ARGS = "console=ttyS0 panic=-1 quiet mitigations=off pci=noacpi cryptomgr.notests"
+# nokaslr: the kernel addresses a frozen L1's saved registers show are the same in every boot
+# (`python -m tests.kvmhost run -- cat /proc/kallsyms` resolves them).
+KERNEL_ARGS = "console=ttyS0 panic=-1 quiet mitigations=off pci=noacpi cryptomgr.notests nokaslr"
 DEBUG = bool(os.environ.get("KVMHOST_DEBUG"))  # L1's console (kernel, init) to stderr, timestamped
 # init.sh beats every 10 s from memory; no beat for this long means L1 itself is frozen
 # (seen under QEMU's multi-threaded TCG: the vCPUs spin, nothing in L1 runs, not even timers).
