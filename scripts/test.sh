@@ -113,7 +113,8 @@ if [[ ,$TIERS, == *,linux,* ]] && [ ${#linux_paths[@]} -gt 0 ]; then
     run_l1 $attempt; rc=$?
     # rc 124: the L1 froze (its heartbeat stopped: QEMU's multi-threaded TCG hung now and
     # then, one vCPU re-taking an INT3 of the kernel's own code patching; QEMU 7.2 did it about
-    # once per tier; see README.md, Tests) or the budget ran out. That is the test host,
+    # once per tier; see README.md, Tests), its kernel died (a panic in KVM_RUN under QEMU 10's
+    # emulated SVM, once), or the budget ran out. That is the test host,
     # not kvmvm: a fresh L1 runs the tests that had not finished, loudly, keeping each
     # attempt's reports. A test that finished (passed or failed) is never run again.
     while [ "$rc" = 124 ] && [ $attempt -lt 4 ] && [ $(( deadline - $(date +%s) )) -gt 300 ]; do
@@ -125,7 +126,7 @@ if [[ ,$TIERS, == *,linux,* ]] && [ ${#linux_paths[@]} -gt 0 ]; then
         [ -n "$nodeid" ] && done_args+=(--deselect "$nodeid")
       done < <(cat "$REPORTS"/linux-progress-attempt*.txt 2>/dev/null)
       attempt=$((attempt + 1))
-      echo "test.sh: the kvmhost L1 froze or timed out; linux tier attempt $attempt of at most 4, for the tests not finished yet ($(( ${#done_args[@]} / 2 )) finished; reports: $REPORTS/*-attempt*.*)" >&2
+      echo "test.sh: the kvmhost L1 froze, crashed or timed out; linux tier attempt $attempt of at most 4, for the tests not finished yet ($(( ${#done_args[@]} / 2 )) finished; reports: $REPORTS/*-attempt*.*)" >&2
       linux_retried=1
       run_l1 $attempt "${done_args[@]}"; rc=$?
       [ "$rc" = 5 ] && rc=0   # every test had finished in earlier attempts
