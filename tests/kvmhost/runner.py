@@ -40,7 +40,7 @@ KERNEL_ARGS = "console=ttyS0 panic=-1 quiet mitigations=off pci=noacpi cryptomgr
 DEBUG = bool(os.environ.get("KVMHOST_DEBUG"))  # L1's console (kernel, init) to stderr, timestamped
 # init.sh beats every 10 s from memory; no beat for this long means L1 itself is frozen
 # (seen under QEMU's multi-threaded TCG: the vCPUs spin, nothing in L1 runs, not even timers).
-DEFAULT_STALL = 120.0
+DEFAULT_STALL = 90.0
 # QEMU's TCG threading: "multi" (one host thread per L1 vCPU) or "single" (round-robin)
 TCG_THREAD = os.environ.get("KVMHOST_TCG_THREAD", "multi")
 
