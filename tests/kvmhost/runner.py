@@ -101,19 +101,6 @@ def _guest_env(cwd: Path, image: Image, extra: Mapping[str, str] | None) -> dict
     return env
 
 
-# QEMU 7.2's multi-threaded TCG froze the L1 about once per linux tier; 10.0 is what runs it.
-MIN_QEMU = (10, 0)
-
-
-def _qemu_version(qemu: str) -> tuple[int, ...] | None:
-    try:
-        out = subprocess.run([qemu, "--version"], capture_output=True, text=True, timeout=30).stdout
-    except (OSError, subprocess.SubprocessError):
-        return None
-    m = re.search(r"version (\d+)\.(\d+)", out)
-    return (int(m.group(1)), int(m.group(2))) if m else None
-
-
 def _shares(paths: Sequence[Path]) -> list[Path]:
     """Distinct directories to share read-write, parents first, none inside another."""
     out: list[Path] = []
@@ -145,10 +132,6 @@ def run(cmd: Sequence[str], *, timeout: float | None = None, mem: int = DEFAULT_
     qemu = shutil.which(QEMU)
     if not qemu:
         raise KvmhostError(f"{QEMU} not found (scripts/setup.sh installs it)")
-    version = _qemu_version(qemu)
-    if version and version < MIN_QEMU:
-        say(f"kvmhost: warning: QEMU {'.'.join(map(str, version))} is older than "
-            f"{'.'.join(map(str, MIN_QEMU))}: its TCG freezes the L1 now and then (scripts/setup.sh installs QEMU 10)")
     image = image or prepare(say)
     cwd = Path(os.path.realpath(cwd or os.getcwd()))
     home = kvmvm_home()

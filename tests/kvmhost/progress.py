@@ -1,0 +1,80 @@
+"""The linux tier's per-test progress across test-host attempts (scripts/test.sh).
+
+Each attempt's pytest writes ``build/test-reports/linux-progress-attemptN.txt``: one line
+``<outcome> <nodeid>`` per finished test (tests/conftest.py), outcome one of passed, failed,
+skipped, or shutdown: failed because a guest stopped with KVM_EXIT_SHUTDOWN (a triple fault),
+which the software-emulated test host causes now and then (see README.md, Tests). A fresh L1
+runs what is left: the tests that had not finished (the L1 froze or its kernel died), and once
+more each test whose only failure so far was a shutdown. Every other finished test counts
+once, as it ended.
+
+``python -m tests.kvmhost.progress deselect|rerun|count DIR``: the pytest ``--deselect``
+arguments of the finished tests (one per line); the tests to run again after a shutdown; the
+final counts ``passed failed skipped``, with one line per rerun on stderr.
+"""
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+FINAL = ("passed", "failed", "skipped")
+
+
+def outcomes(reports: Path) -> dict[str, list[str]]:
+    """Each test's outcomes, attempt by attempt."""
+    out: dict[str, list[str]] = {}
+    files = sorted(reports.glob("linux-progress-attempt*.txt"),
+                   key=lambda f: int(re.sub(r"\D", "", f.stem) or 0))
+    for f in files:
+        for line in f.read_text(errors="replace").splitlines():
+            outcome, _, nodeid = line.partition(" ")
+            if nodeid:
+                out.setdefault(nodeid, []).append(outcome)
+    return out
+
+
+def rerun(o: dict[str, list[str]]) -> list[str]:
+    """Tests whose guest shut down once and that have not run again since."""
+    return [n for n, seen in o.items() if seen[-1] == "shutdown" and seen.count("shutdown") == 1]
+
+
+def finished(o: dict[str, list[str]]) -> list[str]:
+    """Tests that are not to run again."""
+    again = set(rerun(o))
+    return [n for n in o if n not in again]
+
+
+def final(seen: list[str]) -> str:
+    last = seen[-1]
+    return "failed" if last == "shutdown" else last if last in FINAL else "failed"
+
+
+def count(o: dict[str, list[str]]) -> tuple[int, int, int]:
+    c = {k: 0 for k in FINAL}
+    for seen in o.values():
+        c[final(seen)] += 1
+    return c["passed"], c["failed"], c["skipped"]
+
+
+def main(argv: list[str]) -> int:
+    what, reports = argv[0], Path(argv[1])
+    o = outcomes(reports)
+    if what == "deselect":
+        print("\n".join(finished(o)))
+    elif what == "rerun":
+        print("\n".join(rerun(o)))
+    elif what == "count":
+        for n, seen in o.items():
+            if "shutdown" in seen:
+                sys.stderr.write(f"test.sh: {n}: a guest triple-faulted in the test host; "
+                                 f"outcomes by attempt: {', '.join(seen)} (counts as {final(seen)})\n")
+        print(*count(o))
+    else:
+        sys.stderr.write(f"unknown command {what}\n")
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,69 @@
+"""tests/kvmhost/progress.py: what a fresh test-host attempt runs, and the final counts."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.kvmhost import progress
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def write(d: Path, n: int, lines: list[str]) -> None:
+    (d / f"linux-progress-attempt{n}.txt").write_text("".join(f"{x}\n" for x in lines))
+
+
+def test_a_frozen_attempt_leaves_only_the_unfinished_tests(tmp_path):
+    write(tmp_path, 1, ["passed t::a", "failed t::b", "skipped t::c"])   # froze during t::d
+    o = progress.outcomes(tmp_path)
+    assert progress.finished(o) == ["t::a", "t::b", "t::c"]
+    assert progress.rerun(o) == []
+    write(tmp_path, 2, ["passed t::d"])
+    assert progress.count(progress.outcomes(tmp_path)) == (2, 1, 1)  # the failure still counts
+
+
+def test_a_shutdown_is_run_once_more_and_counts_as_its_last_outcome(tmp_path):
+    write(tmp_path, 1, ["shutdown t::a", "passed t::b", "shutdown t::c"])
+    o = progress.outcomes(tmp_path)
+    assert progress.rerun(o) == ["t::a", "t::c"]
+    assert progress.finished(o) == ["t::b"]
+    write(tmp_path, 2, ["passed t::a", "shutdown t::c"])
+    o = progress.outcomes(tmp_path)
+    assert progress.rerun(o) == []                 # t::c shut down twice: not a third time
+    assert sorted(progress.finished(o)) == ["t::a", "t::b", "t::c"]
+    assert progress.count(o) == (2, 1, 0)
+
+
+def test_attempts_are_read_in_numeric_order(tmp_path):
+    for n in range(1, 12):
+        write(tmp_path, n, [f"{'shutdown' if n < 11 else 'passed'} t::a"])
+    assert progress.outcomes(tmp_path)["t::a"][-1] == "passed"
+
+
+def test_the_command_line_test_sh_uses(tmp_path):
+    write(tmp_path, 1, ["shutdown t::a[x y]", "passed t::b"])
+    run = lambda *a: subprocess.run([sys.executable, "-m", "tests.kvmhost.progress", *a, str(tmp_path)],
+                                    cwd=ROOT, capture_output=True, text=True, check=True)
+    assert run("rerun").stdout.splitlines() == ["t::a[x y]"]
+    assert run("deselect").stdout.splitlines() == ["t::b"]
+    r = run("count")
+    assert r.stdout.split() == ["1", "1", "0"]
+    assert "t::a[x y]: a guest triple-faulted in the test host; outcomes by attempt: shutdown (counts as failed)" in r.stderr
+
+
+def test_tests_conftest_writes_each_outcome_as_the_test_ends(tmp_path):
+    (tmp_path / "test_x.py").write_text(
+        "import pytest\n"
+        "def test_ok(): pass\n"
+        "def test_bad(): assert 0, 'plain failure'\n"
+        "def test_guest(): raise AssertionError('kvmvm: guest triple-faulted (KVM_EXIT_SHUTDOWN) near rip 0xfff0')\n"
+        "def test_skip(): pytest.skip('no')\n")
+    out = tmp_path / "progress.txt"
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "tests.conftest", "-p", "no:cacheprovider",
+                        str(tmp_path / "test_x.py")], cwd=ROOT, capture_output=True, text=True,
+                       env={**os.environ, "KVMVM_TEST_PROGRESS": str(out)})
+    assert r.returncode == 1, r.stdout + r.stderr
+    lines = [ln.split(" ", 1)[0] + " " + ln.rsplit("::", 1)[1] for ln in out.read_text().splitlines()]
+    assert lines == ["passed test_ok", "failed test_bad", "shutdown test_guest", "skipped test_skip"]
