@@ -57,7 +57,7 @@ def qemu_bin() -> str | None:
 
 
 # microvm's firmware: qboot, which loads -kernel itself in a few milliseconds. QEMU 7.2 in
-# Debian 12 used it by default; Debian's QEMU 10 (bookworm-backports) defaults to a SeaBIOS
+# Debian 12 uses it by default; Debian's QEMU 10 (bookworm-backports) defaults to a SeaBIOS
 # build that cannot boot -kernel without option ROMs, and with them takes seconds.
 QBOOT_PATHS = ("/usr/share/qemu/qboot.rom", "/usr/share/qboot/bios.bin")
 

@@ -23,7 +23,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from kvmvm.image import cached_default  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "benchmarks"))
-from benchlib import qemu_firmware  # noqa: E402  (qboot: QEMU 10's default SeaBIOS cannot boot -kernel)
+from benchlib import qemu_firmware  # noqa: E402  (qboot, as QEMU 7.2; newer QEMUs default to a slow SeaBIOS)
 
 MACHINES = {
     # tsc_early_khz: TCG has no kvmclock and microvm no port 0x61 for PIT calibration

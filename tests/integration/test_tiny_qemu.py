@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-from benchlib import qemu_firmware  # noqa: E402  (qboot: QEMU 10's default SeaBIOS cannot boot -kernel here)
+from benchlib import qemu_firmware  # noqa: E402  (qboot, as QEMU 7.2; newer QEMUs default to a slow SeaBIOS)
 
 pytestmark = pytest.mark.host
 
