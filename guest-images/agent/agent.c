@@ -583,7 +583,8 @@ static int vsock_connect(void)
             return -1;
         }
         struct timeval tv = { .tv_sec = CONNECT_TIMEOUT_S };
-        setsockopt(fd, AF_VSOCK, SO_VM_SOCKETS_CONNECT_TIMEOUT, &tv, sizeof(tv));
+        if (setsockopt(fd, AF_VSOCK, SO_VM_SOCKETS_CONNECT_TIMEOUT, &tv, sizeof(tv)) < 0 && i == 0)
+            agent_log("vsock connect timeout: %s (the kernel's 2 s stays)", strerror(errno));
         struct sockaddr_vm_ a = { .svm_family = AF_VSOCK, .svm_port = AGENT_VSOCK_PORT, .svm_cid = HOST_CID };
         if (connect(fd, (struct sockaddr *)&a, sizeof(a)) == 0)
             return fd;
