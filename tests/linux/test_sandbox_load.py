@@ -15,7 +15,7 @@ import threading
 import pytest
 
 from kvmvm.sandbox import Sandbox
-from tests.linux.sandboxfixtures import image, warm  # noqa: F401 (fixtures)
+from tests.linux.sandboxfixtures import image, private_snapshots, warm  # noqa: F401 (fixtures)
 from tests.linux.test_sandbox_more import _resources, _settled
 
 
