@@ -1,6 +1,6 @@
 """PENDING (not collected): kvmvm.Sandbox under load and with a network (linux tier).
 Status (stop 18), from one full linux-tier run in the test host:
-- (50 threads creating, using and dropping sandboxes: moved to test_sandbox_load.py.)
+- (50 threads creating, using and dropping sandboxes: moved to sandbox_load_pending.py.)
 - network=True through passt: the guest's TCP connection to the gateway (passt maps it to
   the namespace's loopback) timed out after 60 s; the same run's `kvmvm run --net user` test
   hung the same way, though it reaches the host in its lone runs (run_net_linux_pending.py).
