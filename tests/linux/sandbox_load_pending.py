@@ -1,0 +1,88 @@
+"""PENDING (not collected): kvmvm.Sandbox under load (linux tier): 50 threads creating,
+using and dropping sandboxes. Rename to test_sandbox_load.py once it passes in full runs.
+
+Status (stop 19), three lone runs of this file in the test host (QEMU 10):
+- Fixed: once, in a full linux-tier run, one of the 50 got "ProtocolError: agent closed the
+  connection" while its warm sandbox was being connected. The likely cause: its agent's
+  vsock connect() gave up (Linux: 2 s of guest time, with ten VMs in the emulated test host)
+  and the guest reset the attempt the host had already accepted; the host then read EOF
+  there and the agent's HELLO came on a second connection nobody accepted. The host now
+  takes the first connection that says HELLO and drops any that end before theirs
+  (kvmvm/agent/accept.py; reproduced and tested on the host tier with a tiny guest that
+  does exactly that: tests/integration/test_agent_accept.py), and the agent waits 20 s per
+  connect. Not seen again: 0 connections dropped in the three runs (with the 20 s wait and
+  once with the kernel's 2 s).
+- Open: in 2 of the 3 runs one restored sandbox of 50 ended mid-use (at its first command,
+  at a file write) with "guest triple-faulted (KVM_EXIT_SHUTDOWN) near rip 0xfff0" (on SVM
+  KVM resets the vCPU on a shutdown: the rip says nothing), its console ending at the
+  agent's reconnect line (no kernel panic printed). Cause not found; the first run passed.
+Every failure names the step it happened at.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from kvmvm.sandbox import Sandbox
+from tests.linux.sandboxfixtures import image, private_snapshots, warm  # noqa: F401 (fixtures)
+from tests.linux.test_sandbox_more import _resources, _settled
+
+
+@pytest.mark.timeout(900)
+def test_fifty_threads_create_use_and_drop_sandboxes_leaving_nothing(warm, request):
+    """50 threads, each with its own sandbox: run, write, read, a background command left
+    running, then kill(), the with-block, or only dropping it (garbage collection). In the
+    emulated L1 at most 10 VMs run at once (a gate); every create, command and teardown
+    happens concurrently with the others."""
+    Sandbox.create(warm, memory_mib=256).kill()       # the pool and caches warmed before counting
+    before = _resources()
+    gate = threading.Semaphore(10)
+    errors, warm_flags, ids, dropped = [], [], [], []
+    lock = threading.Lock()
+
+    def work(i: int) -> None:
+        step = "waiting for the gate"
+        try:
+            with gate:
+                step = "create"
+                sb = Sandbox.create(warm, memory_mib=256, timeout=600)
+                with lock:
+                    warm_flags.append((sb.warm, sb.warm_error))
+                    ids.append(sb.sandbox_id)
+                    dropped.append(sb.vm.dropped_connections)
+                step = "run"
+                r = sb.commands.run(f"echo {i}; hostname", timeout=120)
+                assert r.stdout == f"{i}\n{sb.sandbox_id}\n", r.stdout
+                step = "write"
+                sb.files.write(f"/tmp/f{i}", f"data {i}")
+                step = "read"
+                assert sb.files.read(f"/tmp/f{i}") == f"data {i}"
+                step = "background"
+                sb.commands.run("sleep 600", background=True)     # teardown must end it
+                step = "teardown"
+                if i % 3 == 0:
+                    sb.kill()
+                elif i % 3 == 1:
+                    with sb:
+                        pass
+                else:
+                    del sb          # dropped: the finalizer tears it down
+        except Exception as e:      # noqa: BLE001 - collected, asserted below
+            errors.append(f"thread {i} at {step}: {type(e).__name__}: {e}")
+
+    threads = [threading.Thread(target=work, args=(i,), name=f"worker-{i}") for i in range(50)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(400)
+    assert not [t.name for t in threads if t.is_alive()]
+    # (in the report: how often the guest's connect() gave up and the host took its next one)
+    request.node.user_properties += [("agent_connections_dropped_before_hello", sum(dropped)),
+                                     ("sandboxes_that_dropped_one", sum(1 for d in dropped if d))]
+    assert not errors, errors[:5]
+    assert len(set(ids)) == 50
+    leaked = _settled(before)
+    assert not any(leaked.values()), leaked
+    assert all(w for w, _ in warm_flags), [e for w, e in warm_flags if not w][:3]
