@@ -29,7 +29,7 @@ fi
 export KVMVM_REQUIRE_LINUX_KVM=1
 
 mkdir -p "$REPORTS"
-rm -f "$REPORTS"/host.xml "$REPORTS"/asan.xml "$REPORTS"/linux.xml "$REPORTS"/kvmhost.json "$REPORTS"/*-attempt[0-9].* "$REPORTS"/linux-progress-attempt*.txt
+rm -f "$REPORTS"/host.xml "$REPORTS"/asan.xml "$REPORTS"/linux.xml "$REPORTS"/kvmhost.json "$REPORTS"/*-attempt[0-9].* "$REPORTS"/linux-progress-attempt*
 linux_retried=0
 
 # Paths among the arguments replace the default test paths; they also decide which tiers apply.

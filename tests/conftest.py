@@ -90,11 +90,16 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
         _outcomes[report.nodeid] = "skipped"
     else:
         _outcomes.setdefault(report.nodeid, "passed")
+    if report.failed:  # why, kept even when the run is killed before pytest's own report
+        _append(_PROGRESS + ".failures", f"==== {report.when} {report.nodeid}\n{report.longrepr}\n")
     if report.when == "teardown":
-        line = f"{_outcomes.pop(report.nodeid)} {report.nodeid}\n"
-        fd = os.open(_PROGRESS, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            os.write(fd, line.encode())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        _append(_PROGRESS, f"{_outcomes.pop(report.nodeid)} {report.nodeid}\n")
+
+
+def _append(path: str, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, text.encode(errors="replace"))
+        os.fsync(fd)
+    finally:
+        os.close(fd)

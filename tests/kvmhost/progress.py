@@ -57,6 +57,20 @@ def count(o: dict[str, list[str]]) -> tuple[int, int, int]:
     return c["passed"], c["failed"], c["skipped"]
 
 
+def reason(reports: Path, nodeid: str) -> str:
+    """The last line of a test's last failure report (the conftest keeps them beside the
+    progress files, as ``.failures``), and which file holds it all."""
+    for f in sorted(reports.glob("linux-progress-attempt*.txt.failures"),
+                    key=lambda f: -int(re.sub(r"\D", "", f.name) or 0)):
+        blocks = f.read_text(errors="replace").split("==== ")
+        for b in reversed(blocks):
+            head, _, body = b.partition("\n")
+            if head.split(" ", 1)[-1] == nodeid:
+                lines = [ln for ln in body.splitlines() if ln.strip()]
+                return f"{lines[-1].strip() if lines else '?'} (all of it: {f})"
+    return "no details kept"
+
+
 def main(argv: list[str]) -> int:
     what, reports = argv[0], Path(argv[1])
     o = outcomes(reports)
@@ -69,6 +83,8 @@ def main(argv: list[str]) -> int:
             if "shutdown" in seen:
                 sys.stderr.write(f"test.sh: {n}: a guest triple-faulted in the test host; "
                                  f"outcomes by attempt: {', '.join(seen)} (counts as {final(seen)})\n")
+            elif final(seen) == "failed":
+                sys.stderr.write(f"test.sh: {n} failed: {reason(reports, n)}\n")
         print(*count(o))
     else:
         sys.stderr.write(f"unknown command {what}\n")

@@ -67,3 +67,14 @@ def test_tests_conftest_writes_each_outcome_as_the_test_ends(tmp_path):
     assert r.returncode == 1, r.stdout + r.stderr
     lines = [ln.split(" ", 1)[0] + " " + ln.rsplit("::", 1)[1] for ln in out.read_text().splitlines()]
     assert lines == ["passed test_ok", "failed test_bad", "shutdown test_guest", "skipped test_skip"]
+    failures = Path(f"{out}.failures").read_text()
+    assert "plain failure" in failures and "near rip 0xfff0" in failures and "test_ok" not in failures
+
+
+def test_a_failure_is_named_with_its_reason(tmp_path):
+    write(tmp_path, 1, ["failed t::b"])
+    (tmp_path / "linux-progress-attempt1.txt.failures").write_text(
+        "==== call t::b\nTraceback\nE   AssertionError: the guest said no\n\n")
+    assert progress.reason(tmp_path, "t::b") == (
+        f"E   AssertionError: the guest said no (all of it: {tmp_path / 'linux-progress-attempt1.txt.failures'})")
+    assert progress.reason(tmp_path, "t::zz") == "no details kept"
