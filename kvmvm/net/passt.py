@@ -11,10 +11,14 @@ exits as soon as the socket closes, so it ends with the VM on every path (kill -
 included), and `stop()` reaps it. passt starts in its own session, so a ^C meant for kvmvm
 does not reach it, and `start()` returns once passt has written its pid file, i.e. after it
 parsed its options and bound the forwarded ports. That pid file is then removed.
+
+KVMVM_PASST_PCAP=DIR (for debugging): each passt records the frames it exchanges with the
+guest in DIR/passt-<kvmvm pid>-<n>.pcap (passt's --pcap).
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import pwd
 import re
@@ -100,6 +104,24 @@ def _runas() -> Optional[tuple[int, int]]:
         return 65534, 65534
 
 
+_pcap_seq = itertools.count()
+
+
+def _pcap_file(runas: Optional[tuple[int, int]]) -> Optional[str]:
+    """KVMVM_PASST_PCAP=DIR: a capture file there that passt (perhaps as nobody) can write."""
+    d = os.environ.get("KVMVM_PASST_PCAP")
+    if not d:
+        return None
+    path = Path(d) / f"passt-{os.getpid()}-{next(_pcap_seq)}.pcap"
+    try:
+        path.touch(0o644)
+        if runas is not None:
+            os.chown(path, *runas)
+    except OSError as e:
+        raise NetError(f"KVMVM_PASST_PCAP: cannot create {path}: {e.strerror}") from None
+    return str(path)
+
+
 def _why(err_file) -> str:
     err_file.seek(0)
     text = err_file.read().decode(errors="replace")
@@ -134,6 +156,9 @@ class Passt:
             if runas is not None:
                 os.chown(pidfile, *runas)
                 argv += ["--runas", f"{runas[0]}:{runas[1]}"]
+            pcap = _pcap_file(runas)
+            if pcap:
+                argv += ["--pcap", pcap]
             argv += self.options.argv()
             self.proc = subprocess.Popen(argv, pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL,
                                          stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
