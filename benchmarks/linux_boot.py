@@ -88,7 +88,7 @@ def main(argv=None) -> int:
     kernel, initrd = str(art.vmlinux), str(art.initramfs)
     kvmvm = [benchlib.kvmvm_bin(), "boot", "--kernel", kernel, "--initrd", initrd,
              "--cmdline", CMDLINE, "--memory", "128", "--no-rng"]
-    qemu = [benchlib.qemu_bin() or "qemu-system-x86_64", "-M", "microvm,rtc=on", "-enable-kvm",
+    qemu = [benchlib.qemu_bin() or "qemu-system-x86_64", *benchlib.qemu_firmware(), "-M", "microvm,rtc=on", "-enable-kvm",
             "-cpu", "host", "-m", "128", "-smp", "1", "-nodefaults", "-no-user-config",
             "-display", "none", "-no-reboot", "-serial", "stdio", "-kernel", kernel,
             "-initrd", initrd, "-append", CMDLINE]

@@ -34,6 +34,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import benchlib as bl  # noqa: E402
 import containers  # noqa: E402
 
+from kvmvm.procfs import children_map  # noqa: E402
+
 KiB = 1024
 
 
@@ -64,20 +66,6 @@ def guest_ram_rss_kib(pid: int, memory_mib: int) -> int:
             elif line.startswith("Rss:") and cand and lo <= size <= hi:
                 total += int(line.split()[1])
     return total
-
-
-def children_map() -> dict:
-    kids: dict[int, list[int]] = {}
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            with open(f"/proc/{d}/stat") as f:
-                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        kids.setdefault(ppid, []).append(int(d))
-    return kids
 
 
 def tree(roots) -> list[int]:

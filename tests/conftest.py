@@ -67,3 +67,31 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     if os.path.exists("/sys/module/kvm_pvm") or _require_linux(item.config):
         pytest.fail(f"linux tier cannot run here: {problem}; {HOW}", pytrace=False)
     pytest.skip(f"{problem}; {HOW}")
+
+
+# KVMVM_TEST_PROGRESS=FILE: one line "<outcome> <nodeid>" per finished test, written and
+# fsynced as each test ends. scripts/test.sh reads it when the test host froze mid-run: the
+# next attempt runs only the tests that had not finished (a JUnit report is written only at
+# the end, so a killed run leaves none).
+_PROGRESS = os.environ.get("KVMVM_TEST_PROGRESS")
+_outcomes: dict[str, str] = {}
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if not _PROGRESS:
+        return
+    prev = _outcomes.get(report.nodeid, "passed")
+    if report.failed:
+        _outcomes[report.nodeid] = "failed"
+    elif report.skipped and prev != "failed":
+        _outcomes[report.nodeid] = "skipped"
+    else:
+        _outcomes.setdefault(report.nodeid, "passed")
+    if report.when == "teardown":
+        line = f"{_outcomes.pop(report.nodeid)} {report.nodeid}\n"
+        fd = os.open(_PROGRESS, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, line.encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)

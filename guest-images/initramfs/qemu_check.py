@@ -22,6 +22,9 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 from kvmvm.image import cached_default  # noqa: E402
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "benchmarks"))
+from benchlib import qemu_firmware  # noqa: E402  (qboot: QEMU 10's default SeaBIOS cannot boot -kernel)
+
 MACHINES = {
     # tsc_early_khz: TCG has no kvmclock and microvm no port 0x61 for PIT calibration
     "microvm-acpi": (["-M", "microvm,x-option-roms=off,isa-serial=on,rtc=off,acpi=on"], "vmlinux",
@@ -44,7 +47,8 @@ def main() -> int:
         print("qemu_check: run `kvmvm kernel build` first", file=sys.stderr)
         return 2
     machine, kernel_kind, append = MACHINES[a.machine]
-    cmd = ["qemu-system-x86_64", *machine, "-accel", "tcg", "-cpu", "qemu64", "-m", "256",
+    firmware = qemu_firmware() if a.machine.startswith("microvm") else []
+    cmd = ["qemu-system-x86_64", *firmware, *machine, "-accel", "tcg", "-cpu", "qemu64", "-m", "256",
            "-nographic", "-no-reboot", "-kernel", str(getattr(art, kernel_kind)),
            "-initrd", str(art.initramfs), "-append", append]
     shell_cmd = a.cmd

@@ -17,6 +17,8 @@ import shutil
 import signal
 from pathlib import Path
 
+from kvmvm.procfs import start_time
+
 NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$")
 
 
@@ -30,12 +32,6 @@ def runtime_root() -> Path:
     return kvmvm_home() / "run"
 
 
-def _start_time(pid: int) -> str | None:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return None
 
 
 def _kill_recorded(d: Path) -> None:
@@ -44,7 +40,7 @@ def _kill_recorded(d: Path) -> None:
             parts = line.split()
             if len(parts) == 2 and parts[0].isdigit():
                 pid = int(parts[0])
-                if pid > 1 and _start_time(pid) == parts[1]:
+                if pid > 1 and str(start_time(pid)) == parts[1]:
                     with contextlib.suppress(OSError):
                         os.kill(pid, signal.SIGKILL)
 
@@ -124,7 +120,7 @@ class RunDir:
 
     def add_pid(self, pid: int) -> None:
         """Record a helper process (e.g. passt) for reclaim after a SIGKILL of kvmvm."""
-        st = _start_time(pid)
+        st = start_time(pid)
         if st is not None:
             with open(self.path / "pids", "a") as f:
                 f.write(f"{pid} {st}\n")

@@ -239,13 +239,9 @@ def ls(target, as_json):
 
 def _ended(pid: int | None) -> bool:
     """No process pid, or only its zombie (its parent, the `create` call, is gone)."""
-    if not pid:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
-    except (OSError, IndexError):
-        return True
+    from kvmvm.procfs import ended
+
+    return ended(pid)
 
 
 @cli.command()

@@ -13,6 +13,7 @@ import os
 import secrets
 import shutil
 
+from kvmvm.procfs import start_time  # noqa: F401 (also used as state.start_time)
 from kvmvm.record import Factory, record
 
 
@@ -32,13 +33,6 @@ def new_id() -> str:
     return secrets.token_hex(6)
 
 
-def start_time(pid: int) -> int | None:
-    """The pid's start time in clock ticks (None: no such process)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return int(f.read().rsplit(")", 1)[1].split()[19])
-    except (OSError, ValueError, IndexError):
-        return None
 
 
 @record

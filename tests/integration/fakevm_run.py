@@ -10,23 +10,7 @@ import subprocess
 import sys
 import time
 
-
-def _descendants(pid: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                with open(f"/proc/{d}/stat") as f:
-                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(d))
-    out, todo = [], [pid]
-    while todo:
-        for c in children.get(todo.pop(), []):
-            out.append(c)
-            todo.append(c)
-    return out
+from kvmvm.procfs import descendants
 
 
 class FakeVm:
@@ -72,7 +56,7 @@ class FakeVm:
         (each container process has a session of its own, so killing the agent alone
         would leave them running on the host)."""
         # this process is their subreaper (start): an orphan of the agent is still below us
-        for pid in _descendants(os.getpid()):
+        for pid in descendants(os.getpid()):
             try:
                 os.kill(pid, 9)
             except ProcessLookupError:

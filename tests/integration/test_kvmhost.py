@@ -127,7 +127,7 @@ def test_missing_qemu_is_one_clear_line(tmp_path):
     env = dict(os.environ, PATH=str(tmp_path))
     res = kvmhost("run", "--", "true", env=env, timeout=60)
     assert res.returncode == 125
-    assert res.stderr.strip() == "kvmhost: qemu-system-x86_64 not found (apt-get install qemu-system-x86)"
+    assert res.stderr.strip() == "kvmhost: qemu-system-x86_64 not found (scripts/setup.sh installs it)"
 
 
 def test_cpio_archive_is_readable_by_cpio(tmp_path):

@@ -188,15 +188,20 @@ def test_blk_requests_in_flight_complete_after_restore(kvm_ok, tiny_images, tmp_
         assert data[sector * 512:(sector + 1) * 512] == bytes(want), f"sector {sector}"
 
 
-@pytest.fixture
-def snapshot_dir(kvm_ok, tiny_images, tmp_path) -> Path:
-    m, out, f = start_counter(tmp_path)
+def counter_snapshot(tmp_path: Path, **kw) -> Path:
+    """A counter guest's snapshot, taken once it has ticked (``kw``: more devices)."""
+    m, out, f = start_counter(tmp_path, **kw)
     try:
         wait_for(out, r"tick 1\n")
         m.snapshot(str(tmp_path / "snap"))
     finally:
         end(m)
     return tmp_path / "snap"
+
+
+@pytest.fixture
+def snapshot_dir(kvm_ok, tiny_images, tmp_path) -> Path:
+    return counter_snapshot(tmp_path)
 
 
 def one_line_status_2(snap: Path, what: str) -> None:
@@ -413,13 +418,7 @@ def blk_snapshot_dir(kvm_ok, tiny_images, tmp_path) -> Path:
     """A counter guest's snapshot with a virtio-blk device (its driver never touched it)."""
     disk = tmp_path / "disk.img"
     disk.write_bytes(bytes(1 << 16))
-    m, out, f = start_counter(tmp_path, drives=[str(disk)])
-    try:
-        wait_for(out, r"tick 1\n")
-        m.snapshot(str(tmp_path / "snap"))
-    finally:
-        end(m)
-    return tmp_path / "snap"
+    return counter_snapshot(tmp_path, drives=[str(disk)])
 
 
 def virtio_running(sec: bytearray, features: int = VERSION_1) -> None:

@@ -19,6 +19,9 @@ from pathlib import Path
 
 import pytest
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+from benchlib import qemu_firmware  # noqa: E402  (qboot: QEMU 10's default SeaBIOS cannot boot -kernel here)
+
 pytestmark = pytest.mark.host
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -57,7 +60,7 @@ def qemu() -> str:
 
 
 def run_qemu(qemu: str, image: Path, cmdline: str = "") -> Result:
-    args = [qemu, *QEMU_ARGS, "-kernel", str(image)]
+    args = [qemu, *qemu_firmware(), *QEMU_ARGS, "-kernel", str(image)]
     if cmdline:
         args += ["-append", cmdline]
     t0 = time.monotonic()
@@ -168,7 +171,7 @@ def test_probe(qemu: str, tiny_images: Path) -> None:
 
 
 def test_halt_stays_up(qemu: str, tiny_images: Path) -> None:
-    proc = subprocess.Popen([qemu, *QEMU_ARGS, "-kernel", str(tiny_images / "halt.elf")],
+    proc = subprocess.Popen([qemu, *qemu_firmware(), *QEMU_ARGS, "-kernel", str(tiny_images / "halt.elf")],
                             stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
     try:
         assert proc.stdout.readline() == b"halt: now\n"

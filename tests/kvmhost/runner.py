@@ -39,7 +39,7 @@ KERNEL_ARGS = "console=ttyS0 panic=-1 quiet mitigations=off pci=noacpi cryptomgr
 DEBUG = bool(os.environ.get("KVMHOST_DEBUG"))  # L1's console (kernel, init) to stderr, timestamped
 # init.sh beats every 10 s from memory; no beat for this long means L1 itself is frozen
 # (seen under QEMU's multi-threaded TCG: the vCPUs spin, nothing in L1 runs, not even timers).
-DEFAULT_STALL = 180.0
+DEFAULT_STALL = 120.0
 # QEMU's TCG threading: "multi" (one host thread per L1 vCPU) or "single" (round-robin)
 TCG_THREAD = os.environ.get("KVMHOST_TCG_THREAD", "multi")
 
@@ -100,6 +100,19 @@ def _guest_env(cwd: Path, image: Image, extra: Mapping[str, str] | None) -> dict
     return env
 
 
+# QEMU 7.2's multi-threaded TCG froze the L1 about once per linux tier; 10.0 is what runs it.
+MIN_QEMU = (10, 0)
+
+
+def _qemu_version(qemu: str) -> tuple[int, ...] | None:
+    try:
+        out = subprocess.run([qemu, "--version"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    m = re.search(r"version (\d+)\.(\d+)", out)
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
 def _shares(paths: Sequence[Path]) -> list[Path]:
     """Distinct directories to share read-write, parents first, none inside another."""
     out: list[Path] = []
@@ -130,7 +143,11 @@ def run(cmd: Sequence[str], *, timeout: float | None = None, mem: int = DEFAULT_
         raise KvmhostError("no command given")
     qemu = shutil.which(QEMU)
     if not qemu:
-        raise KvmhostError(f"{QEMU} not found (apt-get install qemu-system-x86)")
+        raise KvmhostError(f"{QEMU} not found (scripts/setup.sh installs it)")
+    version = _qemu_version(qemu)
+    if version and version < MIN_QEMU:
+        say(f"kvmhost: warning: QEMU {'.'.join(map(str, version))} is older than "
+            f"{'.'.join(map(str, MIN_QEMU))}: its TCG freezes the L1 now and then (scripts/setup.sh installs QEMU 10)")
     image = image or prepare(say)
     cwd = Path(os.path.realpath(cwd or os.getcwd()))
     home = kvmvm_home()

@@ -10,9 +10,14 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+from benchlib import qemu_firmware  # noqa: E402  (qboot: QEMU 10's default SeaBIOS takes seconds)
 
 from tests.kvmhost import prepare
 from tests.kvmhost.cpio import Cpio
@@ -55,7 +60,7 @@ def test_qemu_microvm_boots_linux_to_init(l2_initrd):
     kernel = l2_kernel()
     t0 = time.monotonic()
     proc = subprocess.run(
-        [qemu, "-M", "microvm,rtc=on", "-enable-kvm", "-cpu", "host", "-m", "256", "-smp", "1",
+        [qemu, *qemu_firmware(), "-M", "microvm,rtc=on", "-enable-kvm", "-cpu", "host", "-m", "256", "-smp", "1",
          "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot", "-serial", "stdio",
          "-kernel", str(kernel), "-initrd", str(l2_initrd),
          "-append", "console=ttyS0 reboot=t panic=-1 quiet cryptomgr.notests mitigations=off"],

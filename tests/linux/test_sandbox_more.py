@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from kvmvm.procfs import children_map, ended
 from kvmvm.sandbox import Sandbox
 from tests.linux.sandboxfixtures import PROCS, _build_busybox, image, private_snapshots, warm  # noqa: F401
 
@@ -26,17 +27,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def _children() -> set[int]:
     """Processes whose parent is this one."""
-    me, out = os.getpid(), set()
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                with open(f"/proc/{d}/stat") as f:
-                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-            except (OSError, ValueError, IndexError):
-                continue
-            if ppid == me:
-                out.add(int(d))
-    return out
+    return set(children_map().get(os.getpid(), []))
 
 
 def _resources() -> dict:
@@ -80,11 +71,7 @@ KVMVM = [sys.executable, "-m", "kvmvm"]
 
 def _gone(pid: int) -> bool:
     """No such process, or only its zombie (the test host's init may not reap orphans)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except (OSError, IndexError):
-        return True
+    return ended(pid)
 
 
 def test_cli_against_a_real_vm(tmp_path):
