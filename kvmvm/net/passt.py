@@ -26,6 +26,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -137,6 +138,8 @@ class Passt:
         self.options = options or PasstOptions()
         self.proc: Optional[subprocess.Popen] = None
         self.sock: Optional[socket.socket] = None
+        self._err = None                # passt's stderr, kept to say why it ended early
+        self.ended_early: Optional[str] = None
 
     @property
     def pid(self) -> Optional[int]:
@@ -146,7 +149,7 @@ class Passt:
         exe = passt_binary()
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         rundir = Path(tempfile.mkdtemp(prefix=f"kvmvm-passt-{os.getpid()}-"))
-        err = tempfile.TemporaryFile()
+        err = self._err = tempfile.TemporaryFile()
         try:
             os.chmod(rundir, 0o755)
             pidfile = rundir / "passt.pid"
@@ -180,18 +183,34 @@ class Passt:
             self.stop()
             raise
         finally:
-            err.close()
             shutil.rmtree(rundir, ignore_errors=True)
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
     def stop(self) -> None:
-        """End passt (it normally has already, when the VM closed its socket) and reap it."""
+        """End passt (it normally has already, when the VM closed its socket) and reap it.
+        A passt that failed on its own (a signal or an error status; the end of its socket
+        makes it exit 0) took the guest's network with it: one line on stderr says how."""
+        p, self.proc = self.proc, None
+        if p is not None and self.sock is not None and p.poll() is not None and p.returncode != 0:
+            st = p.returncode
+            if st < 0:
+                try:
+                    how = f"killed by {signal.Signals(-st).name}"
+                except ValueError:
+                    how = f"killed by signal {-st}"
+            else:
+                why = _why(self._err) if self._err is not None else ""
+                how = f"exit status {st}{': ' + why if why else ''}"
+            self.ended_early = how
+            sys.stderr.write(f"kvmvm: passt ended while the VM ran ({self.ended_early}); the guest's network went with it\n")
+        if self._err is not None:
+            self._err.close()
+            self._err = None
         if self.sock is not None:
             self.sock.close()
             self.sock = None
-        p, self.proc = self.proc, None
         if p is None:
             return
         try:
