@@ -4,6 +4,7 @@ Boots cost ~8-15 s each under TCG, so one boot checks many things at once.
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -106,6 +107,26 @@ def test_timeout_kills_the_command_and_l1():
     assert took < 45
     assert "kvmhost: L1 ready in " in err  # the command ran, so L1 became ready
     assert_torn_down(proc.pid)
+
+
+def test_a_crashed_l1_kernel_is_kept_and_reported_as_a_test_host_failure(tmp_path):
+    """L1's kernel panics under the command: its console is kept, the oops shown, status 124
+    (as a freeze: scripts/test.sh then reruns the unfinished tests in a fresh L1)."""
+    report = tmp_path / "report.json"
+    proc = subprocess.run([sys.executable, "-m", "tests.kvmhost", "run", "--timeout", "240", "--report", str(report),
+                           "--", "sh", "-c", "echo crashing; echo c > /proc/sysrq-trigger; sleep 600"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 124, proc.stderr
+    assert "crashing" in proc.stdout
+    assert "kvmhost: L1's kernel died; its console from the first sign of trouble:" in proc.stderr
+    assert "sysrq triggered crash" in proc.stderr, proc.stderr
+    kept = json.loads(report.read_text())["stalled"]
+    assert kept and kept.endswith("-crashed"), kept
+    assert f"L1 crashed before the command finished; its console is in {kept}" in proc.stderr
+    assert "sysrq triggered crash" in Path(kept, "console.log").read_text(errors="replace")
+    assert "Traceback" not in proc.stderr
+    shutil.rmtree(kept)
+    assert_torn_down(os.getpid())
 
 
 def test_sigterm_tears_l1_down():

@@ -1,7 +1,8 @@
 """Command line: ``python -m tests.kvmhost run [--timeout S] [--mem MiB] [--cpus N] -- CMD...``
 
-Exit status: the command's own; 124 on --timeout; 125 when L1 cannot run it (one line on
-stderr says why); 130/143 when interrupted by SIGINT/SIGTERM (L1 is torn down first).
+Exit status: the command's own; 124 on --timeout, when L1 froze (--stall) or when its kernel
+died; 125 when L1 cannot run it (one line on stderr says why); 130/143 when interrupted by
+SIGINT/SIGTERM (L1 is torn down first).
 """
 from __future__ import annotations
 

@@ -7,6 +7,7 @@ Kernel and init messages go to a console log, never into the command's output.
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import re
@@ -39,7 +40,7 @@ KERNEL_ARGS = "console=ttyS0 panic=-1 quiet mitigations=off pci=noacpi cryptomgr
 DEBUG = bool(os.environ.get("KVMHOST_DEBUG"))  # L1's console (kernel, init) to stderr, timestamped
 # init.sh beats every 10 s from memory; no beat for this long means L1 itself is frozen
 # (seen under QEMU's multi-threaded TCG: the vCPUs spin, nothing in L1 runs, not even timers).
-DEFAULT_STALL = 120.0
+DEFAULT_STALL = 90.0
 # QEMU's TCG threading: "multi" (one host thread per L1 vCPU) or "single" (round-robin)
 TCG_THREAD = os.environ.get("KVMHOST_TCG_THREAD", "multi")
 
@@ -52,7 +53,7 @@ class RunResult:
     ready_s: float | None  # seconds from QEMU start until L1 had /dev/kvm and its mounts
     total_s: float
     timed_out: bool = False
-    stalled: str | None = None  # why L1 was declared frozen (its heartbeat stopped), if it was
+    stalled: str | None = None  # where the state of a frozen (heartbeat stopped) or crashed L1 was kept
 
 
 def _pdeathsig() -> None:
@@ -308,10 +309,22 @@ def _supervise(proc: subprocess.Popen, start: float, rundir: Path, timeout: floa
     qemu_msg = (rundir / "qemu.log").read_text(errors="replace").strip().splitlines()
     if proc.returncode != 0 and qemu_msg:
         raise KvmhostError(f"qemu failed: {qemu_msg[-1]}")
-    tail = (rundir / "console.log").read_text(errors="replace").strip().splitlines()[-15:]
+    lines = (rundir / "console.log").read_text(errors="replace").strip().splitlines()
+    if ready_s is not None:
+        # L1's kernel died under the command (a panic: it reboots, and QEMU runs with
+        # -no-reboot): like a freeze, that is the test host failing. Keep its console and
+        # show where the trouble began, then report it as TIMEOUT_STATUS, as a freeze is.
+        dest = _keep(rundir, "crashed")
+        start = next((i for i, t in enumerate(lines) if PANIC_RE.search(t)), max(0, len(lines) - 15))
+        shown = lines[max(0, start - 2):start + 40]
+        sys.stderr.write("kvmhost: L1's kernel died; its console from the first sign of trouble:\n"
+                         + "".join(f"  | {t}\n" for t in shown))
+        say(f"kvmhost: L1 crashed before the command finished; its console is in {dest}")
+        return RunResult(TIMEOUT_STATUS, output, ready_s, total, timed_out=True, stalled=dest)
+    tail = lines[-15:]
     if tail:
         sys.stderr.write("kvmhost: last L1 console lines:\n" + "".join(f"  | {t}\n" for t in tail))
-    raise KvmhostError("L1 stopped before the command finished" + ("" if ready_s else " (it never became ready)"))
+    raise KvmhostError("L1 stopped before the command finished (it never became ready)")
 
 
 def _monitor(path: Path, commands: Sequence[str], timeout: float = 10.0) -> str:
@@ -340,10 +353,25 @@ def _monitor(path: Path, commands: Sequence[str], timeout: float = 10.0) -> str:
     return "".join(out)
 
 
+# the first console line of a dying L1 kernel
+PANIC_RE = re.compile(r"BUG:|Oops|general protection|Kernel panic|WARNING:|watchdog:|Call Trace:|RIP: 0010")
+
+
+def _keep(rundir: Path, suffix: str = "") -> str:
+    """Copy the run's console and QEMU log under $KVMVM_HOME/kvmhost-stalls/; that directory."""
+    dest = kvmvm_home() / "kvmhost-stalls" / (time.strftime("%Y%m%dT%H%M%S") + (f"-{suffix}" if suffix else ""))
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in ("console.log", "qemu.log"):
+        try:
+            shutil.copy(rundir / name, dest / name)
+        except OSError:
+            pass
+    return str(dest)
+
+
 def _save_stall(proc: subprocess.Popen, rundir: Path, quiet_s: float) -> str:
     """Keep what tells why L1 froze: QEMU's threads, L1's vCPU registers, the console tail."""
-    dest = kvmvm_home() / "kvmhost-stalls" / time.strftime("%Y%m%dT%H%M%S")
-    dest.mkdir(parents=True, exist_ok=True)
+    dest = Path(_keep(rundir))
     report = [f"no heartbeat for {quiet_s:.0f} s; qemu pid {proc.pid}"]
     for task in sorted(Path(f"/proc/{proc.pid}/task").glob("*")):
         try:
@@ -363,9 +391,6 @@ def _save_stall(proc: subprocess.Popen, rundir: Path, quiet_s: float) -> str:
             (dest / "qemu-stacks.txt").write_text(r.stdout + r.stderr)
         except (OSError, subprocess.TimeoutExpired) as e:
             (dest / "qemu-stacks.txt").write_text(f"gdb failed: {e}\n")
-    for name in ("console.log", "qemu.log"):
-        try:
-            shutil.copy(rundir / name, dest / name)
-        except OSError:
-            pass
+    with contextlib.suppress(OSError):  # the console again: the freeze's last lines included
+        shutil.copy(rundir / "console.log", dest / "console.log")
     return str(dest)
