@@ -5,7 +5,7 @@ copies its addresses from the interface with the default route).
 Outbound: the guest gets its address by DHCP from passt and reaches a server on the
 namespace's loopback at passt's gateway address. Inbound (podman's `-p` semantics): a
 client on the namespace's 127.0.0.1:18080 reaches the guest's port 80, and the guest
-speaks first. Every passt records its frames (KVMVM_PASST_PCAP); a failure shows them.
+speaks first.
 
 Status (stop 19):
 - Inbound: cause found. Debian 12's passt never ACKs the guest's SYN,ACK of a published
@@ -13,11 +13,11 @@ Status (stop 19):
   ACK (kvmvm/native/net_handshake.c). Checked with real passt and a real kernel TCP stack,
   no VM, on the host (tests/integration/test_net_handshake.py) and the same in the test
   host (QEMU 10): the greeting arrives.
-- In the QEMU 10 test host, the guest's DHCP got no answer in all three boots with
-  `--net user`: passt recorded no frame at all (its pcap held only the header), while
-  passt with a kernel stack bridged to it worked there. Not found yet:
-  tests/linux/debug_net_pending.py prints the device's counters (kicks, bytes out) and
-  whether passt is alive. (Before QEMU 10, outbound worked in lone runs.)
+- In the QEMU 10 test host, with KVMVM_PASST_PCAP set (passt's --pcap), the guest's DHCP
+  got no answer in all three boots: passt recorded no frame. Without it, three boots got
+  their DHCP answer at once (device counters: frames out and in, passt alive), with and
+  without the handshake ACKs. So this file no longer sets it; it has not run since.
+- Still open: the outbound hang seen once in a full run (QEMU 7.2).
 Rename to test_run_net_linux.py once it passes in the test host.
 """
 
@@ -27,12 +27,11 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
 
-from tests.linux.netns import pcap_summary, routed_netns as netns_routed
+from tests.linux.netns import routed_netns as netns_routed
 from tests.linux.test_run_linux import KVMVM, TIMEOUT, image, xdg  # noqa: F401 (fixtures)
 
 _NET_DRIVER = r'''
@@ -90,14 +89,6 @@ def routed_netns():
         yield ns
 
 
-@pytest.fixture
-def pcap_dir():
-    d = tempfile.mkdtemp(prefix="kvmvm-pcap-")
-    os.chmod(d, 0o755)          # passt runs as nobody
-    yield Path(d)
-    subprocess.run(["rm", "-rf", d])
-
-
 def _passt_in(ns_name: str) -> list[int]:
     ino = os.stat(f"/run/netns/{ns_name}").st_ino
     out = []
@@ -111,18 +102,17 @@ def _passt_in(ns_name: str) -> list[int]:
     return out
 
 
-def test_net_user_outbound_and_published_port(image, xdg, routed_netns, pcap_dir):
+def test_net_user_outbound_and_published_port(image, xdg, routed_netns):
     """The guest reaches a host service through passt's gateway address, and a host client
     reaches the guest's port 80 through `-p 18080:80` and hears it first; no passt is
     left in the namespace afterwards."""
-    env = dict(os.environ, XDG_RUNTIME_DIR=xdg, KVMVM_PASST_PCAP=str(pcap_dir))
+    env = dict(os.environ, XDG_RUNTIME_DIR=xdg)
     r = subprocess.run([*routed_netns, sys.executable, "-c", _NET_DRIVER, image[0], *KVMVM],
                        capture_output=True, text=True, timeout=TIMEOUT + 100, env=env)
     assert r.returncode == 0, r.stderr
     res = json.loads(r.stdout.strip().splitlines()[-1])
-    frames = [ln for f in sorted(pcap_dir.glob("*.pcap")) for ln in pcap_summary(f)]
-    assert res["rc"] == 0, (res, frames)
+    assert res["rc"] == 0, res
     lines = res["out"].splitlines()
-    assert "out=host-says-hi" in lines and lines[-1] == "served", (res, frames)
-    assert res["inbound"] == "guest-says-hi\n", (res["connect_errors"][-5:], res, frames)
+    assert "out=host-says-hi" in lines and lines[-1] == "served", res
+    assert res["inbound"] == "guest-says-hi\n", (res["connect_errors"][-5:], res)
     assert _passt_in(routed_netns[3]) == []

@@ -1,11 +1,10 @@
 """PENDING (not collected): kvmvm.Sandbox(network=True) in the test host: passt in a
 network namespace made here (a TAP as its "outside", with a default route), the guest's
 address by DHCP from passt, a TCP exchange with a server on the namespace's loopback
-(passt maps the gateway to it), and passt gone with the sandbox. Every passt records its
-frames (KVMVM_PASST_PCAP); a failure shows them.
-Status (stop 19): as run_net_linux_pending.py, the guest's DHCP through passt gets no
-answer in the QEMU 10 test host (cause not found yet). Moved here from
-sandbox_more_pending.py. Rename to test_sandbox_net.py once it passes in the test host.
+(passt maps the gateway to it), and passt gone with the sandbox.
+Status (stop 19): run with KVMVM_PASST_PCAP in the QEMU 10 test host, the guest's DHCP got
+no answer (see run_net_linux_pending.py: with passt's --pcap there, passt saw no frame);
+without it, not run since. Moved here from sandbox_more_pending.py. Rename to test_sandbox_net.py once it passes in the test host.
 """
 
 from __future__ import annotations
@@ -14,11 +13,9 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import uuid
 from pathlib import Path
 
-from tests.linux.netns import pcap_summary
 from tests.linux.sandboxfixtures import image, private_snapshots  # noqa: F401 (fixtures)
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -69,8 +66,6 @@ def test_network_true_reaches_the_host_through_passt(image, private_snapshots):
     namespace's loopback through the gateway address; passt ends with the sandbox."""
     ns = f"kvmvm-sb-{uuid.uuid4().hex[:6]}"
     ip = ["ip", "-n", ns]
-    pcaps = Path(tempfile.mkdtemp(prefix="kvmvm-pcap-"))
-    os.chmod(pcaps, 0o755)              # passt runs as nobody
     subprocess.run(["ip", "netns", "add", ns], check=True)
     try:
         for cmd in (["link", "set", "lo", "up"], ["tuntap", "add", "dev", "t0", "mode", "tap"],
@@ -80,14 +75,12 @@ def test_network_true_reaches_the_host_through_passt(image, private_snapshots):
         code = NET_CHILD.format(root=str(ROOT), snaps=str(private_snapshots), store=str(image.store.root),
                                 digest=image.digest)
         p = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", code], capture_output=True,
-                           text=True, timeout=300, env=dict(os.environ, KVMVM_PASST_PCAP=str(pcaps)))
-        frames = [ln for f in sorted(pcaps.glob("*.pcap")) for ln in pcap_summary(f)]
-        assert p.returncode == 0, (p.stderr[-3000:], frames)
+                           text=True, timeout=300, env=dict(os.environ))
+        assert p.returncode == 0, p.stderr[-3000:]
         out = json.loads(p.stdout.strip().splitlines()[-1])
         assert not out["warm"]                         # network sandboxes always boot cold
-        assert "inet 10.0.2.15/" in out["addr"], (out, frames)
-        assert out["got"] == ["hello\n"] and out["reply"] == "pong\n", (out, frames)
+        assert "inet 10.0.2.15/" in out["addr"], out
+        assert out["got"] == ["hello\n"] and out["reply"] == "pong\n", out
         assert _passt_in(os.stat(f"/run/netns/{ns}").st_ino) == []
     finally:
         subprocess.run(["ip", "netns", "del", ns], capture_output=True)
-        subprocess.run(["rm", "-rf", str(pcaps)])
