@@ -16,7 +16,7 @@
 #                                              or SECONDS each (default 6 h), under `nice -n 15`
 #   scripts/fuzz.sh regress [NAME...]          run every saved input once (tests/fuzz/corpus/)
 #
-# NAME is a harness without the fuzz_ prefix (C: virtq, blk, net, vsock, mmio, uart, state; Python:
+# NAME is a harness without the fuzz_ prefix (C: virtq, blk, net, handshake, vsock, mmio, uart, state; Python:
 # agent, snapshot). tests/fuzz/NAME.dict, when there is one, is passed as -dict.
 # The working corpus is build/fuzz/corpus/NAME, seeded from tests/fuzz/corpus/NAME (which
 # holds the regression inputs: every crash ever found). A crash leaves its input in

@@ -49,7 +49,8 @@ class RunCommand(click.Command):
                    "copied in read-only (/dir:/path:ro).")
 @click.option("--net", "--network", "net", default="none", show_default=True, metavar="MODE",
               help="none, user (passt: outbound + -p) or tap=NAME.")
-@click.option("-p", "--publish", multiple=True, metavar="HOST:GUEST", help="Publish a port (with --net user).")
+@click.option("-p", "--publish", multiple=True, metavar="[IP:]HOST:GUEST[/udp]",
+              help="Publish a port (with --net user), as podman does.")
 @click.option("--name", metavar="NAME", help="A name for this container (unique while it runs).")
 @click.option("--rm", is_flag=True, help="Remove the container at the end (always the case).")
 @click.option("--rootfs", is_flag=True, help="IMAGE is a filesystem image file (ext4 or erofs), not an image name.")
@@ -189,20 +190,33 @@ def _mounts(vols, rd, stack) -> list:
     return out
 
 
+def publish_option(spec: str) -> str:
+    """podman's `-p [IP:]HOST:GUEST[/tcp|/udp]` as a `--net user` option in passt's syntax
+    (`tcp=[IP/]HOST:GUEST`). IPv6 addresses go in brackets, as podman writes them."""
+    from kvmvm.errors import ConfigError
+
+    port, _, proto = spec.partition("/")
+    if proto not in ("", "tcp", "udp"):
+        raise ConfigError(f"-p {spec}: the protocol must be tcp or udp")
+    addr = ""
+    if port.startswith("["):
+        addr, sep, port = port[1:].partition("]:")
+        if not sep:
+            raise ConfigError(f"-p {spec}: expected [IPV6]:HOST:GUEST")
+    elif port.count(":") == 2:
+        addr, _, port = port.partition(":")
+    if port.startswith(":") or port.endswith(":"):
+        raise ConfigError(f"-p {spec}: give both ports, HOST:GUEST (kvmvm picks no host port)")
+    return f"{proto or 'tcp'}={addr + '/' if addr else ''}{port}"
+
+
 def _network(net, publish, rd, stack):
     """(MachineConfig nets, extra kernel command line, resolv.conf text) for --net."""
     if net == "none":
         return [], "", None
     if net.startswith("tap="):
         return [net], "", None
-    opts = []
-    for spec in publish:      # podman's HOST:GUEST[/tcp|/udp]
-        port, _, proto = spec.partition("/")
-        if proto not in ("", "tcp", "udp"):
-            from kvmvm.errors import ConfigError
-
-            raise ConfigError(f"-p {spec}: the protocol must be tcp or udp")
-        opts.append(f"{proto or 'tcp'}={port}")
+    opts = [publish_option(spec) for spec in publish]
     # passt answers DHCP; the kernel asks at boot (ip=dhcp), and the agent writes the
     # name servers it learnt (/proc/net/pnp) into resolv.conf
     return [",".join(["user", *opts])], "ip=dhcp", None

@@ -11,10 +11,14 @@ exits as soon as the socket closes, so it ends with the VM on every path (kill -
 included), and `stop()` reaps it. passt starts in its own session, so a ^C meant for kvmvm
 does not reach it, and `start()` returns once passt has written its pid file, i.e. after it
 parsed its options and bound the forwarded ports. That pid file is then removed.
+
+KVMVM_PASST_PCAP=DIR (for debugging): each passt records the frames it exchanges with the
+guest in DIR/passt-<kvmvm pid>-<n>.pcap (passt's --pcap).
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import pwd
 import re
@@ -22,6 +26,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -100,6 +105,24 @@ def _runas() -> Optional[tuple[int, int]]:
         return 65534, 65534
 
 
+_pcap_seq = itertools.count()
+
+
+def _pcap_file(runas: Optional[tuple[int, int]]) -> Optional[str]:
+    """KVMVM_PASST_PCAP=DIR: a capture file there that passt (perhaps as nobody) can write."""
+    d = os.environ.get("KVMVM_PASST_PCAP")
+    if not d:
+        return None
+    path = Path(d) / f"passt-{os.getpid()}-{next(_pcap_seq)}.pcap"
+    try:
+        path.touch(0o644)
+        if runas is not None:
+            os.chown(path, *runas)
+    except OSError as e:
+        raise NetError(f"KVMVM_PASST_PCAP: cannot create {path}: {e.strerror}") from None
+    return str(path)
+
+
 def _why(err_file) -> str:
     err_file.seek(0)
     text = err_file.read().decode(errors="replace")
@@ -115,6 +138,8 @@ class Passt:
         self.options = options or PasstOptions()
         self.proc: Optional[subprocess.Popen] = None
         self.sock: Optional[socket.socket] = None
+        self._err = None                # passt's stderr, kept to say why it ended early
+        self.ended_early: Optional[str] = None
 
     @property
     def pid(self) -> Optional[int]:
@@ -124,7 +149,7 @@ class Passt:
         exe = passt_binary()
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         rundir = Path(tempfile.mkdtemp(prefix=f"kvmvm-passt-{os.getpid()}-"))
-        err = tempfile.TemporaryFile()
+        err = self._err = tempfile.TemporaryFile()
         try:
             os.chmod(rundir, 0o755)
             pidfile = rundir / "passt.pid"
@@ -134,6 +159,9 @@ class Passt:
             if runas is not None:
                 os.chown(pidfile, *runas)
                 argv += ["--runas", f"{runas[0]}:{runas[1]}"]
+            pcap = _pcap_file(runas)
+            if pcap:
+                argv += ["--pcap", pcap]
             argv += self.options.argv()
             self.proc = subprocess.Popen(argv, pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL,
                                          stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
@@ -155,18 +183,34 @@ class Passt:
             self.stop()
             raise
         finally:
-            err.close()
             shutil.rmtree(rundir, ignore_errors=True)
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
     def stop(self) -> None:
-        """End passt (it normally has already, when the VM closed its socket) and reap it."""
+        """End passt (it normally has already, when the VM closed its socket) and reap it.
+        A passt that failed on its own (a signal or an error status; the end of its socket
+        makes it exit 0) took the guest's network with it: one line on stderr says how."""
+        p, self.proc = self.proc, None
+        if p is not None and self.sock is not None and p.poll() is not None and p.returncode != 0:
+            st = p.returncode
+            if st < 0:
+                try:
+                    how = f"killed by {signal.Signals(-st).name}"
+                except ValueError:
+                    how = f"killed by signal {-st}"
+            else:
+                why = _why(self._err) if self._err is not None else ""
+                how = f"exit status {st}{': ' + why if why else ''}"
+            self.ended_early = how
+            sys.stderr.write(f"kvmvm: passt ended while the VM ran ({self.ended_early}); the guest's network went with it\n")
+        if self._err is not None:
+            self._err.close()
+            self._err = None
         if self.sock is not None:
             self.sock.close()
             self.sock = None
-        p, self.proc = self.proc, None
         if p is None:
             return
         try:

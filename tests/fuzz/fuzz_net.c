@@ -2,6 +2,7 @@
  * virtio-net's TX and RX paths through the real transport, with a datagram socketpair in
  * place of the TAP (same framing: one vnet header + frame per read/write). The host side
  * injects frames of fuzzer bytes; what the device writes out is drained and checked.
+ * Half the inputs also turn on the handshake ACKs passt's backend gets (net_handshake.c).
  */
 #include <stdlib.h>
 #include <string.h>
@@ -49,7 +50,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     struct kvmvm_vm *vm = fuzz_vm_new();
     if (virtio_net_add_fd(vm, FUZZ_MMIO, 5, 0, sv[0], mac) < 0)
         abort();
-    struct virtio_dev *d = fuzz_driver_setup(vm, in_u8(&in) & 1 ? (1u << 5) : 0, q, 2);
+    uint8_t opts = in_u8(&in);
+    /* bit 1: the handshake ACKs of passt's backend (net_handshake.c parses every frame) */
+    if (opts & 2 && kvmvm_vm_virtio_net_ack_handshakes(vm, FUZZ_MMIO) < 0)
+        abort();
+    struct virtio_dev *d = fuzz_driver_setup(vm, opts & 1 ? (1u << 5) : 0, q, 2);
     if (d)
         fuzz_drive(vm, d, q, 2, &in, 48, backend);
     drain();

@@ -132,6 +132,29 @@ def test_passt_ends_when_kvmvm_is_killed(tiny_images, kvm_ok, netns):
             vm.wait()
 
 
+def test_a_passt_that_dies_under_the_vm_is_reported(tiny_images, kvm_ok, netns):
+    """passt killed while the VM runs: the VM goes on without a network, and kvmvm says
+    so in one line when it ends (a passt ended by the VM's end exits 0 and says nothing)."""
+    vm = subprocess.Popen(["ip", "netns", "exec", netns, *KVMVM, "boot", "--kernel",
+                           str(TINY_OUT / "halt.elf"), "--net", "user", "--timeout", "4"],
+                          cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 20
+        while not passt_in(netns):
+            assert vm.poll() is None and time.monotonic() < deadline, "passt never started"
+            time.sleep(0.05)
+        assert vm.stdout.readline().startswith("halt")      # the VM runs: passt started
+        os.kill(passt_in(netns)[0], signal.SIGSEGV)
+        out, err = vm.communicate(timeout=30)
+    finally:
+        if vm.poll() is None:
+            vm.kill()
+            vm.wait()
+    assert "kvmvm: passt ended while the VM ran (killed by SIGSEGV); the guest's network went with it" in err, err
+    r = boot_in(netns, "--kernel", str(TINY_OUT / "halt.elf"), "--net", "user", "--timeout", "2", timeout=30)
+    assert "passt" not in r.stderr, r.stderr
+
+
 def test_passt_failure_is_one_line(tiny_images, kvm_ok, netns):
     holder = subprocess.Popen(["ip", "netns", "exec", netns, sys.executable, "-c",
                                "import socket, sys, time; s = socket.socket(); s.bind(('0.0.0.0', 0));"

@@ -40,3 +40,4 @@ def routed_netns(prefix: str = "kvmvm-run"):
                   ["ip", "addr", "add", "192.0.2.2/24", "dev", "eth0"],
                   ["ip", "link", "set", "eth0", "up"],
                   ["ip", "route", "add", "default", "via", "192.0.2.1"]], prefix)
+

@@ -1,28 +1,38 @@
-"""PENDING (not collected): `kvmvm run --net user -p` in the test host. Status (stop 18):
-- Outbound works in each lone run (the guest gets its address by DHCP from passt and
-  reaches a host server at passt's gateway address: `out=host-says-hi`).
-- Inbound through `-p 18080:80` has not worked yet: the guest listens on port 80 (since the
-  agent lets any user bind below 1024) and serves every connection for 60 s, but the host's
-  connections to 127.0.0.1:18080 never got its data, in two lone runs. Cause not found;
-  the driver now records each connect error with its time (`connect_errors`).
-- In one full linux-tier run the guest's outbound connection hung instead (so did the
-  network test of sandbox_more_pending.py in the same test host); cause not found.
-Rename to test_run_net_linux.py once it passes in full linux-tier runs.
+"""PENDING (not collected): `kvmvm run --net user -p HOST:GUEST` in the test host: passt in
+a network namespace the test creates (a dummy uplink with a default route, since passt
+copies its addresses from the interface with the default route).
+
+Outbound: the guest gets its address by DHCP from passt and reaches a server on the
+namespace's loopback at passt's gateway address. Inbound (podman's `-p` semantics): a
+client on the namespace's 127.0.0.1:18080 reaches the guest's port 80, and the guest
+speaks first.
+
+Status (stop 19):
+- Inbound: cause found. Debian 12's passt never ACKs the guest's SYN,ACK of a published
+  port, so a guest server that speaks first was never heard. virtio-net now makes that
+  ACK (kvmvm/native/net_handshake.c). Checked with real passt and a real kernel TCP stack,
+  no VM, on the host (tests/integration/test_net_handshake.py) and the same in the test
+  host (QEMU 10): the greeting arrives.
+- In the QEMU 10 test host, with KVMVM_PASST_PCAP set (passt's --pcap), the guest's DHCP
+  got no answer in all three boots: passt recorded no frame. Without it, three boots got
+  their DHCP answer at once (device counters: frames out and in, passt alive), with and
+  without the handshake ACKs. So this file no longer sets it; it has not run since.
+- Still open: the outbound hang seen once in a full run (QEMU 7.2).
+Rename to test_run_net_linux.py once it passes in the test host.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from tests.linux.netns import routed_netns as netns_routed
-
-from tests.linux.test_run_linux import KVMVM, TIMEOUT, _no_kvmvm_children, image, xdg  # noqa: F401
-# --- --net user: passt in a network namespace the test creates (a dummy interface with a
-# default route, since passt copies its addresses from that interface) ---
+from tests.linux.test_run_linux import KVMVM, TIMEOUT, image, xdg  # noqa: F401 (fixtures)
 
 _NET_DRIVER = r'''
 import json, os, socket, subprocess, sys, threading, time
@@ -40,20 +50,22 @@ def answer():
 t0 = time.monotonic()
 threading.Thread(target=answer, daemon=True).start()
 guest = ("GW=$(ip route | awk '/^default/ {print $3}'); echo gw=$GW; "
-         "ip -4 addr; cat /proc/net/arp; echo out=$(timeout 30 nc $GW 9099 </dev/null); echo nc-rc=$?; "
-         # a connection passt made before the guest listened may still reach nc: serve each
-         "timeout 60 sh -c 'while :; do echo guest-says-hi | nc -l -p 80; done'; echo served")
+         "ip -4 addr; echo out=$(timeout 60 nc $GW 9099 </dev/null); echo nc-rc=$?; "
+         # a connection passt made before the guest listened is refused: serve each in turn
+         "timeout 90 sh -c 'while :; do echo guest-says-hi | nc -l -p 80; done'; echo served")
 p = subprocess.Popen([*kvmvm, "run", "--timeout", "240", "--net", "user", "-p", "18080:80", image, "sh", "-c", guest],
                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-got, errors, deadline = "", [], time.monotonic() + 180
+got, errors, tries, deadline = "", [], 0, time.monotonic() + 200
 while p.poll() is None and time.monotonic() < deadline and "guest-says-hi" not in got:
     try:
+        tries += 1
         with socket.create_connection(("127.0.0.1", 18080), timeout=5) as c:
             c.settimeout(10)
             got = c.recv(100).decode()
     except OSError as e:
         if not errors or errors[-1][1] != repr(e):
             errors.append((round(time.monotonic() - t0, 1), repr(e)))
+    if "guest-says-hi" not in got:
         time.sleep(0.5)
 inbound_s = round(time.monotonic() - t0, 1)
 try:
@@ -65,8 +77,9 @@ except subprocess.TimeoutExpired:
     except subprocess.TimeoutExpired:
         p.kill()
         out, err = p.communicate()
-print(json.dumps({"accepted": accepted, "rc": p.returncode, "out": out, "err": err, "inbound": got, "connect_errors": errors,
-                  "inbound_s": inbound_s, "total_s": round(time.monotonic() - t0, 1)}))
+print(json.dumps({"accepted": accepted, "rc": p.returncode, "out": out, "err": err, "inbound": got,
+                  "connect_errors": errors, "tries": tries, "inbound_s": inbound_s,
+                  "total_s": round(time.monotonic() - t0, 1)}))
 '''
 
 
@@ -76,11 +89,23 @@ def routed_netns():
         yield ns
 
 
+def _passt_in(ns_name: str) -> list[int]:
+    ino = os.stat(f"/run/netns/{ns_name}").st_ino
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                if (d / "comm").read_text().startswith("passt") and os.stat(d / "ns" / "net").st_ino == ino:
+                    out.append(int(d.name))
+            except OSError:
+                pass
+    return out
+
+
 def test_net_user_outbound_and_published_port(image, xdg, routed_netns):
     """The guest reaches a host service through passt's gateway address, and a host client
-    reaches the guest's port 80 through `-p 18080:80`; passt is gone afterwards."""
-    import json
-
+    reaches the guest's port 80 through `-p 18080:80` and hears it first; no passt is
+    left in the namespace afterwards."""
     env = dict(os.environ, XDG_RUNTIME_DIR=xdg)
     r = subprocess.run([*routed_netns, sys.executable, "-c", _NET_DRIVER, image[0], *KVMVM],
                        capture_output=True, text=True, timeout=TIMEOUT + 100, env=env)
@@ -90,4 +115,4 @@ def test_net_user_outbound_and_published_port(image, xdg, routed_netns):
     lines = res["out"].splitlines()
     assert "out=host-says-hi" in lines and lines[-1] == "served", res
     assert res["inbound"] == "guest-says-hi\n", (res["connect_errors"][-5:], res)
-    _no_kvmvm_children()
+    assert _passt_in(routed_netns[3]) == []

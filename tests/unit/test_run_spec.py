@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -182,3 +183,31 @@ def test_container_vm_config_and_setup_message(tmp_path):
                                  {"serial": "kvmvm-m1", "type": "erofs", "path": "/in", "ro": True},
                                  {"serial": "kvmvm-m2", "type": "ext4", "path": "/db", "ro": False}]
         assert msg["hostname"] == "web" and "resolv" not in msg
+
+
+@pytest.mark.parametrize("spec,option", [
+    ("8080:80", "tcp=8080:80"),
+    ("5353:53/udp", "udp=5353:53"),
+    ("127.0.0.1:8080:80", "tcp=127.0.0.1/8080:80"),
+    ("[::1]:8080:80/tcp", "tcp=::1/8080:80"),
+    ("8000-8010:9000-9010", "tcp=8000-8010:9000-9010"),
+])
+def test_publish_takes_podmans_forms(spec, option):
+    from kvmvm.cli.run import publish_option
+    from kvmvm.devices.virtio import net
+
+    assert publish_option(spec) == option
+    assert net.parse(f"user,{option}").tcp + net.parse(f"user,{option}").udp == (option.split("=", 1)[1],)
+
+
+@pytest.mark.parametrize("spec,why", [
+    ("8080:80/sctp", "tcp or udp"),
+    ("127.0.0.1::80", "give both ports"),
+    ("[::1:8080:80", "[IPV6]:HOST:GUEST"),
+])
+def test_publish_refuses_what_it_cannot_do(spec, why):
+    from kvmvm.cli.run import publish_option
+    from kvmvm.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=re.escape(why)):
+        publish_option(spec)

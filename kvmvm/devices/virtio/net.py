@@ -130,6 +130,11 @@ def _attach_user(vm, n: NetSpec, base: int, irq: int, flags: int) -> None:
                                                 ffi.new("uint8_t[6]", n.mac))
         if rc < 0:
             raise KvmError(-rc, f"virtio-net over passt: {os.strerror(-rc)}")
+        # passt (Debian 12's) never ACKs the guest's SYN,ACK of a published port: the
+        # device does (kvmvm/native/net_handshake.c)
+        rc = lib.kvmvm_vm_virtio_net_ack_handshakes(vm._vm, base)
+        if rc < 0:
+            raise KvmError(-rc, f"virtio-net over passt: {os.strerror(-rc)}")
     except BaseException:
         p.stop()
         raise

@@ -1,10 +1,10 @@
-"""PENDING (not collected): kvmvm.Sandbox under load and with a network (linux tier).
-Status (stop 18), from one full linux-tier run in the test host:
-- (50 threads creating, using and dropping sandboxes: moved to sandbox_load_pending.py.)
-- network=True through passt: the guest's TCP connection to the gateway (passt maps it to
-  the namespace's loopback) timed out after 60 s; the same run's `kvmvm run --net user` test
-  hung the same way, though it reaches the host in its lone runs (run_net_linux_pending.py).
-Rename to test_sandbox_more_load.py once each passes in full linux-tier runs.
+"""PENDING (not collected): kvmvm.Sandbox(network=True) in the test host: passt in a
+network namespace made here (a TAP as its "outside", with a default route), the guest's
+address by DHCP from passt, a TCP exchange with a server on the namespace's loopback
+(passt maps the gateway to it), and passt gone with the sandbox.
+Status (stop 19): run with KVMVM_PASST_PCAP in the QEMU 10 test host, the guest's DHCP got
+no answer (see run_net_linux_pending.py: with passt's --pcap there, passt saw no frame);
+without it, not run since. Moved here from sandbox_more_pending.py. Rename to test_sandbox_net.py once it passes in the test host.
 """
 
 from __future__ import annotations
@@ -16,11 +16,9 @@ import sys
 import uuid
 from pathlib import Path
 
-import pytest
+from tests.linux.sandboxfixtures import image, private_snapshots  # noqa: F401 (fixtures)
 
-from tests.linux.sandboxfixtures import image, private_snapshots, warm  # noqa: F401 (fixtures)
-from tests.linux.test_sandbox_more import ROOT
-
+ROOT = Path(__file__).resolve().parents[2]
 
 NET_CHILD = r"""
 import json, socket, sys, threading
@@ -29,6 +27,7 @@ from pathlib import Path
 from kvmvm.sandbox import vm as svm
 svm.snapshot_root = lambda home=None: Path({snaps!r})
 from kvmvm.images.store import ImageStore
+from kvmvm.sandbox import Sandbox
 img = ImageStore(root={store!r}, rootfs_type="ext4").resolve({digest!r})
 srv = socket.socket()
 srv.bind(("127.0.0.1", 0))
@@ -62,10 +61,9 @@ def _passt_in(ns_ino: int) -> list[int]:
     return out
 
 
-def test_network_true_reaches_the_host_through_passt(warm, private_snapshots):
-    """network=True: passt in a network namespace made here (a TAP as its "outside", with a
-    default route), the guest's address by DHCP, a TCP exchange with a server on the
-    namespace's loopback (passt maps the gateway to it); passt ends with the sandbox."""
+def test_network_true_reaches_the_host_through_passt(image, private_snapshots):
+    """network=True: the guest's address by DHCP, a TCP exchange with a server on the
+    namespace's loopback through the gateway address; passt ends with the sandbox."""
     ns = f"kvmvm-sb-{uuid.uuid4().hex[:6]}"
     ip = ["ip", "-n", ns]
     subprocess.run(["ip", "netns", "add", ns], check=True)
@@ -74,8 +72,8 @@ def test_network_true_reaches_the_host_through_passt(warm, private_snapshots):
                     ["addr", "add", "10.0.2.15/24", "dev", "t0"], ["link", "set", "t0", "up"],
                     ["route", "add", "default", "via", "10.0.2.2"]):
             subprocess.run(ip + cmd, check=True, capture_output=True)
-        code = NET_CHILD.format(root=str(ROOT), snaps=str(private_snapshots), store=str(warm.store.root),
-                                digest=warm.digest)
+        code = NET_CHILD.format(root=str(ROOT), snaps=str(private_snapshots), store=str(image.store.root),
+                                digest=image.digest)
         p = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", code], capture_output=True,
                            text=True, timeout=300, env=dict(os.environ))
         assert p.returncode == 0, p.stderr[-3000:]
@@ -83,7 +81,6 @@ def test_network_true_reaches_the_host_through_passt(warm, private_snapshots):
         assert not out["warm"]                         # network sandboxes always boot cold
         assert "inet 10.0.2.15/" in out["addr"], out
         assert out["got"] == ["hello\n"] and out["reply"] == "pong\n", out
-        ino = os.stat(f"/run/netns/{ns}").st_ino
-        assert _passt_in(ino) == []
+        assert _passt_in(os.stat(f"/run/netns/{ns}").st_ino) == []
     finally:
         subprocess.run(["ip", "netns", "del", ns], capture_output=True)
