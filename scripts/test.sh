@@ -119,7 +119,7 @@ if [[ ,$TIERS, == *,linux,* ]] && [ ${#linux_paths[@]} -gt 0 ]; then
     # failed, is never run again. Loudly: each attempt's reports are kept and every rerun is
     # named in the summary (tests/kvmhost/progress.py; README.md, Tests).
     while [ $attempt -lt 6 ] && [ $(( deadline - $(date +%s) )) -gt 300 ]; do
-      mapfile -t again < <("$PY" -m tests.kvmhost.progress rerun "$REPORTS")
+      mapfile -t again < <("$PY" -m tests.kvmhost.progress rerun "$REPORTS" | sed "/^$/d")
       [ "$rc" = 124 ] || [ ${#again[@]} -gt 0 ] || break
       for f in linux.xml kvmhost.json; do
         [ -e "$REPORTS/$f" ] && mv "$REPORTS/$f" "$REPORTS/${f%.*}-attempt$attempt.${f##*.}"

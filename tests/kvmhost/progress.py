@@ -74,10 +74,9 @@ def reason(reports: Path, nodeid: str) -> str:
 def main(argv: list[str]) -> int:
     what, reports = argv[0], Path(argv[1])
     o = outcomes(reports)
-    if what == "deselect":
-        print("\n".join(finished(o)))
-    elif what == "rerun":
-        print("\n".join(rerun(o)))
+    if what in ("deselect", "rerun"):   # one per line; nothing at all for none
+        for n in finished(o) if what == "deselect" else rerun(o):
+            print(n)
     elif what == "count":
         for n, seen in o.items():
             if "shutdown" in seen:

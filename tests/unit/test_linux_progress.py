@@ -47,6 +47,9 @@ def test_the_command_line_test_sh_uses(tmp_path):
     run = lambda *a: subprocess.run([sys.executable, "-m", "tests.kvmhost.progress", *a, str(tmp_path)],
                                     cwd=ROOT, capture_output=True, text=True, check=True)
     assert run("rerun").stdout.splitlines() == ["t::a[x y]"]
+    write(tmp_path, 2, ["passed t::a[x y]"])
+    assert run("rerun").stdout == ""              # none: not even an empty line (test.sh's mapfile)
+    write(tmp_path, 2, [])
     assert run("deselect").stdout.splitlines() == ["t::b"]
     r = run("count")
     assert r.stdout.split() == ["1", "1", "0"]
