@@ -156,8 +156,18 @@ struct kvmvm_vm *fuzz_vm_new(void)
     bus_init_embedded(&vm->mmio);
     pthread_mutex_init(&vm->lock, NULL);
     pthread_cond_init(&vm->cond, NULL);
-    if (kvmvm_gmem_add(&vm->mem, 0, FUZZ_RAM) < 0)
-        abort();
+    /* one guest RAM for the whole run, zeroed for each VM: a fresh mapping per input spent
+       half the run in the kernel (page faults, munmap) */
+    static struct gmem_region ram;
+    if (!ram.map) {
+        if (kvmvm_gmem_add(&vm->mem, 0, FUZZ_RAM) < 0)
+            abort();
+        ram = vm->mem.r[0];
+    } else {
+        memset(ram.hva, 0, FUZZ_RAM);
+        vm->mem.r[0] = ram;
+        vm->mem.nr = 1;
+    }
     return vm;
 }
 
@@ -170,7 +180,7 @@ void fuzz_vm_free(struct kvmvm_vm *vm)
 {
     bus_destroy_devices(&vm->pio);
     bus_destroy_devices(&vm->mmio);
-    for (int i = 0; i < vm->mem.nr; i++)
+    for (int i = 1; i < vm->mem.nr; i++)   /* region 0 is the run's RAM (fuzz_vm_new) */
         munmap(vm->mem.r[i].map, vm->mem.r[i].map_len);
     pthread_rwlock_destroy(&vm->pio.lock);
     pthread_rwlock_destroy(&vm->mmio.lock);
