@@ -86,12 +86,12 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
         # and then; test.sh runs such a test once more (tests/kvmhost/progress.py)
         shutdown = "triple-faulted (KVM_EXIT_SHUTDOWN)" in str(report.longrepr)
         _outcomes[report.nodeid] = "shutdown" if shutdown and prev != "failed" else "failed"
+        # why, kept even when the run is killed before pytest's own report
+        _append(_PROGRESS + ".failures", f"==== {report.when} {report.nodeid}\n{report.longrepr}\n")
     elif report.skipped and prev != "failed":
         _outcomes[report.nodeid] = "skipped"
     else:
         _outcomes.setdefault(report.nodeid, "passed")
-    if report.failed:  # why, kept even when the run is killed before pytest's own report
-        _append(_PROGRESS + ".failures", f"==== {report.when} {report.nodeid}\n{report.longrepr}\n")
     if report.when == "teardown":
         _append(_PROGRESS, f"{_outcomes.pop(report.nodeid)} {report.nodeid}\n")
 

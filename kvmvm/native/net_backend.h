@@ -27,6 +27,9 @@ struct net_backend_ops {
     ssize_t (*send)(struct net_backend *b, const struct iovec *iov, int cnt);
     /* EPOLLOUT came: 0 when nothing is pending any more, -EAGAIN otherwise. */
     int (*flush)(struct net_backend *b);
+    /* Optional: how much of what was sent the peer has not read yet (0: it has read all),
+     * or -errno. */
+    ssize_t (*unread)(struct net_backend *b);
     void (*destroy)(struct net_backend *b);
 };
 

@@ -13,6 +13,8 @@
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/sockios.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -187,6 +189,17 @@ static ssize_t stream_send(struct net_backend *b, const struct iovec *iov, int c
     return (ssize_t)len;
 }
 
+/* what the peer has not read: our unsent tail and the socket's queue (SIOCOUTQ counts the
+   memory of the messages it holds: 0 exactly when the peer has read everything) */
+static ssize_t stream_unread(struct net_backend *b)
+{
+    struct stream *s = (struct stream *)b;
+    int queued = 0;
+    if (ioctl(b->fd, SIOCOUTQ, &queued) < 0)
+        return -errno;
+    return (ssize_t)(s->wend - s->wstart) + queued;
+}
+
 static void stream_destroy(struct net_backend *b)
 {
     struct stream *s = (struct stream *)b;
@@ -201,6 +214,7 @@ static const struct net_backend_ops stream_ops = {
     .recv = stream_recv,
     .send = stream_send,
     .flush = stream_flush,
+    .unread = stream_unread,
     .destroy = stream_destroy,
 };
 

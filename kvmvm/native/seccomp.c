@@ -84,7 +84,7 @@ static const char *const main_calls[] = {
 static const unsigned long vcpu_ioctls[] = {
     KVM_RUN, KVM_GET_REGS, KVM_IRQ_LINE, KVM_IRQ_LINE_STATUS, KVM_IOEVENTFD, KVM_IRQFD, 0,
 };
-static const unsigned long worker_ioctls[] = { KVM_IRQ_LINE, KVM_IRQ_LINE_STATUS, 0 };
+static const unsigned long worker_ioctls[] = { KVM_IRQ_LINE, KVM_IRQ_LINE_STATUS, SIOCOUTQ, 0 };
 static const unsigned long serial_in_ioctls[] = { KVM_IRQ_LINE, KVM_IRQ_LINE_STATUS, TCGETS, 0 };
 static const unsigned long main_ioctls[] = {
     /* the terminal (isatty, raw mode and its restore); device teardown */

@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/timerfd.h>
 #include <unistd.h>
 
 #include "net_backend.h"
@@ -25,7 +26,10 @@
 #define BACKEND_TAG          0x10000
 #define RX_RL_TAG            0x10001   /* the rate limiters' timerfds */
 #define TX_RL_TAG            0x10002
+#define HOLD_TAG             0x10003   /* the timerfd of a held handshake ACK */
 #define NET_INJECT_MAX       8         /* frames the device made, waiting for rx buffers */
+#define HOLD_TICK_NS         1000000   /* how often a held ACK looks at passt's input again */
+#define HOLD_MAX_TICKS       500       /* then it goes anyway */
 
 struct net {
     struct net_backend *be;
@@ -39,6 +43,16 @@ struct net {
     uint8_t inject[NET_INJECT_MAX][HS_FRAME_MAX];
     uint8_t inject_len[NET_INJECT_MAX];
     int inject_head, inject_count;
+    /*
+     * A handshake ACK is held until passt has read the guest's SYN,ACK. Debian 12's passt
+     * spins forever (100% CPU, no more forwarding) when one read of its input holds the
+     * SYN,ACK of a connection it opened and more segments of that connection: its loop over
+     * a batch counts the first call as one segment and the next as the whole batch
+     * (tap4_handler: `while ((n -= tcp_tap_handler(...)))`, n unsigned). The guest can send
+     * nothing more on the connection before it has the ACK, so this keeps them apart.
+     */
+    int hold_fd;            /* timerfd; -1 without handshake ACKs */
+    int held, hold_ticks;
     struct iovec iov[NET_IOV_MAX];
 };
 
@@ -105,6 +119,31 @@ static void backend_gone(struct virtio_dev *d, struct net *n)
     virtio_worker_unwatch(d, n->be->fd);
 }
 
+static void hold_arm(struct net *n)
+{
+    struct itimerspec its = { .it_value = { .tv_nsec = HOLD_TICK_NS } };
+    if (timerfd_settime(n->hold_fd, 0, &its, NULL) < 0)
+        n->held = 0;    /* cannot happen with a valid fd; never hold without a timer */
+}
+
+static void net_rx(struct virtio_dev *d, struct net *n);
+
+/* the held ACKs go once passt has read all the device sent it, or after HOLD_MAX_TICKS */
+static void hold_check(struct virtio_dev *d, struct net *n)
+{
+    uint64_t ticks;
+    if (read(n->hold_fd, &ticks, sizeof(ticks)) < 0 || !n->held)
+        return;
+    ssize_t left = n->be->ops->unread(n->be);
+    if (left > 0 && ++n->hold_ticks < HOLD_MAX_TICKS) {
+        hold_arm(n);
+        return;
+    }
+    n->held = 0;
+    if (n->inject_count && d->q[RXQ].size)
+        net_rx(d, n);
+}
+
 /* one frame from the backend into a posted receive buffer */
 static int64_t rx_one(struct virtio_dev *d, struct virtq_chain *c, void *arg)
 {
@@ -116,7 +155,7 @@ static int64_t rx_one(struct virtio_dev *d, struct virtq_chain *c, void *arg)
         return VIRTIO_RETRY;
     }
     int cnt = chain_iov(c, 1, 0, c->in_len, n->iov, NET_IOV_MAX);
-    if (n->inject_count) {      /* a frame the device made goes first */
+    if (n->inject_count && !n->held) {      /* a frame the device made goes first */
         size_t len = n->inject_len[n->inject_head];
         if (c->in_len < NET_HDR_LEN + len)
             return 0;
@@ -186,12 +225,15 @@ static int64_t tx_one(struct virtio_dev *d, struct virtq_chain *c, void *arg)
             int slot = (n->inject_head + n->inject_count++) % NET_INJECT_MAX;
             memcpy(n->inject[slot], ack, alen);
             n->inject_len[slot] = (uint8_t)alen;
+            if (n->hold_fd >= 0 && n->be->ops->unread) {
+                n->held = 1;    /* until passt has read this SYN,ACK (struct net) */
+                n->hold_ticks = 0;
+                hold_arm(n);
+            }
         }
     }
     return 0;
 }
-
-static void net_rx(struct virtio_dev *d, struct net *n);
 
 static void net_tx(struct virtio_dev *d, struct net *n)
 {
@@ -224,6 +266,10 @@ static void net_fd_event(struct virtio_dev *d, uint64_t tag, uint32_t events)
             net_tx(d, n);
         return;
     }
+    if (tag == HOLD_TAG) {
+        hold_check(d, n);
+        return;
+    }
     if (tag != BACKEND_TAG)
         return;
     if (events & (EPOLLOUT | EPOLLHUP | EPOLLERR) && n->tx_blocked &&
@@ -247,8 +293,10 @@ static int net_activate(struct virtio_dev *d)
     int rc;
     n->rx_watching = 1;
     n->tx_blocked = 0;
+    n->inject_count = n->held = 0;     /* ACKs for connections of before the reset */
     if ((rc = virtio_worker_watch(d, n->rx_rl.timer_fd, EPOLLIN, RX_RL_TAG)) < 0 ||
-        (rc = virtio_worker_watch(d, n->tx_rl.timer_fd, EPOLLIN, TX_RL_TAG)) < 0)
+        (rc = virtio_worker_watch(d, n->tx_rl.timer_fd, EPOLLIN, TX_RL_TAG)) < 0 ||
+        (n->hold_fd >= 0 && (rc = virtio_worker_watch(d, n->hold_fd, EPOLLIN, HOLD_TAG)) < 0))
         return rc;
     return n->gone ? 0 : virtio_worker_watch(d, n->be->fd, EPOLLIN, BACKEND_TAG);
 }
@@ -261,6 +309,8 @@ static void net_destroy(struct virtio_dev *d)
     if (n->be)
         n->be->ops->destroy(n->be);
     free(n->hs);
+    if (n->hold_fd >= 0)
+        close(n->hold_fd);
     rl_destroy(&n->rx_rl);
     rl_destroy(&n->tx_rl);
     free(n);
@@ -296,6 +346,7 @@ static int net_add(kvmvm_vm *vm, uint64_t base, int irq, int flags, struct net_b
         return rc;
     }
     n->be = be;
+    n->hold_fd = -1;
     memcpy(n->mac, mac, 6);
     return virtio_mmio_add(vm, base, irq, flags, &net_ops, n, 1ull << VIRTIO_NET_F_MAC);
 }
@@ -346,6 +397,9 @@ int kvmvm_vm_virtio_net_ack_handshakes(kvmvm_vm *vm, uint64_t base)
     struct net *n = d->priv;
     if (!n->hs && !(n->hs = calloc(1, sizeof(*n->hs))))
         return -ENOMEM;
+    if (n->hold_fd < 0 &&
+        (n->hold_fd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC)) < 0)
+        return -errno;
     return 0;
 }
 

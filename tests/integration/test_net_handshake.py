@@ -10,24 +10,29 @@ nothing listens is refused (the guest's RST closes it), as podman's -p does.
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
-import uuid
+import time
 from pathlib import Path
 
 import pytest
 
+from kvmvm import procfs
 from tests.integration.conftest import ROOT
+from tests.netns import netns, veth_uplink
 
 pytestmark = pytest.mark.host
 
 BRIDGE = r"""
-import ctypes, fcntl, os, select, struct, sys
+import ctypes, fcntl, os, select, struct, sys, time
 sys.path.insert(0, sys.argv[3])
 from kvmvm.net.passt import Passt, PasstOptions
 so, guest_ns = sys.argv[1], sys.argv[2]
-sock = Passt(PasstOptions(tcp=["18080:80", "18081:81"])).start()    # in this (the host's) namespace
+passt = Passt(PasstOptions(tcp=["18080:80", "18081:81"]))
+sock, sock_pid = passt.start(), passt.proc.pid                      # in this (the host's) namespace
 libc = ctypes.CDLL(None, use_errno=True)
 with open(f"/run/netns/{guest_ns}") as f:
     assert libc.setns(f.fileno(), 0x40000000) == 0                  # CLONE_NEWNET: the guest's side
@@ -35,7 +40,7 @@ tap = os.open("/dev/net/tun", os.O_RDWR)
 fcntl.ioctl(tap, 0x400454ca, struct.pack("16sH", b"g0", 0x0002 | 0x1000))   # TUNSETIFF: TAP, no PI
 hs = ctypes.CDLL(so)
 state, ack = ctypes.create_string_buffer(16384), ctypes.create_string_buffer(128)
-print("ready", flush=True)
+print("ready", sock_pid, flush=True)
 buf, made = b"", 0
 while True:
     r, _, _ = select.select([tap, sock], [], [])
@@ -44,6 +49,12 @@ while True:
         sock.sendall(struct.pack(">I", len(f)) + f)
         n = hs.hs_from_guest(state, f, ctypes.c_size_t(min(len(f), 128)), ack, ctypes.c_size_t(128))
         if n:
+            # as virtio_net.c does: the ACK waits until passt has read the SYN,ACK (SIOCOUTQ
+            # 0), or this passt spins on the guest's next segments read in the same batch
+            for _ in range(500):
+                if struct.unpack("i", fcntl.ioctl(sock.fileno(), 0x5411, b"\0" * 4))[0] == 0:
+                    break
+                time.sleep(0.001)
             os.write(tap, ack.raw[:n])
             made += 1
             print("made", made, flush=True)
@@ -97,19 +108,17 @@ def _ip(*args) -> None:
 
 
 def test_published_port_server_speaks_first(handshake_so):
-    host, guest = f"kvmvm-hh-{uuid.uuid4().hex[:6]}", f"kvmvm-hg-{uuid.uuid4().hex[:6]}"
-    procs = []
-    _ip("netns", "add", host)
-    _ip("netns", "add", guest)
-    try:
-        for ns in (host, guest):
-            _ip("-n", ns, "link", "set", "lo", "up")
-        # passt's uplink: a veth with an address and a default route, whose addresses it copies
-        _ip("-n", host, "link", "add", "v0", "type", "veth", "peer", "name", "v1")
-        _ip("-n", host, "addr", "add", "192.0.2.2/24", "dev", "v0")
-        _ip("-n", host, "link", "set", "v0", "up")
-        _ip("-n", host, "link", "set", "v1", "up")
-        _ip("-n", host, "route", "add", "default", "via", "192.0.2.1")
+    procs, out = [], []
+
+    def stop():  # before the namespaces go
+        for p in procs:
+            p.kill()
+        out.extend(p.communicate()[0] for p in procs)
+
+    with contextlib.ExitStack() as stack:
+        host = stack.enter_context(netns(veth_uplink("192.0.2.2/24", "192.0.2.1"), "kvmvm-hh"))[-1]
+        guest = stack.enter_context(netns([], "kvmvm-hg"))[-1]
+        stack.callback(stop)
 
         def start(ns, code, *args):
             p = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-c", code, *args],
@@ -118,7 +127,8 @@ def test_published_port_server_speaks_first(handshake_so):
             return p
 
         bridge = start(host, BRIDGE, str(handshake_so), guest, str(ROOT))
-        assert bridge.stdout.readline() == "ready\n"
+        ready, passt_pid = bridge.stdout.readline().split()
+        assert ready == "ready"
         # what passt's DHCP would give: the host's own address, its gateway
         _ip("-n", guest, "link", "set", "g0", "address", "52:54:00:12:34:56", "up")
         _ip("-n", guest, "addr", "add", "192.0.2.2/24", "dev", "g0")
@@ -130,10 +140,12 @@ def test_published_port_server_speaks_first(handshake_so):
         # two greetings (each heard first, within the client's 8 s), and port 81 refused in between
         assert client.stdout.splitlines() == ["18080 b'guest-says-hi\\n'", "18081 b''",
                                               "18080 b'guest-says-hi\\n'"], client
-    finally:
-        for p in procs:
-            p.kill()
-        out = [p.communicate()[0] for p in procs]
-        for ns in (host, guest):
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
     assert out[0].count("made") >= 2, out[0]        # the bridge made the ACKs
+    # and passt, its socket closed, ended (a passt that spun on a batch never does)
+    for _ in range(50):
+        if not Path(f"/proc/{passt_pid}").exists() or procfs.ended(int(passt_pid)):
+            break
+        time.sleep(0.1)
+    else:
+        os.kill(int(passt_pid), signal.SIGKILL)
+        pytest.fail(f"passt {passt_pid} was still running 5 s after its socket closed")

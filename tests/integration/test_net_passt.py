@@ -22,7 +22,9 @@ from pathlib import Path
 
 import pytest
 
+from kvmvm import procfs
 from tests.integration.conftest import KVMVM, ROOT, TINY_OUT
+from tests.netns import netns as make_netns, veth_uplink
 
 pytestmark = pytest.mark.host
 
@@ -34,24 +36,10 @@ def env_for(path: str) -> dict:
     return dict(os.environ, KVMVM_VIRTIO_EXITPATH="1" if path == "exitpath" else "0")
 
 
-def _ip(*args) -> None:
-    subprocess.run(["ip", *args], check=True, capture_output=True)
-
-
 @pytest.fixture
 def netns():
-    name = f"kvmvm-p{os.getpid()}"
-    _ip("netns", "add", name)
-    try:
-        _ip("-n", name, "link", "set", "lo", "up")
-        _ip("-n", name, "link", "add", "v0", "type", "veth", "peer", "name", "v1")
-        _ip("-n", name, "addr", "add", "10.0.2.15/24", "dev", "v0")
-        _ip("-n", name, "link", "set", "v0", "up")
-        _ip("-n", name, "link", "set", "v1", "up")
-        _ip("-n", name, "route", "add", "default", "via", "10.0.2.2")
-        yield name
-    finally:
-        subprocess.run(["ip", "netns", "del", name], capture_output=True)
+    with make_netns(veth_uplink("10.0.2.15/24", "10.0.2.2"), "kvmvm-p") as ns:
+        yield ns[-1]
 
 
 ECHO = """
@@ -90,6 +78,78 @@ def passt_in(ns: str) -> list[int]:
             continue
         out.append(int(d.name))
     return out
+
+
+# A guest's answer to passt's SYN for a published port that sends Debian 12's passt into an
+# endless loop: the SYN,ACK and a data segment of the same connection in one read (see
+# kvmvm/native/virtio_net.c). This stand-in for kvmvm starts a passt as kvmvm does, plays
+# that guest on the socket, and is then killed, as a crashed kvmvm would be.
+SPINNER = r"""
+import socket, struct, sys, time
+sys.path.insert(0, sys.argv[1])
+from kvmvm.net.passt import Passt, PasstOptions
+
+def csum(b):
+    b += b"\0" * (len(b) % 2)
+    s = sum(struct.unpack(f"!{len(b) // 2}H", b))
+    while s >> 16:
+        s = (s & 0xffff) + (s >> 16)
+    return ~s & 0xffff
+
+def tcp(eth, ips, ports, seq, ack, flags, data=b""):
+    t = struct.pack("!HHIIBBHHH", *ports, seq, ack, 5 << 4, flags, 65535, 0, 0) + data
+    t = t[:16] + struct.pack("!H", csum(ips[0] + ips[1] + struct.pack("!BBH", 0, 6, len(t)) + t)) + t[18:]
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(t), 0, 0x4000, 64, 6, 0, *ips)
+    f = eth + b"\x08\x00" + ip[:10] + struct.pack("!H", csum(ip)) + ip[12:] + t
+    return struct.pack(">I", len(f)) + f
+
+passt = Passt(PasstOptions(tcp=["18090:80"]))
+sock = passt.start()
+print(passt.proc.pid, flush=True)
+client = socket.create_connection(("127.0.0.1", 18090), timeout=10)
+buf = b""
+while True:                     # passt's SYN to the guest's port 80
+    buf += sock.recv(65536)
+    while len(buf) >= 4 and len(buf) >= 4 + struct.unpack(">I", buf[:4])[0]:
+        n = struct.unpack(">I", buf[:4])[0]
+        f, buf = buf[4:4 + n], buf[4 + n:]
+        if f[12:14] == b"\x08\x00" and f[23] == 6 and f[47] == 0x02:
+            sport, dport, seq = struct.unpack("!HHI", f[34:42])
+            eth, ips = f[6:12] + f[0:6], (f[30:34], f[26:30])
+            syn_ack = tcp(eth, ips, (dport, sport), 1000, seq + 1, 0x12)
+            data = tcp(eth, ips, (dport, sport), 1001, seq + 1, 0x18, b"hello\n")
+            sock.sendall(syn_ack + data)    # one write: passt reads them as one batch
+            print("sent", flush=True)
+            time.sleep(3600)
+"""
+
+
+def test_a_passt_a_guest_sent_spinning_is_killed_by_the_next_start(netns):
+    """A guest can send Debian 12's passt into an endless loop, in which it never sees its
+    socket close; the next passt any kvmvm starts kills the one a dead kvmvm left."""
+    from kvmvm.net import passt as passt_mod
+    vm = subprocess.Popen(["ip", "netns", "exec", netns, sys.executable, "-c", SPINNER, str(ROOT)],
+                          stdout=subprocess.PIPE, text=True)
+    try:
+        pid = int(vm.stdout.readline())
+        assert vm.stdout.readline() == "sent\n"
+        time.sleep(0.5)
+    finally:
+        vm.kill()               # kvmvm dies: its end of passt's socket closes
+        vm.wait()
+    time.sleep(2)
+    try:
+        # the loop: passt never read the close (a passt without the bug would have ended)
+        assert not procfs.ended(pid), "passt ended: the reproducer no longer spins it"
+        assert int(procfs.stat_fields(pid)[1]) != vm.pid         # orphaned
+        assert passt_mod.reclaim() >= 1
+        deadline = time.monotonic() + 3
+        while not procfs.ended(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert procfs.ended(pid)
+    finally:
+        if not procfs.ended(pid):
+            os.kill(pid, signal.SIGKILL)
 
 
 def boot_in(ns: str, *args, env=None, **kw):

@@ -6,7 +6,9 @@ skipped, or shutdown: failed because a guest stopped with KVM_EXIT_SHUTDOWN (a t
 which the software-emulated test host causes now and then (see README.md, Tests). A fresh L1
 runs what is left: the tests that had not finished (the L1 froze or its kernel died), and once
 more each test whose only failure so far was a shutdown. Every other finished test counts
-once, as it ended.
+once, as it ended. A test that triple-faulted and then failed in another phase too (its
+teardown found something left behind, say) is recorded failed and not run again: what it
+left is a failure of its own, whatever the test host did.
 
 ``python -m tests.kvmhost.progress deselect|rerun|count DIR``: the pytest ``--deselect``
 arguments of the finished tests (one per line); the tests to run again after a shutdown; the

@@ -340,21 +340,22 @@ def _monitor(path: Path, commands: Sequence[str], timeout: float = 10.0) -> str:
 PANIC_RE = re.compile(r"BUG:|Oops|general protection|Kernel panic|WARNING:|watchdog:|Call Trace:|RIP: 0010")
 
 
-def _keep(rundir: Path, suffix: str = "") -> str:
-    """Copy the run's console and QEMU log under $KVMVM_HOME/kvmhost-stalls/; that directory."""
-    dest = kvmvm_home() / "kvmhost-stalls" / (time.strftime("%Y%m%dT%H%M%S") + (f"-{suffix}" if suffix else ""))
-    dest.mkdir(parents=True, exist_ok=True)
+def _keep(rundir: Path, suffix: str = "", dest: Path | None = None) -> str:
+    """Copy the run's console and QEMU log into dest (default: a new directory under
+    $KVMVM_HOME/kvmhost-stalls/); that directory."""
+    if dest is None:
+        dest = kvmvm_home() / "kvmhost-stalls" / (time.strftime("%Y%m%dT%H%M%S") + (f"-{suffix}" if suffix else ""))
+        dest.mkdir(parents=True, exist_ok=True)
     for name in ("console.log", "qemu.log"):
-        try:
+        with contextlib.suppress(OSError):
             shutil.copy(rundir / name, dest / name)
-        except OSError:
-            pass
     return str(dest)
 
 
 def _save_stall(proc: subprocess.Popen, rundir: Path, quiet_s: float) -> str:
     """Keep what tells why L1 froze: QEMU's threads, L1's vCPU registers, the console tail."""
-    dest = Path(_keep(rundir))
+    dest = kvmvm_home() / "kvmhost-stalls" / time.strftime("%Y%m%dT%H%M%S")
+    dest.mkdir(parents=True, exist_ok=True)
     report = [f"no heartbeat for {quiet_s:.0f} s; qemu pid {proc.pid}"]
     for task in sorted(Path(f"/proc/{proc.pid}/task").glob("*")):
         try:
@@ -374,6 +375,4 @@ def _save_stall(proc: subprocess.Popen, rundir: Path, quiet_s: float) -> str:
             (dest / "qemu-stacks.txt").write_text(r.stdout + r.stderr)
         except (OSError, subprocess.TimeoutExpired) as e:
             (dest / "qemu-stacks.txt").write_text(f"gdb failed: {e}\n")
-    with contextlib.suppress(OSError):  # the console again: the freeze's last lines included
-        shutil.copy(rundir / "console.log", dest / "console.log")
-    return str(dest)
+    return _keep(rundir, dest=dest)  # the logs last: the freeze's last console lines included

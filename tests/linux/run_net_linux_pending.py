@@ -31,7 +31,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.linux.netns import routed_netns as netns_routed
+from tests.netns import routed_netns as netns_routed
 from tests.linux.test_run_linux import KVMVM, TIMEOUT, image, xdg  # noqa: F401 (fixtures)
 
 _NET_DRIVER = r'''

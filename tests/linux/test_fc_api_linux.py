@@ -18,7 +18,7 @@ import pytest
 
 from kvmvm.image import cached_default
 from tests.fcclient import FcClient, wait_socket
-from tests.linux.netns import tap_netns
+from tests.netns import tap_netns
 
 TIMEOUT = 300
 INIT = r"""#!/bin/busybox sh

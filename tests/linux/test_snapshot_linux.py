@@ -19,7 +19,7 @@ import pytest
 from kvmvm.cli.booting import DEFAULT_LINUX_CMDLINE
 from kvmvm.image import cached_default
 from kvmvm.machine import Machine, MachineConfig
-from tests.linux.netns import tap_netns
+from tests.netns import tap_netns
 
 ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT = 180

@@ -23,7 +23,7 @@ import pytest
 
 from kvmvm.image import cached_default
 from tests.kvmhost.cpio import Cpio
-from tests.linux.netns import tap_netns
+from tests.netns import tap_netns
 
 ROOT = Path(__file__).resolve().parents[2]
 VSOCK_ECHO = ROOT / "guest-images" / "tools" / "out" / "vsock-echo"

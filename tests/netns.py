@@ -1,9 +1,11 @@
-"""Network namespaces for Linux-tier tests: each test gets its own, removed on every exit path.
+"""Network namespaces for tests: each test gets its own, removed on every exit path.
 
 ``tap_netns("ktap0")``: a namespace whose TAP device ``ktap0`` is the host side of the guest's
 link, 10.77.0.1/24 (the guest takes 10.77.0.2). ``routed_netns()``: a namespace with a dummy
-``eth0`` and a default route, so user-mode networking (passt) finds an uplink to copy.
-Both yield the command prefix that runs a program inside (``ip netns exec NAME``).
+``eth0`` and a default route, so user-mode networking (passt) finds an uplink to copy;
+``netns(veth_uplink(ADDR, GW))``: the same with a veth pair (v0 addressed, v1 its peer).
+All yield the command prefix that runs a program inside (``ip netns exec NAME``); its last
+item is the namespace's name.
 """
 from __future__ import annotations
 
@@ -41,3 +43,13 @@ def routed_netns(prefix: str = "kvmvm-run"):
                   ["ip", "link", "set", "eth0", "up"],
                   ["ip", "route", "add", "default", "via", "192.0.2.1"]], prefix)
 
+
+
+def veth_uplink(addr: str, gateway: str) -> list[list[str]]:
+    """``netns`` set-up: passt's uplink as a veth pair, v0 with ``addr`` (CIDR), and a default
+    route via ``gateway`` (passt copies the addresses of the interface with the default route)."""
+    return [["ip", "link", "add", "v0", "type", "veth", "peer", "name", "v1"],
+            ["ip", "addr", "add", addr, "dev", "v0"],
+            ["ip", "link", "set", "v0", "up"],
+            ["ip", "link", "set", "v1", "up"],
+            ["ip", "route", "add", "default", "via", gateway]]
