@@ -10,8 +10,10 @@ item is the namespace's name.
 from __future__ import annotations
 
 import contextlib
+import os
 import subprocess
 import uuid
+from pathlib import Path
 from typing import Iterator, Sequence
 
 HOST_ADDR = "10.77.0.1"
@@ -53,3 +55,18 @@ def veth_uplink(addr: str, gateway: str) -> list[list[str]]:
             ["ip", "link", "set", "v0", "up"],
             ["ip", "link", "set", "v1", "up"],
             ["ip", "route", "add", "default", "via", gateway]]
+
+
+def passt_in(ns: str) -> list[int]:
+    """pids of the passt processes in network namespace ``ns`` (its name)."""
+    ino = os.stat(f"/run/netns/{ns}").st_ino
+    out = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            if (d / "comm").read_text().startswith("passt") and os.stat(d / "ns" / "net").st_ino == ino:
+                out.append(int(d.name))
+        except OSError:
+            pass
+    return out

@@ -18,13 +18,12 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
 from kvmvm import procfs
 from tests.integration.conftest import KVMVM, ROOT, TINY_OUT
-from tests.netns import netns as make_netns, veth_uplink
+from tests.netns import netns as make_netns, passt_in, veth_uplink
 
 pytestmark = pytest.mark.host
 
@@ -62,22 +61,6 @@ def echo_port(netns):
     finally:
         p.kill()
         p.wait()
-
-
-def passt_in(ns: str) -> list[int]:
-    """pids of passt processes in network namespace ns."""
-    ino = os.stat(f"/var/run/netns/{ns}").st_ino
-    out = []
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit():
-            continue
-        try:
-            if not (d / "comm").read_text().startswith("passt") or os.stat(d / "ns" / "net").st_ino != ino:
-                continue
-        except OSError:
-            continue
-        out.append(int(d.name))
-    return out
 
 
 # A guest's answer to passt's SYN for a published port that sends Debian 12's passt into an

@@ -1,24 +1,13 @@
-"""PENDING (not collected): `kvmvm run --net user -p HOST:GUEST` in the test host: passt in
-a network namespace the test creates (a dummy uplink with a default route, since passt
-copies its addresses from the interface with the default route).
+"""`kvmvm run --net user -p HOST:GUEST` in the test host: passt in a network namespace the
+test creates (a dummy uplink with a default route, since passt copies its addresses from
+the interface with the default route).
 
 Outbound: the guest gets its address by DHCP from passt and reaches a server on the
 namespace's loopback at passt's gateway address. Inbound (podman's `-p` semantics): a
 client on the namespace's 127.0.0.1:18080 reaches the guest's port 80, and the guest
-speaks first.
-
-Status (stop 19):
-- Inbound: cause found. Debian 12's passt never ACKs the guest's SYN,ACK of a published
-  port, so a guest server that speaks first was never heard. virtio-net now makes that
-  ACK (kvmvm/native/net_handshake.c). Checked with real passt and a real kernel TCP stack,
-  no VM, on the host (tests/integration/test_net_handshake.py) and the same in the test
-  host (QEMU 10): the greeting arrives.
-- In the QEMU 10 test host, with KVMVM_PASST_PCAP set (passt's --pcap), the guest's DHCP
-  got no answer in all three boots: passt recorded no frame. Without it, three boots got
-  their DHCP answer at once (device counters: frames out and in, passt alive), with and
-  without the handshake ACKs. So this file no longer sets it; it has not run since.
-- Still open: the outbound hang seen once in a full run (QEMU 7.2).
-Rename to test_run_net_linux.py once it passes in the test host.
+speaks first (Debian 12's passt leaves out the ACK that completes that handshake; the
+device makes it, kvmvm/native/net_handshake.c, and holds it until passt has read the
+guest's SYN,ACK, kvmvm/native/virtio_net.c).
 """
 
 from __future__ import annotations
@@ -27,11 +16,10 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-from tests.netns import routed_netns as netns_routed
+from tests.netns import passt_in, routed_netns as netns_routed
 from tests.linux.test_run_linux import KVMVM, TIMEOUT, image, xdg  # noqa: F401 (fixtures)
 
 _NET_DRIVER = r'''
@@ -89,19 +77,6 @@ def routed_netns():
         yield ns
 
 
-def _passt_in(ns_name: str) -> list[int]:
-    ino = os.stat(f"/run/netns/{ns_name}").st_ino
-    out = []
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                if (d / "comm").read_text().startswith("passt") and os.stat(d / "ns" / "net").st_ino == ino:
-                    out.append(int(d.name))
-            except OSError:
-                pass
-    return out
-
-
 def test_net_user_outbound_and_published_port(image, xdg, routed_netns):
     """The guest reaches a host service through passt's gateway address, and a host client
     reaches the guest's port 80 through `-p 18080:80` and hears it first; no passt is
@@ -115,4 +90,4 @@ def test_net_user_outbound_and_published_port(image, xdg, routed_netns):
     lines = res["out"].splitlines()
     assert "out=host-says-hi" in lines and lines[-1] == "served", res
     assert res["inbound"] == "guest-says-hi\n", (res["connect_errors"][-5:], res)
-    assert _passt_in(routed_netns[3]) == []
+    assert passt_in(routed_netns[-1]) == []
