@@ -559,24 +559,45 @@ static void reap(struct session *s, int sfd)
         exec_reaped(s, pid, ws);
 }
 
+/*
+ * Linux gives up a vsock connect() after 2 s of guest time; on a loaded host (many VMs, a
+ * nested or emulated one) the answer can take longer, and the host may then accept the
+ * attempt we gave up on (we answer its late completion with a reset: the host drops that
+ * connection and takes the next, see kvmvm/agent/accept.py). A longer wait makes that rare.
+ */
+#define CONNECT_TIMEOUT_S 20
+#define CONNECT_TRIES_S   60        /* give up (power off) after this long */
+#ifndef SO_VM_SOCKETS_CONNECT_TIMEOUT
+#define SO_VM_SOCKETS_CONNECT_TIMEOUT 6     /* struct timeval (the 64-bit "old" one) */
+#endif
+
+static long now_ms(void);
+
 static int vsock_connect(void)
 {
-    for (int i = 0; i < 200; i++) {
+    long give_up = now_ms() + CONNECT_TRIES_S * 1000L;
+    for (int i = 0;; i++) {
         int fd = socket(AF_VSOCK, SOCK_STREAM | SOCK_CLOEXEC, 0);
         if (fd < 0) {
             agent_log("vsock socket: %s", strerror(errno));
             return -1;
         }
+        struct timeval tv = { .tv_sec = CONNECT_TIMEOUT_S };
+        if (setsockopt(fd, AF_VSOCK, SO_VM_SOCKETS_CONNECT_TIMEOUT, &tv, sizeof(tv)) < 0 && i == 0)
+            agent_log("vsock connect timeout: %s (the kernel's 2 s stays)", strerror(errno));
         struct sockaddr_vm_ a = { .svm_family = AF_VSOCK, .svm_port = AGENT_VSOCK_PORT, .svm_cid = HOST_CID };
         if (connect(fd, (struct sockaddr *)&a, sizeof(a)) == 0)
             return fd;
         int e = errno;
         close(fd);
-        if (i == 199)
-            agent_log("connecting to the host (vsock port %d): %s", AGENT_VSOCK_PORT, strerror(e));
+        if (now_ms() >= give_up) {
+            agent_log("connecting to the host (vsock port %d): %s; %d tries", AGENT_VSOCK_PORT, strerror(e), i + 1);
+            return -1;
+        }
+        if (e == ETIMEDOUT)
+            agent_log("connecting to the host (vsock port %d) timed out; trying again", AGENT_VSOCK_PORT);
         usleep(25000);
     }
-    return -1;
 }
 
 static long now_ms(void)

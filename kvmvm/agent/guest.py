@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import contextlib
 import os
-import selectors
 import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kvmvm.agent.accept import AgentTimeout, accept_agent
 from kvmvm.agent.protocol import VSOCK_PORT, ProtocolError
 from kvmvm.agent.session import AgentError, Session
 from kvmvm.errors import KvmvmError
@@ -73,6 +73,7 @@ class ContainerVm:
     def __post_init__(self):
         self.machine = None
         self.session: Session | None = None
+        self.dropped_connections = 0       # agent connections that ended before their HELLO
         self.listener: socket.socket | None = None
         self.console_fd = -1
         self.stop_info = None
@@ -121,14 +122,15 @@ class ContainerVm:
         self.machine.build()
         self.machine.vm.start()
         self.t["vm_started"] = time.monotonic_ns()
-        conn = self._accept(timeout, cancelled)
-        self.listener.close()
-        self.listener = None
-        self.session = Session(conn)
         try:
-            self.session.handshake(timeout)
+            self.session, self.dropped_connections = accept_agent(
+                self.listener, timeout, lambda: self._check_alive(cancelled))
+            self.listener.close()
+            self.listener = None
             self.t["agent_hello"] = self.session.t_hello_ns
             self.session.request("setup", timeout=timeout, **self.setup_message())
+        except AgentTimeout as e:
+            raise VmFailed(f"{e}{self._console_hint()}") from None
         except AgentError as e:
             raise VmFailed(f"the guest could not set up the container: {e.reason}") from None
         except ProtocolError as e:
@@ -136,25 +138,13 @@ class ContainerVm:
         self.t["setup_done"] = time.monotonic_ns()
         return self.session
 
-    def _accept(self, timeout: float, cancelled=None) -> socket.socket:
-        deadline = time.monotonic() + timeout
-        sel = selectors.DefaultSelector()
-        sel.register(self.listener, selectors.EVENT_READ)
-        try:
-            while True:
-                if sel.select(0.1):
-                    conn, _ = self.listener.accept()
-                    return conn
-                if cancelled is not None and cancelled():
-                    raise Cancelled("start cancelled")
-                stop = self.poll_end(0)
-                if stop is not None:
-                    raise VmFailed(f"the VM ended before its agent connected ({self.end_message()})"
-                                   f"{self._console_hint()}")
-                if time.monotonic() > deadline:
-                    raise VmFailed(f"the guest agent did not connect within {timeout:g} s{self._console_hint()}")
-        finally:
-            sel.close()
+    def _check_alive(self, cancelled=None) -> None:
+        """While waiting for the agent: raise if the start was cancelled or the VM ended."""
+        if cancelled is not None and cancelled():
+            raise Cancelled("start cancelled")
+        if self.poll_end(0) is not None:
+            raise VmFailed(f"the VM ended before its agent connected ({self.end_message()})"
+                           f"{self._console_hint()}")
 
     def _console_hint(self) -> str:
         try:

@@ -17,7 +17,6 @@ import hashlib
 import json
 import os
 import secrets
-import selectors
 import shutil
 import socket
 import time
@@ -72,6 +71,7 @@ class SandboxVm:
         self.scratch: Path | None = None  # the scratch disk's image, when there is one
         self.warm = cvm is None
         self.timings: dict = {}
+        self.dropped_connections = 0    # agent connections that ended before their HELLO
 
     def ended(self) -> bool:
         m = self.machine
@@ -207,6 +207,7 @@ def boot_cold(img, *, cpus: int, memory_mib: int, hostname: str, network: bool, 
     vm = SandboxVm(rundir, cvm.machine, session, cvm.console_fd, cvm=cvm, stack=stack)
     vm.scratch = scratch
     vm.timings = cvm.timings()
+    vm.dropped_connections = cvm.dropped_connections
     return vm
 
 
@@ -286,18 +287,23 @@ class Restored:
 
     def connect(self, hostname: str, timeout: float = AGENT_TIMEOUT_S) -> SandboxVm:
         """Run the VM, accept its agent's new connection, reseed it."""
-        from kvmvm.agent.session import Session
+        from kvmvm.agent.accept import AgentTimeout, accept_agent
+        from kvmvm.agent.protocol import ProtocolError
         from kvmvm.snapshot.persist import announce_genid
 
         t0 = time.monotonic_ns()
+        session = None
         try:
             self.machine.start()
             announce_genid(self.machine)
-            conn = self._accept(timeout)
-            session = Session(conn)
-            session.handshake(timeout)
-            reseed(session, hostname, timeout)
+            try:
+                session, dropped = accept_agent(self.listener, timeout, self._check_alive)
+                reseed(session, hostname, timeout)
+            except (AgentTimeout, ProtocolError) as e:
+                raise SandboxError(f"the restored sandbox's agent: {e}") from None
         except BaseException:
+            if session is not None:
+                session.close()
             self.discard()
             raise
         self.listener.close()
@@ -305,21 +311,12 @@ class Restored:
         vm.scratch = self.scratch
         vm.timings = {"restore_vmm_ms": getattr(self.machine, "restore_vmm_ms", None),
                       "connect_ms": round((time.monotonic_ns() - t0) / 1e6, 3)}
+        vm.dropped_connections = dropped
         return vm
 
-    def _accept(self, timeout: float) -> socket.socket:
-        deadline = time.monotonic() + timeout
-        with selectors.DefaultSelector() as sel:
-            sel.register(self.listener, selectors.EVENT_READ)
-            while True:
-                if sel.select(0.05):
-                    conn, _ = self.listener.accept()
-                    return conn
-                stop = self.machine.vm.wait(0)
-                if stop is not None:
-                    raise SandboxError("the restored sandbox VM ended before its agent connected")
-                if time.monotonic() > deadline:
-                    raise SandboxError(f"the restored sandbox's agent did not connect within {timeout:g} s")
+    def _check_alive(self) -> None:
+        if self.machine.vm.wait(0) is not None:
+            raise SandboxError("the restored sandbox VM ended before its agent connected")
 
     def discard(self) -> None:
         self.listener.close()
