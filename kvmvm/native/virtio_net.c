@@ -397,10 +397,12 @@ int kvmvm_vm_virtio_net_ack_handshakes(kvmvm_vm *vm, uint64_t base)
     struct net *n = d->priv;
     if (!n->hs && !(n->hs = calloc(1, sizeof(*n->hs))))
         return -ENOMEM;
-    if (n->hold_fd < 0 &&
-        (n->hold_fd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC)) < 0)
+    if (n->hold_fd >= 0)
+        return 0;
+    if ((n->hold_fd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC)) < 0)
         return -errno;
-    return 0;
+    /* a device already running (a restored one) watches it from now on */
+    return d->running ? virtio_worker_watch(d, n->hold_fd, EPOLLIN, HOLD_TAG) : 0;
 }
 
 int kvmvm_vm_virtio_net_rate_limit(kvmvm_vm *vm, uint64_t base, int rx,
