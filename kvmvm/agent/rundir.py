@@ -3,7 +3,9 @@
 Each run holds an exclusive flock on `<dir>/lock` (its pid written inside) for its whole
 life; the kernel drops the lock when the process dies, even by SIGKILL. Every start first
 reclaims the directories whose lock nobody holds: helpers recorded in `pids` (checked by
-their start time, so a reused pid is never killed) are ended and the directory removed.
+their start time, so a reused pid is never killed) are ended and the directory removed. A
+lock file with no pid in it yet belongs to a run being created right now (between creating
+its lock file and locking it): such a directory is left alone for a minute.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import re
 import secrets
 import shutil
 import signal
+import time
 from pathlib import Path
 
 from kvmvm.procfs import start_time
@@ -62,14 +65,16 @@ def reclaim(root: Path | None = None) -> list[str]:
             continue
         if fd is None:
             with contextlib.suppress(OSError):
-                import time
-
                 if time.time() - d.stat().st_mtime > 60:
                     shutil.rmtree(d, ignore_errors=True)
                     gone.append(str(d))
             continue
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            # no pid yet: a RunDir between creating its lock file and locking it (another
+            # thread's, or another process's, right now), or one that died there: by age
+            if not os.pread(fd, 16, 0) and time.time() - d.stat().st_mtime <= 60:
+                raise BlockingIOError
         except OSError:
             os.close(fd)
             continue        # alive

@@ -265,12 +265,13 @@ class Restored:
         from kvmvm.machine import Machine
 
         self.rundir = rundir
-        self.console_fd = os.open(rundir.file("console.log"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC,
-                                  0o600)
+        self.console_fd = -1
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         self.machine = None
         self.scratch = None
         try:
+            self.console_fd = os.open(rundir.file("console.log"),
+                                      os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
             self.listener.bind(str(rundir.file(f"v_{VSOCK_PORT}")))
             self.listener.listen(1)
             drives = None

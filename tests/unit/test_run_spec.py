@@ -7,6 +7,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -124,6 +125,42 @@ time.sleep(300)
             break
         time.sleep(0.05)
     assert st in ("Z", "gone")
+
+
+def test_a_run_directory_being_created_is_left_alone(tmp_path):
+    """A lock file with no pid yet: another thread's RunDir between creating its lock file
+    and locking it. Reclaiming it then would take the directory from under that run."""
+    d = tmp_path / "0123456789ab"
+    d.mkdir()
+    (d / "lock").touch()
+    assert reclaim(tmp_path) == [] and d.is_dir()
+    old = time.time() - 120             # ... unless it has been so for a minute: a dead one
+    os.utime(d, (old, old))
+    assert reclaim(tmp_path) == [str(d)] and not d.exists()
+
+
+def test_run_directories_made_by_many_threads_at_once_all_stay(tmp_path):
+    """Every RunDir reclaims the dead ones as it starts: none may take a live one."""
+    made, errors = [], []
+
+    def make():
+        try:
+            for _ in range(40):
+                made.append(RunDir(root=tmp_path))
+        except Exception as e:  # noqa: BLE001 - asserted below
+            errors.append(repr(e))
+
+    threads = [threading.Thread(target=make) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    try:
+        assert not errors, errors[:3]
+        assert all(rd.path.is_dir() and rd.file("lock").exists() for rd in made)
+    finally:
+        for rd in made:
+            rd.close()
 
 
 def _kvmvm_run(*args, env=None):
