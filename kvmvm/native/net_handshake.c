@@ -96,6 +96,12 @@ static int tcp_ws(const struct tcp_view *v)
     return 0;
 }
 
+int hs_is_syn(const uint8_t *f, size_t len)
+{
+    struct tcp_view v;
+    return tcp_parse(f, len, &v) && (v.th[13] & TH_SYN);
+}
+
 void hs_from_peer(struct net_handshake *h, const uint8_t *f, size_t len)
 {
     struct tcp_view v;

@@ -32,4 +32,7 @@ void hs_from_peer(struct net_handshake *h, const uint8_t *f, size_t len);
  * (cap >= HS_FRAME_MAX), its length, or 0 when there is none to give */
 size_t hs_from_guest(struct net_handshake *h, const uint8_t *f, size_t len, uint8_t *out, size_t cap);
 
+/* f: the first bytes of a frame: a TCP segment with SYN set (SYN or SYN,ACK)? */
+int hs_is_syn(const uint8_t *f, size_t len);
+
 #endif

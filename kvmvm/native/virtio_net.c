@@ -26,10 +26,10 @@
 #define BACKEND_TAG          0x10000
 #define RX_RL_TAG            0x10001   /* the rate limiters' timerfds */
 #define TX_RL_TAG            0x10002
-#define HOLD_TAG             0x10003   /* the timerfd of a held handshake ACK */
+#define HOLD_TAG             0x10003   /* the timerfd of the hold after a SYN (struct net) */
 #define NET_INJECT_MAX       8         /* frames the device made, waiting for rx buffers */
-#define HOLD_TICK_NS         1000000   /* how often a held ACK looks at passt's input again */
-#define HOLD_MAX_TICKS       500       /* then it goes anyway */
+#define HOLD_TICK_NS         1000000   /* how often a hold looks at passt's input again */
+#define HOLD_MAX_TICKS       500       /* then the frames go anyway */
 
 struct net {
     struct net_backend *be;
@@ -44,15 +44,18 @@ struct net {
     uint8_t inject_len[NET_INJECT_MAX];
     int inject_head, inject_count;
     /*
-     * A handshake ACK is held until passt has read the guest's SYN,ACK. Debian 12's passt
-     * spins forever (100% CPU, no more forwarding) when one read of its input holds the
-     * SYN,ACK of a connection it opened and more segments of that connection: its loop over
-     * a batch counts the first call as one segment and the next as the whole batch
-     * (tap4_handler: `while ((n -= tcp_tap_handler(...)))`, n unsigned). The guest can send
-     * nothing more on the connection before it has the ACK, so this keeps them apart.
+     * After a TCP segment with SYN goes to passt, nothing more goes until passt has read it.
+     * Debian 12's passt spins forever (100% CPU, no more forwarding, its socket's close
+     * never seen) when one read of its input holds a segment it answers as one (a SYN
+     * opening a connection, the SYN,ACK of one it opened) and more segments of the same
+     * connection: its loop over a batch counts the first call as one segment and the next
+     * as the whole batch (tap4_handler: `while ((n -= tcp_tap_handler(...)))`, n unsigned).
+     * A SYN and its retransmission in one read, or the guest's SYN,ACK and the greeting it
+     * sends as soon as it has the handshake ACK (above), are such batches: so that ACK
+     * waits for the hold to end too.
      */
-    int hold_fd;            /* timerfd; -1 without handshake ACKs */
-    int held, hold_ticks;
+    int hold_fd;            /* timerfd; -1 without handshake ACKs (i.e. not passt) */
+    int tx_held, hold_ticks;
     struct iovec iov[NET_IOV_MAX];
 };
 
@@ -123,25 +126,33 @@ static void hold_arm(struct net *n)
 {
     struct itimerspec its = { .it_value = { .tv_nsec = HOLD_TICK_NS } };
     if (timerfd_settime(n->hold_fd, 0, &its, NULL) < 0)
-        n->held = 0;    /* cannot happen with a valid fd; never hold without a timer */
+        n->tx_held = 0;     /* cannot happen with a valid fd; never hold without a timer */
 }
 
-static void net_rx(struct virtio_dev *d, struct net *n);
+/* still holding the guest's frames back (struct net)? Ends once passt has read all the
+   device sent it, or after HOLD_MAX_TICKS */
+static int tx_holding(struct net *n)
+{
+    if (!n->tx_held)
+        return 0;
+    if (n->be->ops->unread(n->be) > 0 && n->hold_ticks < HOLD_MAX_TICKS)
+        return 1;
+    n->tx_held = 0;
+    return 0;
+}
 
-/* the held ACKs go once passt has read all the device sent it, or after HOLD_MAX_TICKS */
-static void hold_check(struct virtio_dev *d, struct net *n)
+static void net_tx(struct virtio_dev *d, struct net *n);
+
+static void hold_tick(struct virtio_dev *d, struct net *n)
 {
     uint64_t ticks;
-    if (read(n->hold_fd, &ticks, sizeof(ticks)) < 0 || !n->held)
+    if (read(n->hold_fd, &ticks, sizeof(ticks)) < 0 || !n->tx_held)
         return;
-    ssize_t left = n->be->ops->unread(n->be);
-    if (left > 0 && ++n->hold_ticks < HOLD_MAX_TICKS) {
+    n->hold_ticks++;
+    if (tx_holding(n))
         hold_arm(n);
-        return;
-    }
-    n->held = 0;
-    if (n->inject_count && d->q[RXQ].size)
-        net_rx(d, n);
+    else if (d->q[TXQ].size)
+        net_tx(d, n);
 }
 
 /* one frame from the backend into a posted receive buffer */
@@ -155,7 +166,8 @@ static int64_t rx_one(struct virtio_dev *d, struct virtq_chain *c, void *arg)
         return VIRTIO_RETRY;
     }
     int cnt = chain_iov(c, 1, 0, c->in_len, n->iov, NET_IOV_MAX);
-    if (n->inject_count && !n->held) {      /* a frame the device made goes first */
+    if (n->inject_count && !tx_holding(n)) {    /* a frame the device made goes first; a
+                                                   handshake ACK once passt has read the SYN,ACK */
         size_t len = n->inject_len[n->inject_head];
         if (c->in_len < NET_HDR_LEN + len)
             return 0;
@@ -204,6 +216,8 @@ static int64_t tx_one(struct virtio_dev *d, struct virtq_chain *c, void *arg)
     uint64_t len = c->out_len > NET_HDR_LEN ? c->out_len - NET_HDR_LEN : 0;
     if (len == 0 || len > NET_FRAME_MAX)
         return 0;           /* no frame, or larger than any MTU we offer: dropped */
+    if (tx_holding(n))
+        return VIRTIO_RETRY;    /* sent once passt has read the SYN (struct net) */
     if (!rl_consume(&n->tx_rl, len))
         return VIRTIO_RETRY;    /* sent when the rate limiter's timer fires */
     n->iov[0].iov_base = (void *)zero_hdr;
@@ -225,11 +239,11 @@ static int64_t tx_one(struct virtio_dev *d, struct virtq_chain *c, void *arg)
             int slot = (n->inject_head + n->inject_count++) % NET_INJECT_MAX;
             memcpy(n->inject[slot], ack, alen);
             n->inject_len[slot] = (uint8_t)alen;
-            if (n->hold_fd >= 0 && n->be->ops->unread) {
-                n->held = 1;    /* until passt has read this SYN,ACK (struct net) */
-                n->hold_ticks = 0;
-                hold_arm(n);
-            }
+        }
+        if (r > 0 && n->hold_fd >= 0 && n->be->ops->unread && hs_is_syn(peek, got)) {
+            n->tx_held = 1;     /* until passt has read this SYN (struct net) */
+            n->hold_ticks = 0;
+            hold_arm(n);
         }
     }
     return 0;
@@ -239,7 +253,7 @@ static void net_tx(struct virtio_dev *d, struct net *n)
 {
     if (!n->tx_blocked)
         virtio_drain(d, TXQ, tx_one, n);
-    if (n->inject_count && d->q[RXQ].size)
+    if (n->inject_count && !n->tx_held && d->q[RXQ].size)
         net_rx(d, n);           /* the device made a frame for the guest */
 }
 
@@ -267,7 +281,7 @@ static void net_fd_event(struct virtio_dev *d, uint64_t tag, uint32_t events)
         return;
     }
     if (tag == HOLD_TAG) {
-        hold_check(d, n);
+        hold_tick(d, n);
         return;
     }
     if (tag != BACKEND_TAG)
@@ -293,7 +307,7 @@ static int net_activate(struct virtio_dev *d)
     int rc;
     n->rx_watching = 1;
     n->tx_blocked = 0;
-    n->inject_count = n->held = 0;     /* ACKs for connections of before the reset */
+    n->inject_count = n->tx_held = 0;  /* for connections of before the reset */
     if ((rc = virtio_worker_watch(d, n->rx_rl.timer_fd, EPOLLIN, RX_RL_TAG)) < 0 ||
         (rc = virtio_worker_watch(d, n->tx_rl.timer_fd, EPOLLIN, TX_RL_TAG)) < 0 ||
         (n->hold_fd >= 0 && (rc = virtio_worker_watch(d, n->hold_fd, EPOLLIN, HOLD_TAG)) < 0))

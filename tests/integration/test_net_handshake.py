@@ -41,17 +41,22 @@ fcntl.ioctl(tap, 0x400454ca, struct.pack("16sH", b"g0", 0x0002 | 0x1000))   # TU
 hs = ctypes.CDLL(so)
 state, ack = ctypes.create_string_buffer(16384), ctypes.create_string_buffer(128)
 print("ready", sock_pid, flush=True)
-buf, made = b"", 0
+buf, made, held = b"", 0, False
 while True:
     r, _, _ = select.select([tap, sock], [], [])
     if tap in r:                        # guest -> passt
         f = os.read(tap, 65536)
+        # as virtio_net.c does: after a SYN, nothing more until passt has read it (SIOCOUTQ
+        # 0), or this passt spins on a batch of the SYN,ACK and the guest's greeting
+        for _ in range(500 if held else 0):
+            if struct.unpack("i", fcntl.ioctl(sock.fileno(), 0x5411, b"\0" * 4))[0] == 0:
+                break
+            time.sleep(0.001)
         sock.sendall(struct.pack(">I", len(f)) + f)
+        held = len(f) > 47 and f[12:14] == b"\x08\x00" and f[23] == 6 and f[47] & 0x02
         n = hs.hs_from_guest(state, f, ctypes.c_size_t(min(len(f), 128)), ack, ctypes.c_size_t(128))
         if n:
-            # as virtio_net.c does: the ACK waits until passt has read the SYN,ACK (SIOCOUTQ
-            # 0), or this passt spins on the guest's next segments read in the same batch
-            for _ in range(500):
+            for _ in range(500):        # and the ACK waits for that too
                 if struct.unpack("i", fcntl.ioctl(sock.fileno(), 0x5411, b"\0" * 4))[0] == 0:
                     break
                 time.sleep(0.001)
