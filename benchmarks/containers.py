@@ -123,6 +123,8 @@ def writable(path: str) -> bool:
         if parent == p:
             return False
         p = parent
+    if not os.path.isdir(p):
+        return False
     try:
         if os.statvfs(p).f_flag & os.ST_RDONLY:
             return False
