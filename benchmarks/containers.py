@@ -44,6 +44,7 @@ PODMAN_QUIRKS = [
     ("raised ulimits", [], ["--ulimit", "nofile=20000:20000", "--ulimit", "nproc=32768:32768"]),
     ("runtime runc + raised ulimits", ["--runtime", "runc"],
      ["--ulimit", "nofile=20000:20000", "--ulimit", "nproc=32768:32768"]),
+    ("no systemd: cgroupfs manager, file events", ["--cgroup-manager", "cgroupfs", "--events-backend", "file"], []),
 ]
 CGROUP2_HYBRID = "/sys/fs/cgroup/unified"
 CGROUP_ROOT = "/sys/fs/cgroup"
