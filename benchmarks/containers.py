@@ -31,6 +31,7 @@ import shlex
 import shutil
 import subprocess
 import tarfile
+import tempfile
 import time
 import tomllib
 
@@ -51,6 +52,7 @@ CGROUP_ROOT = "/sys/fs/cgroup"
 # containers/storage reads the first of these that exists (CONTAINERS_STORAGE_CONF first)
 STORAGE_CONFS = ["/etc/containers/storage.conf", "/usr/share/containers/storage.conf"]
 PRIVATE_STORAGE = "private storage (default storage not writable)"
+RUNROOT_MAX = 50        # podman refuses a longer --runroot (sockets live below it)
 _ids = itertools.count(1)
 
 RUNTIMES = ["crun", "runc", "podman", "bwrap", "unshare+chroot"]
@@ -140,7 +142,10 @@ def podman_storage_flags(work: str, storage=None, is_writable=writable) -> list[
     if is_writable(graph) and is_writable(run):
         return []
     base = os.path.join(work, "podman")
-    flags = ["--root", os.path.join(base, "root"), "--runroot", os.path.join(base, "runroot")]
+    runroot = os.path.join(base, "runroot")
+    if len(runroot) > RUNROOT_MAX:
+        runroot = tempfile.mkdtemp(prefix="kvmvm-podrun-", dir="/tmp")
+    flags = ["--root", os.path.join(base, "root"), "--runroot", runroot]
     if not overlay_available():     # a kernel without overlay: the driver that needs nothing
         flags += ["--storage-driver", "vfs"]
     return flags
@@ -290,17 +295,19 @@ class Runtime:
         everything in it (best effort, bounded)."""
         self._cleanup_containers()
         if self.name == "podman" and PRIVATE_STORAGE in self.quirks:
-            base = os.path.join(self.work, "podman")
+            f = self.podman_flags
+            dirs = [os.path.join(self.work, "podman"), f[f.index("--runroot") + 1]]
             try:
                 self._podman(["rmi", "-a", "-f"], timeout=60)
             except (OSError, subprocess.TimeoutExpired):
                 pass
             # overlay keeps its home (and any leftover layer) mounted: unmount, deepest first
-            with open("/proc/self/mounts") as f:
-                mnts = [ln.split()[1] for ln in f if ln.split()[1].startswith(base + "/")]
+            with open("/proc/self/mounts") as fm:
+                mnts = [ln.split()[1] for ln in fm if any(ln.split()[1].startswith(d + "/") for d in dirs)]
             for m in sorted(mnts, key=len, reverse=True):
                 subprocess.run(["umount", "-l", m], capture_output=True, timeout=10)
-            shutil.rmtree(base, ignore_errors=True)
+            for d in dirs:
+                shutil.rmtree(d, ignore_errors=True)
 
     def _cleanup_containers(self) -> None:
         for cid in self.ids:

@@ -257,11 +257,19 @@ def test_writable_walks_to_the_nearest_existing_directory(tmp_path):
 
 
 def test_podman_storage_flags_only_when_default_storage_is_not_writable(tmp_path):
-    work = str(tmp_path)
+    work = "/w"     # short: the runroot stays below it (nothing is created)
     assert containers.podman_storage_flags(work, ("/g", "/r"), is_writable=lambda p: True) == []
     flags = containers.podman_storage_flags(work, ("/g", "/r"), is_writable=lambda p: p != "/g")
     assert flags[:4] == ["--root", f"{work}/podman/root", "--runroot", f"{work}/podman/runroot"]
     assert containers.podman_storage_flags(work, ("/g", "/r"), is_writable=lambda p: p != "/r")[:4] == flags[:4]
+    # podman refuses a runroot longer than 50 characters: then a short one of its own in /tmp
+    deep = str(tmp_path / ("d" * 60))
+    flags = containers.podman_storage_flags(deep, ("/g", "/r"), is_writable=lambda p: False)
+    runroot = flags[flags.index("--runroot") + 1]
+    try:
+        assert flags[1] == f"{deep}/podman/root" and len(runroot) <= 50 and os.path.isdir(runroot)
+    finally:
+        os.rmdir(runroot)
 
 
 def test_overlay_available_reads_proc_filesystems(tmp_path):
