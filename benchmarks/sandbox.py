@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -106,11 +107,17 @@ def main() -> int:
     ap.add_argument("--memory", type=int, default=256)
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="kvmvm-bench-sandbox-"))
+    try:
+        return measure(a, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
+
+def measure(a: argparse.Namespace, work: Path) -> int:
     from kvmvm.sandbox import Sandbox
     from kvmvm.sandbox import vm as svm
 
-    work = Path(tempfile.mkdtemp(prefix="kvmvm-bench-sandbox-"))
     # run directories hold Unix sockets: a local directory (KVMVM_HOME may be a 9p share)
     os.environ.setdefault("XDG_RUNTIME_DIR", str(work / "xdg"))
     (work / "xdg").mkdir(exist_ok=True)
