@@ -207,7 +207,7 @@ def measure(a: argparse.Namespace, work: Path) -> int:
         print(json.dumps(out))
     else:
         for k, v in out.items():
-            if isinstance(v, dict) and ("median" in v or bl.is_missing(v)):
+            if isinstance(v, dict) and ("n" in v or bl.is_missing(v)):     # summarize()'s, or missing
                 v = bl.fmt_entry(v)
             print(f"{k:36} {v}")
     return 0
