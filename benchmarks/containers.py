@@ -13,6 +13,13 @@ workarounds tried in turn (`--runtime runc` for the same cgroup problem, raised
 `--ulimit`s for hosts whose limits podman's OCI runtime refuses), and the ones needed are
 reported as the runtime's `quirks`. A runtime that is absent or fails to set up is returned
 as missing with the reason.
+
+podman's default storage on a read-only root (the kvmvm test host mounts the host's root
+read-only) cannot even open its database: only then does podman get a private, writable
+`--root`/`--runroot` under the benchmark's work directory, and the image is imported (or
+pulled from the same OCI layout kvmvm imports) into it; the quirk is reported as "private
+storage". crun/runc need a cgroup file system at /sys/fs/cgroup: without one they are
+reported missing with that reason.
 """
 
 from __future__ import annotations
@@ -24,7 +31,9 @@ import shlex
 import shutil
 import subprocess
 import tarfile
+import tempfile
 import time
+import tomllib
 
 BUSYBOX_CANDIDATES = ["/bin/busybox", "/usr/bin/busybox"]
 APPLETS = ["sh", "true", "sleep", "uname", "cat", "ls", "ps", "id", "hostname"]
@@ -36,8 +45,14 @@ PODMAN_QUIRKS = [
     ("raised ulimits", [], ["--ulimit", "nofile=20000:20000", "--ulimit", "nproc=32768:32768"]),
     ("runtime runc + raised ulimits", ["--runtime", "runc"],
      ["--ulimit", "nofile=20000:20000", "--ulimit", "nproc=32768:32768"]),
+    ("no systemd: cgroupfs manager, file events", ["--cgroup-manager", "cgroupfs", "--events-backend", "file"], []),
 ]
 CGROUP2_HYBRID = "/sys/fs/cgroup/unified"
+CGROUP_ROOT = "/sys/fs/cgroup"
+# containers/storage reads the first of these that exists (CONTAINERS_STORAGE_CONF first)
+STORAGE_CONFS = ["/etc/containers/storage.conf", "/usr/share/containers/storage.conf"]
+PRIVATE_STORAGE = "private storage (default storage not writable)"
+RUNROOT_MAX = 50        # podman refuses a longer --runroot (sockets live below it)
 _ids = itertools.count(1)
 
 RUNTIMES = ["crun", "runc", "podman", "bwrap", "unshare+chroot"]
@@ -76,6 +91,86 @@ def build_rootfs(work: str) -> str:
     return root
 
 
+def podman_default_storage(euid: int | None = None, env=None, confs=None) -> tuple[str, str]:
+    """(graphroot, runroot) podman uses without flags, as containers/storage resolves them."""
+    euid = os.geteuid() if euid is None else euid
+    env = os.environ if env is None else env
+    confs = ([env["CONTAINERS_STORAGE_CONF"]] if env.get("CONTAINERS_STORAGE_CONF") else []) + \
+        (STORAGE_CONFS if confs is None else confs)
+    cfg: dict = {}
+    for c in confs:
+        try:
+            with open(c, "rb") as f:
+                cfg = tomllib.load(f).get("storage", {})
+            break
+        except FileNotFoundError:
+            continue
+        except (OSError, tomllib.TOMLDecodeError):
+            break          # podman fails on it too; the run will say why
+    if euid == 0:
+        return (cfg.get("graphroot") or "/var/lib/containers/storage",
+                cfg.get("runroot") or "/run/containers/storage")
+    home = env.get("HOME") or os.path.expanduser("~")
+    data = env.get("XDG_DATA_HOME") or os.path.join(home, ".local", "share")
+    run = env.get("XDG_RUNTIME_DIR") or f"/run/user/{euid}"
+    return (cfg.get("rootless_storage_path") or os.path.join(data, "containers", "storage"),
+            os.path.join(run, "containers"))
+
+
+def writable(path: str) -> bool:
+    """Could `path` be created or written: its nearest existing ancestor is a writable
+    directory on a file system that is not mounted read-only."""
+    p = os.path.abspath(path)
+    while not os.path.exists(p):
+        parent = os.path.dirname(p)
+        if parent == p:
+            return False
+        p = parent
+    if not os.path.isdir(p):
+        return False
+    try:
+        if os.statvfs(p).f_flag & os.ST_RDONLY:
+            return False
+    except OSError:
+        return False
+    return os.access(p, os.W_OK)
+
+
+def podman_storage_flags(work: str, storage=None, is_writable=writable) -> list[str]:
+    """[] when podman's default storage is writable; else a private --root/--runroot in work."""
+    graph, run = storage or podman_default_storage()
+    if is_writable(graph) and is_writable(run):
+        return []
+    base = os.path.join(work, "podman")
+    runroot = os.path.join(base, "runroot")
+    if len(runroot) > RUNROOT_MAX:
+        runroot = tempfile.mkdtemp(prefix="kvmvm-podrun-", dir="/tmp")
+    flags = ["--root", os.path.join(base, "root"), "--runroot", runroot]
+    if not overlay_available():     # a kernel without overlay: the driver that needs nothing
+        flags += ["--storage-driver", "vfs"]
+    return flags
+
+
+def overlay_available(filesystems: str = "/proc/filesystems") -> bool:
+    try:
+        with open(filesystems) as f:
+            return any(line.split()[-1:] == ["overlay"] for line in f)
+    except OSError:
+        return False
+
+
+def cgroup_problem(root: str = CGROUP_ROOT) -> str | None:
+    """None when a cgroup file system is mounted at `root` (what crun/runc need), else why not."""
+    try:
+        entries = os.listdir(root)
+    except OSError as e:
+        return f"no cgroup file system at {root} ({e.strerror})"
+    if "cgroup.controllers" in entries or "cgroup.procs" in entries or any(
+            os.path.ismount(os.path.join(root, e)) for e in entries):
+        return None
+    return f"no cgroup file system mounted at {root} (mount -t cgroup2 cgroup2 {root})"
+
+
 def _bundle(work: str, rootfs: str, args: list[str]) -> str:
     """An OCI bundle dir whose config runs `args` in `rootfs` (read-only, no terminal)."""
     import hashlib
@@ -104,11 +199,14 @@ def _bundle(work: str, rootfs: str, args: list[str]) -> str:
 class Runtime:
     """One runtime: `cmd(args)` is the command that runs `args` in a fresh container."""
 
-    def __init__(self, name: str, work: str):
-        self.name, self.work = name, work
+    def __init__(self, name: str, work: str, source: str | None = None):
+        """`source`: for podman, an image reference to pull (e.g. oci:LAYOUT:TAG) instead of
+        importing the busybox rootfs."""
+        self.name, self.work, self.source = name, work, source
         self.rootfs = None
+        self.image = IMAGE
         self.ids: list[str] = []
-        self.podman_flags: list[str] = []    # global flags (e.g. --runtime), quirks only
+        self.podman_flags: list[str] = []    # global flags (--root, --runtime), quirks only
         self.podman_run: list[str] = list(PODMAN_RUN)
         self.quirks: list[str] = []
 
@@ -119,27 +217,38 @@ class Runtime:
                 return f"{b} not installed ({INSTALL_HINT[self.name]})"
         if os.geteuid() != 0 and self.name in ("crun", "runc", "unshare+chroot"):
             return "needs root here (rootless setup not configured)"
+        if self.name in ("crun", "runc"):
+            return cgroup_problem()
         return None
 
     def setup(self) -> None:
         self.rootfs = build_rootfs(self.work)
         if self.name == "podman":
-            have = subprocess.run(["podman", "image", "exists", IMAGE], capture_output=True)
-            if have.returncode != 0:
+            self.podman_flags = podman_storage_flags(self.work)
+            if self.podman_flags:
+                self.quirks.append(PRIVATE_STORAGE)
+            if self.source:
+                p = self._podman(["pull", "-q", self.source], timeout=300)
+                if p.returncode != 0:
+                    raise RuntimeError(f"podman pull {self.source} failed: {p.stderr.strip()[-200:]}")
+                self.image = p.stdout.split()[-1]
+            elif self._podman(["image", "exists", IMAGE]).returncode != 0:
                 tar = os.path.join(self.work, "rootfs.tar")
                 with tarfile.open(tar, "w") as t:
                     t.add(self.rootfs, arcname=".")
-                p = subprocess.run(["podman", "import", tar, IMAGE], capture_output=True, text=True,
-                                   timeout=120)
+                p = self._podman(["import", tar, IMAGE])
                 if p.returncode != 0:
                     raise RuntimeError(f"podman import failed: {p.stderr.strip()[-200:]}")
             self._detect_podman_quirks()
 
+    def _podman(self, args: list[str], timeout: float = 120) -> subprocess.CompletedProcess:
+        return subprocess.run(["podman", *self.podman_flags, *args], capture_output=True, text=True,
+                              timeout=timeout)
+
     def _detect_podman_quirks(self) -> None:
         """podman as installed first; the known workarounds only if that cannot run `true`."""
         def works(flags, run) -> str | None:
-            p = subprocess.run(["podman", *flags, "run", *PODMAN_RUN, *run, IMAGE, "/bin/true"],
-                               capture_output=True, text=True, timeout=120)
+            p = self._podman([*flags, "run", *PODMAN_RUN, *run, self.image, "/bin/true"])
             return None if p.returncode == 0 else (p.stderr.strip().splitlines() or ["?"])[-1][-200:]
 
         first = works([], [])
@@ -147,7 +256,9 @@ class Runtime:
             return
         for name, flags, run in PODMAN_QUIRKS:
             if works(flags, run) is None:
-                self.podman_flags, self.podman_run, self.quirks = flags, PODMAN_RUN + run, [name]
+                self.podman_flags = self.podman_flags + flags
+                self.podman_run = PODMAN_RUN + run
+                self.quirks.append(name)
                 return
         raise RuntimeError(f"podman run fails here, also with the known workarounds: {first}")
 
@@ -166,7 +277,7 @@ class Runtime:
             cid = new_id()
             self.ids.append(cid)
             run = self.podman_run + (["-d"] if detach else [])
-            return ["podman"] + self.podman_flags + ["run", "--name", cid] + run + [IMAGE] + args
+            return ["podman"] + self.podman_flags + ["run", "--name", cid] + run + [self.image] + args
         if n == "bwrap":
             return ["bwrap", "--ro-bind", self.rootfs, "/", "--proc", "/proc", "--dev", "/dev",
                     "--unshare-all", "--die-with-parent", "--hostname", "container"] + args
@@ -175,8 +286,30 @@ class Runtime:
                     "chroot", self.rootfs] + args
         raise ValueError(n)
 
+    def exec_cmd(self, cid: str, args: list[str]) -> list[str]:
+        """podman only: the command that runs `args` in the running container `cid`."""
+        return ["podman"] + self.podman_flags + ["exec", cid] + args
+
     def cleanup(self) -> None:
-        """Remove every container this object created (best effort, bounded)."""
+        """Remove every container this object created, and a private podman storage with
+        everything in it (best effort, bounded)."""
+        self._cleanup_containers()
+        if self.name == "podman" and PRIVATE_STORAGE in self.quirks:
+            f = self.podman_flags
+            dirs = [os.path.join(self.work, "podman"), f[f.index("--runroot") + 1]]
+            try:
+                self._podman(["rmi", "-a", "-f"], timeout=60)
+            except (OSError, subprocess.TimeoutExpired):
+                pass
+            # overlay keeps its home (and any leftover layer) mounted: unmount, deepest first
+            with open("/proc/self/mounts") as fm:
+                mnts = [ln.split()[1] for ln in fm if any(ln.split()[1].startswith(d + "/") for d in dirs)]
+            for m in sorted(mnts, key=len, reverse=True):
+                subprocess.run(["umount", "-l", m], capture_output=True, timeout=10)
+            for d in dirs:
+                shutil.rmtree(d, ignore_errors=True)
+
+    def _cleanup_containers(self) -> None:
         for cid in self.ids:
             try:
                 if self.name == "podman":
@@ -194,13 +327,13 @@ class Runtime:
         self.ids.clear()
 
 
-def runtimes(work: str, names=None) -> dict:
+def runtimes(work: str, names=None, podman_source: str | None = None) -> dict:
     """name -> Runtime ready to use, or a missing(reason) dict."""
     from benchlib import missing
 
     out = {}
     for n in names or RUNTIMES:
-        r = Runtime(n, work)
+        r = Runtime(n, work, source=podman_source if n == "podman" else None)
         why = r.check()
         if why is None:
             try:

@@ -47,6 +47,7 @@ def main(argv=None) -> int:
     import containers
 
     work = tempfile.mkdtemp(prefix="kvmvm-bench-run-")
+    rts: dict = {}
     try:
         rts = containers.runtimes(work, ["podman", "crun"])
         rootfs = containers.build_rootfs(work)
@@ -74,17 +75,20 @@ def main(argv=None) -> int:
             vals = [p[cur] - p[prev] for p in phases if cur in p and prev in p]
             if vals:
                 steps[f"{prev} -> {cur}"] = benchlib.summarize(vals)
+        quirks = {n: r.quirks for n, r in rts.items() if not isinstance(r, dict)}
+    finally:
         for r in rts.values():
             if not isinstance(r, dict):
                 r.cleanup()
-    finally:
         shutil.rmtree(work, ignore_errors=True)
     grade = "hardware KVM" if not os.environ.get("KVMHOST_INSIDE") else "nested, software-emulated SVM (correctness-grade)"
     result = {"host": benchlib.host_info(), "runs": a.runs, "true_ms": total, "phases_ms": steps,
               "ratio_kvmvm_to_podman": benchlib.ratio(total["kvmvm run"], total.get("podman")),
-              "ratio_kvmvm_to_crun": benchlib.ratio(total["kvmvm run"], total.get("crun")), "grade": grade}
+              "ratio_kvmvm_to_crun": benchlib.ratio(total["kvmvm run"], total.get("crun")), "grade": grade,
+              "quirks": quirks}
     lines = [f"run IMG true ({grade}), {a.runs} alternating runs each, spawn to exit"]
     lines += benchlib.report_lines("run true", total, baseline="podman")
+    lines += [f"  {n} quirks: {', '.join(q)}" for n, q in quirks.items() if q]
     lines += [f"  kvmvm phase {k}: median {v['median']:.1f} ms" for k, v in steps.items()]
     benchlib.emit(result, a.json, lines)
     return 0

@@ -54,6 +54,8 @@ test -c /dev/kvm && echo "kvm: standard"
 test -e /sys/module/kvm_pvm && echo "kvm: PVM"
 test -d /sys/module/kvm_amd && echo "kvm_amd: loaded"
 test -c /dev/net/tun && echo "tun: yes"
+grep -q '^cgroup2 /sys/fs/cgroup cgroup2 ' /proc/mounts && echo "cgroup2: mounted"
+grep -qw overlay /proc/filesystems && echo "overlay: yes"
 echo "cwd: $(pwd)"
 echo "kvmvm_home: $KVMVM_HOME"
 echo written > build/kvmhost-test/from-l1
@@ -87,6 +89,7 @@ def test_l1_has_standard_kvm_and_the_shares(failing_run):
     lines = out.splitlines()
     assert "kvm: standard" in lines and "kvm_amd: loaded" in lines and "kvm: PVM" not in lines, out
     assert "tun: yes" in lines
+    assert "cgroup2: mounted" in lines and "overlay: yes" in lines   # crun and podman's storage need them
     assert f"cwd: {ROOT}" in lines
     assert "root: read-only" in lines
     assert any(line.startswith("kvmvm_home: /") for line in lines)

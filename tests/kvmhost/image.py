@@ -31,6 +31,7 @@ MODULES = (
     "virtio_pci_modern_dev", "virtio_pci", "9pnet_virtio", "9p",
     "tun",
     "dummy",        # a default route in a test's network namespace (passt copies its addresses)
+    "overlay",      # podman's default storage driver (containers in benchmarks/)
 )
 MODULE_OPTIONS = {"kvm_amd": "nested=1 npt=1"}
 BUSYBOX = Path("/bin/busybox")

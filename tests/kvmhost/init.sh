@@ -25,6 +25,8 @@ mount -t 9p -o $O kvmhostctl /ctl || fail "cannot mount the control share"
 mount -t 9p -o $O,cache=loose,ro hostroot /host || fail "cannot mount the host root over 9p"
 mount -t proc proc /host/proc
 mount -t sysfs sysfs /host/sys
+# what systemd would mount: crun/runc (podman's runtimes) need a cgroup file system
+mount -t cgroup2 cgroup2 /host/sys/fs/cgroup || fail "cannot mount cgroup2 at /sys/fs/cgroup"
 mount -t devtmpfs devtmpfs /host/dev
 mkdir -p /host/dev/pts /host/dev/shm
 mount -t devpts devpts /host/dev/pts

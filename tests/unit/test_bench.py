@@ -232,3 +232,70 @@ def test_startup_pairs_alternates_and_reads_json_timings(capsys, tmp_path):
     assert a["timings_ms"] == {"first_kvm_run": {"median": 3.5, "min": 3.5, "n": 3}}
     with pytest.raises(SystemExit):
         startup_pairs.main(["no-equals-sign"])
+
+
+def test_podman_default_storage_follows_storage_conf(tmp_path):
+    assert containers.podman_default_storage(0, {}, confs=[str(tmp_path / "absent.conf")]) == \
+        ("/var/lib/containers/storage", "/run/containers/storage")
+    conf = tmp_path / "storage.conf"
+    conf.write_text('[storage]\ndriver = "overlay"\ngraphroot = "/srv/graph"\nrunroot = "/srv/run"\n'
+                    'rootless_storage_path = "/srv/user"\n')
+    assert containers.podman_default_storage(0, {}, confs=[str(tmp_path / "absent.conf"), str(conf)]) == \
+        ("/srv/graph", "/srv/run")
+    # CONTAINERS_STORAGE_CONF comes first; rootless: rootless_storage_path, runroot under XDG_RUNTIME_DIR
+    env = {"CONTAINERS_STORAGE_CONF": str(conf), "HOME": "/home/u", "XDG_RUNTIME_DIR": "/run/user/7"}
+    assert containers.podman_default_storage(7, env, confs=[]) == ("/srv/user", "/run/user/7/containers")
+    assert containers.podman_default_storage(7, {"HOME": "/home/u"}, confs=[]) == \
+        ("/home/u/.local/share/containers/storage", "/run/user/7/containers")
+
+
+def test_writable_walks_to_the_nearest_existing_directory(tmp_path):
+    assert containers.writable(str(tmp_path / "a" / "b" / "c"))
+    f = tmp_path / "file"
+    f.write_text("x")
+    assert not containers.writable(str(f / "sub"))     # below a file nothing can be created
+
+
+def test_podman_storage_flags_only_when_default_storage_is_not_writable(tmp_path):
+    work = "/w"     # short: the runroot stays below it (nothing is created)
+    assert containers.podman_storage_flags(work, ("/g", "/r"), is_writable=lambda p: True) == []
+    flags = containers.podman_storage_flags(work, ("/g", "/r"), is_writable=lambda p: p != "/g")
+    assert flags[:4] == ["--root", f"{work}/podman/root", "--runroot", f"{work}/podman/runroot"]
+    assert containers.podman_storage_flags(work, ("/g", "/r"), is_writable=lambda p: p != "/r")[:4] == flags[:4]
+    # podman refuses a runroot longer than 50 characters: then a short one of its own in /tmp
+    deep = str(tmp_path / ("d" * 60))
+    flags = containers.podman_storage_flags(deep, ("/g", "/r"), is_writable=lambda p: False)
+    runroot = flags[flags.index("--runroot") + 1]
+    try:
+        assert flags[1] == f"{deep}/podman/root" and len(runroot) <= 50 and os.path.isdir(runroot)
+    finally:
+        os.rmdir(runroot)
+
+
+def test_overlay_available_reads_proc_filesystems(tmp_path):
+    fs = tmp_path / "filesystems"
+    fs.write_text("nodev\tsysfs\nnodev\tcgroup2\n\text4\n")
+    assert not containers.overlay_available(str(fs))
+    fs.write_text("nodev\tsysfs\nnodev\toverlay\n")
+    assert containers.overlay_available(str(fs))
+    assert not containers.overlay_available(str(tmp_path / "absent"))
+
+
+def test_cgroup_problem_names_the_missing_mount(tmp_path):
+    why = containers.cgroup_problem(str(tmp_path))
+    assert why and "mount -t cgroup2" in why
+    assert "no cgroup file system" in containers.cgroup_problem(str(tmp_path / "absent"))
+    (tmp_path / "cgroup.controllers").write_text("cpu memory\n")
+    assert containers.cgroup_problem(str(tmp_path)) is None
+
+
+def test_podman_commands_carry_the_private_storage_flags(tmp_path):
+    r = containers.Runtime("podman", str(tmp_path))
+    r.podman_flags = ["--root", "/w/root", "--runroot", "/w/run"]
+    r.image = "sha256abc"
+    run = r.cmd(["true"])
+    assert run[:5] == ["podman", "--root", "/w/root", "--runroot", "/w/run"]
+    assert run[5] == "run" and run[-2:] == ["sha256abc", "true"] and "--rm" in run
+    cid = r.ids[-1]
+    assert "--rm" in r.cmd(["sleep", "9"], detach=True) and "-d" in r.cmd(["sleep", "9"], detach=True)
+    assert r.exec_cmd(cid, ["true"]) == ["podman", "--root", "/w/root", "--runroot", "/w/run", "exec", cid, "true"]
