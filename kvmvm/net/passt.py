@@ -11,7 +11,10 @@ exits as soon as the socket closes, so it ends with the VM (kill -9 of kvmvm inc
 `stop()` reaps it, killing one that has not ended. A passt that a guest sent into a loop
 (Debian 12's passt spins forever on some batches of segments: kvmvm/native/virtio_net.c)
 never sees its socket close: if kvmvm was killed, the next passt kvmvm starts kills it
-(`reclaim()`). passt starts in its own session, so a ^C meant for kvmvm
+(`reclaim()`); while kvmvm runs, a watchdog thread kills a passt that has run flat out for
+`SPIN_WINDOW_S` without once waiting for anything (a loop; passt at work sleeps in
+`epoll_wait` many times a second), and the guest's network ends with one line on stderr.
+passt starts in its own session, so a ^C meant for kvmvm
 does not reach it, and `start()` returns once passt has written its pid file, i.e. after it
 parsed its options and bound the forwarded ports. That pid file is then removed.
 
@@ -31,6 +34,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Optional
@@ -40,6 +44,8 @@ from kvmvm.record import Factory, record
 
 READY_TIMEOUT_S = 20.0      # passt is up in milliseconds; an emulated test host takes seconds
 STOP_TIMEOUT_S = 1.0
+SPIN_WINDOW_S = 10.0        # passt busy this long with no voluntary context switch: a loop
+SPIN_CPU_SHARE = 0.8        # ... and on the CPU for at least this share of it
 DEFAULT_MTU = 1500          # the guest's virtio-net has no mergeable buffers: frames fit 1514
 _PORT = re.compile(r"^(?:[0-9a-fA-F.:]+/)?\d{1,5}(?:-\d{1,5})?(?::\d{1,5}(?:-\d{1,5})?)?$")
 
@@ -170,6 +176,25 @@ def reclaim() -> int:
     return killed
 
 
+def _spin_sample(pid: int, tick: int) -> Optional[tuple[float, int]]:
+    """(CPU seconds used, voluntary context switches) of a single-threaded process;
+    None once it has ended."""
+    from kvmvm import procfs
+
+    fields = procfs.stat_fields(pid)
+    if not fields or fields[0] in ("Z", "X"):
+        return None
+    try:
+        cpu = (int(fields[11]) + int(fields[12])) / tick        # utime + stime
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("voluntary_ctxt_switches:"):
+                    return cpu, int(line.split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+    return None
+
+
 class Passt:
     """A passt process for one VM. `start()` returns kvmvm's end of the socketpair."""
 
@@ -179,6 +204,8 @@ class Passt:
         self.sock: Optional[socket.socket] = None
         self._err = None                # passt's stderr, kept to say why it ended early
         self.ended_early: Optional[str] = None
+        self._watch_stop = threading.Event()
+        self._watcher: Optional[threading.Thread] = None
 
     @property
     def pid(self) -> Optional[int]:
@@ -216,6 +243,9 @@ class Passt:
                     raise NetError(f"passt did not start within {READY_TIMEOUT_S:.0f} s ({_why(err) or 'no message'})")
                 time.sleep(0.002)
             self.sock = ours
+            self._watcher = threading.Thread(target=self._watch, args=(self.proc,),
+                                             name="passt-watchdog", daemon=True)
+            self._watcher.start()
             return ours
         except BaseException:
             theirs.close()
@@ -225,6 +255,31 @@ class Passt:
         finally:
             shutil.rmtree(rundir, ignore_errors=True)
 
+    def _watch(self, p: subprocess.Popen) -> None:
+        """Kill passt once it has spun (see the module's docstring). Samples once a second
+        passt's CPU time and its voluntary context switches, which count every time it
+        waited (epoll_wait, a blocking read, a lock)."""
+        tick = os.sysconf("SC_CLK_TCK")
+        history: list = []
+        period = min(1.0, SPIN_WINDOW_S / 5)
+        while not self._watch_stop.wait(period):
+            sample = _spin_sample(p.pid, tick)
+            if sample is None:
+                return                      # passt ended
+            history.append((time.monotonic(), *sample))
+            while len(history) > 1 and history[-1][0] - history[1][0] >= SPIN_WINDOW_S:
+                history.pop(0)
+            t0, cpu0, waits0 = history[0]
+            t1, cpu1, waits1 = history[-1]
+            if t1 - t0 >= SPIN_WINDOW_S and waits1 == waits0 and cpu1 - cpu0 >= SPIN_CPU_SHARE * (t1 - t0):
+                self.ended_early = (f"it ran flat out for {t1 - t0:.0f} s without waiting once, a loop "
+                                    "the guest's traffic can send Debian 12's passt into; killed")
+                sys.stderr.write(f"kvmvm: passt spun ({self.ended_early}); the guest's network is down\n")
+                sys.stderr.flush()
+                if p.poll() is None:
+                    p.kill()
+                return
+
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
@@ -233,7 +288,12 @@ class Passt:
         A passt that failed on its own (a signal or an error status; the end of its socket
         makes it exit 0) took the guest's network with it: one line on stderr says how."""
         p, self.proc = self.proc, None
-        if p is not None and self.sock is not None and p.poll() is not None and p.returncode != 0:
+        self._watch_stop.set()
+        w, self._watcher = self._watcher, None
+        if w is not None and w is not threading.current_thread():
+            w.join(2.0)
+        if (p is not None and self.sock is not None and p.poll() is not None and p.returncode != 0
+                and self.ended_early is None):
             st = p.returncode
             if st < 0:
                 try:

@@ -135,6 +135,75 @@ def test_a_passt_a_guest_sent_spinning_is_killed_by_the_next_start(netns):
             os.kill(pid, signal.SIGKILL)
 
 
+# The same guest with kvmvm alive: its watchdog ends the loop (window shortened for the test)
+WATCHED = SPINNER.replace("passt = Passt(", "import kvmvm.net.passt as pm; pm.SPIN_WINDOW_S = 3\npasst = Passt(").replace(
+    "            time.sleep(3600)\n",
+    "            t0 = time.monotonic()\n"
+    "            passt.proc.wait(30)\n"
+    "            print(f'ended {time.monotonic() - t0:.1f} {passt.proc.returncode}', flush=True)\n"
+    "            passt.stop()\n"
+    "            sys.exit(0)\n")
+
+
+def test_a_spinning_passt_is_killed_by_the_watchdog(netns):
+    """While kvmvm runs, a passt the guest sent into its loop is killed within the watchdog's
+    window, with one line on stderr (and only one when the VM then ends)."""
+    assert "pm.SPIN_WINDOW_S = 3" in WATCHED and "passt.proc.wait(30)" in WATCHED
+    vm = subprocess.run(["ip", "netns", "exec", netns, sys.executable, "-c", WATCHED, str(ROOT)],
+                        capture_output=True, text=True, timeout=60)
+    assert vm.returncode == 0, vm.stdout + vm.stderr
+    lines = vm.stdout.splitlines()
+    assert lines[1] == "sent"
+    took, status = lines[2].split()[1:]
+    assert 3 <= float(took) < 8 and status == str(-signal.SIGKILL)
+    err = vm.stderr.splitlines()
+    assert len(err) == 1 and err[0].startswith("kvmvm: passt spun (it ran flat out for "), vm.stderr
+    assert err[0].endswith("; the guest's network is down")
+    assert passt_in(netns) == []
+
+
+# A guest at full speed: UDP frames to the host as fast as the socket takes them, for twice
+# the watchdog's (shortened) window. passt at work waits now and then: it must live.
+FLOOD = r"""
+import socket, struct, sys, threading, time
+sys.path.insert(0, sys.argv[1])
+import kvmvm.net.passt as pm
+pm.SPIN_WINDOW_S = 2
+passt = pm.Passt(pm.PasstOptions())
+sock = passt.start()
+rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+rx.bind(("127.0.0.1", 19999))
+got = [0]
+def drain(s, n):
+    while True:
+        n[0] += len(s.recv(65536))
+threading.Thread(target=drain, args=(rx, got), daemon=True).start()
+threading.Thread(target=drain, args=(sock, [0]), daemon=True).start()
+udp = struct.pack("!HHHH", 40000, 19999, 8 + 1400, 0) + b"x" * 1400
+ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0, 0x4000, 64, 17, 0,
+                 bytes([10, 0, 2, 15]), bytes([10, 0, 2, 2]))
+s = sum(struct.unpack("!10H", ip))
+s = (s & 0xffff) + (s >> 16)
+ip = ip[:10] + struct.pack("!H", ~s & 0xffff) + ip[12:]
+f = b"\xff" * 6 + bytes.fromhex("9a5557aabbcc") + b"\x08\x00" + ip + udp
+batch = (struct.pack(">I", len(f)) + f) * 32
+t0 = time.monotonic()
+while time.monotonic() - t0 < 2 * pm.SPIN_WINDOW_S + 1:
+    sock.sendall(batch)
+print("alive" if passt.proc.poll() is None else "killed", got[0] // 1400, flush=True)
+passt.stop()
+"""
+
+
+def test_a_busy_passt_is_not_taken_for_a_spinning_one(netns):
+    r = subprocess.run(["ip", "netns", "exec", netns, sys.executable, "-c", FLOOD, str(ROOT)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    state, delivered = r.stdout.split()
+    assert state == "alive" and int(delivered) > 1000, r.stdout
+    assert "passt" not in r.stderr, r.stderr
+
+
 def boot_in(ns: str, *args, env=None, **kw):
     return subprocess.run(["ip", "netns", "exec", ns, *KVMVM, "boot", *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, **kw)
