@@ -96,12 +96,6 @@ static int tcp_ws(const struct tcp_view *v)
     return 0;
 }
 
-int hs_is_syn(const uint8_t *f, size_t len)
-{
-    struct tcp_view v;
-    return tcp_parse(f, len, &v) && (v.th[13] & TH_SYN);
-}
-
 void hs_from_peer(struct net_handshake *h, const uint8_t *f, size_t len)
 {
     struct tcp_view v;
@@ -138,10 +132,14 @@ static uint32_t csum_add(uint32_t s, const uint8_t *p, size_t len)
     return s;
 }
 
-size_t hs_from_guest(struct net_handshake *h, const uint8_t *f, size_t len, uint8_t *out, size_t cap)
+size_t hs_from_guest(struct net_handshake *h, const uint8_t *f, size_t len, uint8_t *out, size_t cap,
+                     int *syn)
 {
     struct tcp_view v;
-    if (!tcp_parse(f, len, &v) || (v.th[13] & (TH_SYN | TH_ACK | TH_RST | TH_FIN)) != (TH_SYN | TH_ACK))
+    int ok = tcp_parse(f, len, &v);
+    if (syn)
+        *syn = ok && (v.th[13] & TH_SYN);
+    if (!ok || (v.th[13] & (TH_SYN | TH_ACK | TH_RST | TH_FIN)) != (TH_SYN | TH_ACK))
         return 0;
     size_t alen = v.v6 ? 16 : 4, iphl = v.v6 ? IP6_LEN : IP4_MIN;
     size_t total = ETH_LEN + iphl + TCP_LEN;

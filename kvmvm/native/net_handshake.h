@@ -29,10 +29,9 @@ struct net_handshake {
 /* f: the first bytes (up to HS_PEEK) of a frame the peer sends to the guest */
 void hs_from_peer(struct net_handshake *h, const uint8_t *f, size_t len);
 /* f: the first bytes of a frame from the guest; the ACK to give the guest into out
- * (cap >= HS_FRAME_MAX), its length, or 0 when there is none to give */
-size_t hs_from_guest(struct net_handshake *h, const uint8_t *f, size_t len, uint8_t *out, size_t cap);
-
-/* f: the first bytes of a frame: a TCP segment with SYN set (SYN or SYN,ACK)? */
-int hs_is_syn(const uint8_t *f, size_t len);
+ * (cap >= HS_FRAME_MAX), its length, or 0 when there is none to give. *syn (when syn is
+ * not NULL): whether the frame is a TCP segment with SYN set (SYN or SYN,ACK) */
+size_t hs_from_guest(struct net_handshake *h, const uint8_t *f, size_t len, uint8_t *out, size_t cap,
+                     int *syn);
 
 #endif

@@ -234,13 +234,14 @@ static int64_t tx_one(struct virtio_dev *d, struct virtq_chain *c, void *arg)
     if (n->hs) {
         uint8_t peek[HS_PEEK], ack[HS_FRAME_MAX];
         size_t got = iov_peek(n->iov + 1, cnt, 0, peek, len < HS_PEEK ? len : HS_PEEK);
-        size_t alen = hs_from_guest(n->hs, peek, got, ack, sizeof(ack));
+        int syn;
+        size_t alen = hs_from_guest(n->hs, peek, got, ack, sizeof(ack), &syn);
         if (alen && n->inject_count < NET_INJECT_MAX) {
             int slot = (n->inject_head + n->inject_count++) % NET_INJECT_MAX;
             memcpy(n->inject[slot], ack, alen);
             n->inject_len[slot] = (uint8_t)alen;
         }
-        if (r > 0 && n->hold_fd >= 0 && n->be->ops->unread && hs_is_syn(peek, got)) {
+        if (r > 0 && n->hold_fd >= 0 && n->be->ops->unread && syn) {
             n->tx_held = 1;     /* until passt has read this SYN (struct net) */
             n->hold_ticks = 0;
             hold_arm(n);
@@ -253,7 +254,7 @@ static void net_tx(struct virtio_dev *d, struct net *n)
 {
     if (!n->tx_blocked)
         virtio_drain(d, TXQ, tx_one, n);
-    if (n->inject_count && !n->tx_held && d->q[RXQ].size)
+    if (n->inject_count && !tx_holding(n) && d->q[RXQ].size)
         net_rx(d, n);           /* the device made a frame for the guest */
 }
 

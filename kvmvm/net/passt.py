@@ -140,7 +140,8 @@ def _why(err_file) -> str:
     return lines[-1] if lines else ""
 
 
-_OWNER_RE = re.compile(r"/kvmvm-passt-(\d+)-")
+_RUNDIR_PREFIX = "kvmvm-passt-"        # + kvmvm's pid + "-": the pid file's directory names its owner
+_OWNER_RE = re.compile(rf"/{_RUNDIR_PREFIX}(\d+)-")
 
 
 def reclaim() -> int:
@@ -215,7 +216,7 @@ class Passt:
         exe = passt_binary()
         reclaim()
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        rundir = Path(tempfile.mkdtemp(prefix=f"kvmvm-passt-{os.getpid()}-"))
+        rundir = Path(tempfile.mkdtemp(prefix=f"{_RUNDIR_PREFIX}{os.getpid()}-"))
         err = self._err = tempfile.TemporaryFile()
         try:
             os.chmod(rundir, 0o755)

@@ -57,7 +57,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         if (op & 1) {
             hs_from_peer(&h, f, n);
         } else {
-            size_t k = hs_from_guest(&h, f, n, ack, sizeof(ack));
+            size_t k = hs_from_guest(&h, f, n, ack, sizeof(ack), NULL);
             if (k)
                 check_ack(ack, k);
         }

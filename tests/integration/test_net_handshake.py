@@ -42,24 +42,28 @@ hs = ctypes.CDLL(so)
 state, ack = ctypes.create_string_buffer(16384), ctypes.create_string_buffer(128)
 print("ready", sock_pid, flush=True)
 buf, made, held = b"", 0, False
+syn = ctypes.c_int(0)
+
+def passt_read_all():                   # SIOCOUTQ 0, or give up after 0.5 s (as the device)
+    for _ in range(500):
+        if struct.unpack("i", fcntl.ioctl(sock.fileno(), 0x5411, b"\0" * 4))[0] == 0:
+            return
+        time.sleep(0.001)
+
 while True:
     r, _, _ = select.select([tap, sock], [], [])
     if tap in r:                        # guest -> passt
         f = os.read(tap, 65536)
-        # as virtio_net.c does: after a SYN, nothing more until passt has read it (SIOCOUTQ
-        # 0), or this passt spins on a batch of the SYN,ACK and the guest's greeting
-        for _ in range(500 if held else 0):
-            if struct.unpack("i", fcntl.ioctl(sock.fileno(), 0x5411, b"\0" * 4))[0] == 0:
-                break
-            time.sleep(0.001)
+        # as virtio_net.c does: after a SYN, nothing more until passt has read it, or this
+        # passt spins on a batch of the SYN,ACK and the guest's greeting
+        if held:
+            passt_read_all()
         sock.sendall(struct.pack(">I", len(f)) + f)
-        held = len(f) > 47 and f[12:14] == b"\x08\x00" and f[23] == 6 and f[47] & 0x02
-        n = hs.hs_from_guest(state, f, ctypes.c_size_t(min(len(f), 128)), ack, ctypes.c_size_t(128))
+        n = hs.hs_from_guest(state, f, ctypes.c_size_t(min(len(f), 128)), ack, ctypes.c_size_t(128),
+                             ctypes.byref(syn))
+        held = bool(syn.value)
         if n:
-            for _ in range(500):        # and the ACK waits for that too
-                if struct.unpack("i", fcntl.ioctl(sock.fileno(), 0x5411, b"\0" * 4))[0] == 0:
-                    break
-                time.sleep(0.001)
+            passt_read_all()            # and the ACK waits for that too
             os.write(tap, ack.raw[:n])
             made += 1
             print("made", made, flush=True)
