@@ -59,9 +59,14 @@ def count(o: dict[str, list[str]]) -> tuple[int, int, int]:
     return c["passed"], c["failed"], c["skipped"]
 
 
+REASON_LINES = 40           # of pytest's "E " lines, so that a CI log alone tells why
+
+
 def reason(reports: Path, nodeid: str) -> str:
     """The last line of a test's last failure report (the conftest keeps them beside the
-    progress files, as ``.failures``), and which file holds it all."""
+    progress files, as ``.failures``), which file holds it all, and then the report's
+    error lines (pytest's ``E`` lines: the assertion and its message), at most
+    REASON_LINES of them: the CI log is often all there is to read."""
     for f in sorted(reports.glob("linux-progress-attempt*.txt.failures"),
                     key=lambda f: -int(re.sub(r"\D", "", f.name) or 0)):
         blocks = f.read_text(errors="replace").split("==== ")
@@ -69,7 +74,14 @@ def reason(reports: Path, nodeid: str) -> str:
             head, _, body = b.partition("\n")
             if head.split(" ", 1)[-1] == nodeid:
                 lines = [ln for ln in body.splitlines() if ln.strip()]
-                return f"{lines[-1].strip() if lines else '?'} (all of it: {f})"
+                out = f"{lines[-1].strip() if lines else '?'} (all of it: {f})"
+                errors = [ln for ln in lines if ln.startswith("E ")]
+                if len(errors) > 1 or (errors and errors[0].strip() != lines[-1].strip()):
+                    more = len(errors) - REASON_LINES
+                    out += "".join(f"\n    {ln}" for ln in errors[:REASON_LINES])
+                    if more > 0:
+                        out += f"\n    ({more} more lines in that file)"
+                return out
     return "no details kept"
 
 

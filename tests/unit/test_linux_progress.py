@@ -81,3 +81,16 @@ def test_a_failure_is_named_with_its_reason(tmp_path):
     assert progress.reason(tmp_path, "t::b") == (
         f"E   AssertionError: the guest said no (all of it: {tmp_path / 'linux-progress-attempt1.txt.failures'})")
     assert progress.reason(tmp_path, "t::zz") == "no details kept"
+
+
+def test_a_failure_reason_carries_its_error_lines(tmp_path):
+    write(tmp_path, 1, ["failed t::b"])
+    err = [f"E   stderr line {i}" for i in range(progress.REASON_LINES + 5)]
+    (tmp_path / "linux-progress-attempt1.txt.failures").write_text(
+        "==== call t::b\n    assert rc == 0, err\nE   AssertionError: [b'kvmvm: why']\n" + "\n".join(err)
+        + "\n\ntests/linux/t.py:234: AssertionError\n")
+    got = progress.reason(tmp_path, "t::b").splitlines()
+    assert got[0].startswith("tests/linux/t.py:234: AssertionError (all of it: ")
+    assert got[1] == "    E   AssertionError: [b'kvmvm: why']"
+    assert got[2:-1] == [f"    {ln}" for ln in err[:progress.REASON_LINES - 1]]
+    assert got[-1] == "    (6 more lines in that file)"
