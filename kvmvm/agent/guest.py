@@ -53,6 +53,16 @@ class Mount:
 SCRATCH_ID = "kvmvm-scratch"      # the drive id (virtio serial) of a scratch disk
 
 
+def console_hint(path, lines: int = 1) -> str:
+    """"; console: " and the last `lines` non-blank lines of a VM's console log (200
+    characters each, " | " between), or "" when there are none."""
+    try:
+        got = [ln.strip()[:200] for ln in Path(path).read_text(errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return ""
+    return f"; console: {' | '.join(got[-lines:])}" if got else ""
+
+
 @dataclass
 class ContainerVm:
     rundir: object                          # kvmvm.agent.rundir.RunDir
@@ -147,11 +157,7 @@ class ContainerVm:
                            f"{self._console_hint()}")
 
     def _console_hint(self) -> str:
-        try:
-            lines = [ln for ln in Path(self.rundir.file("console.log")).read_text(errors="replace").splitlines() if ln.strip()]
-        except OSError:
-            return ""
-        return f"; console: {lines[-1].strip()[:200]}" if lines else ""
+        return console_hint(self.rundir.file("console.log"))
 
     # --- end ---
     def poll_end(self, timeout: float = 0):

@@ -301,7 +301,10 @@ class Restored:
                 session, dropped = accept_agent(self.listener, timeout, self._check_alive)
                 reseed(session, hostname, timeout)
             except (AgentTimeout, ProtocolError) as e:
-                raise SandboxError(f"the restored sandbox's agent: {e}") from None
+                # the run directory goes with the failed restore: keep what the guest said
+                from kvmvm.agent.guest import console_hint
+                raise SandboxError(f"the restored sandbox's agent: {e}"
+                                   f"{console_hint(self.rundir.file('console.log'), 5)}") from None
         except BaseException:
             if session is not None:
                 session.close()
