@@ -43,8 +43,9 @@ BOOT = [
     Opt(("--json",), "as_json", "flag", False, "Print a final JSON object with the outcome."),
     Opt(("--drive",), "drives", str, (), "virtio-blk raw image (repeatable; the first is /dev/vda).",
         multiple=True, metavar="PATH[,ro][,direct]"),
-    Opt(("--net",), "nets", str, (), "virtio-net over a TAP, or over passt with user (repeatable).",
-        multiple=True, metavar="tap=NAME[,mac=MAC]|user[,tcp=H:G]"),
+    Opt(("--net",), "nets", str, (), "virtio-net over a TAP, over passt with user, or over an "
+        "inherited stream socket with fd=N (repeatable).",
+        multiple=True, metavar="tap=NAME[,mac=MAC]|user[,tcp=H:G]|fd=N[,peer=passt]"),
     Opt(("--vsock",), "vsock", str, None, "virtio-vsock, Firecracker-style host UDS.",
         metavar="cid=N,uds=PATH"),
     Opt(("--no-rng",), "no_rng", "flag", False, "No virtio-rng device."),

@@ -28,8 +28,9 @@
 #define TX_RL_TAG            0x10002
 #define HOLD_TAG             0x10003   /* the timerfd of the hold after a SYN (struct net) */
 #define NET_INJECT_MAX       8         /* frames the device made, waiting for rx buffers */
-#define HOLD_TICK_NS         1000000   /* how often a hold looks at passt's input again */
-#define HOLD_MAX_TICKS       500       /* then the frames go anyway */
+#define HOLD_TICK_NS         1000000   /* how often a hold looks at passt's input again: */
+#define HOLD_FAST_TICKS      50        /* every 1 ms for the first 50 ms, then every 10 ms */
+#define HOLD_MAX_TICKS       (HOLD_FAST_TICKS + 3000)   /* about 30 s: then the frames go anyway */
 
 struct net {
     struct net_backend *be;
@@ -52,7 +53,10 @@ struct net {
      * as the whole batch (tap4_handler: `while ((n -= tcp_tap_handler(...)))`, n unsigned).
      * A SYN and its retransmission in one read, or the guest's SYN,ACK and the greeting it
      * sends as soon as it has the handshake ACK (above), are such batches: so that ACK
-     * waits for the hold to end too.
+     * waits for the hold to end too. The hold lasts as long as passt takes to read (a
+     * loaded host can take seconds; frames let go earlier, e.g. the SYN's retransmission,
+     * would make just such a batch); passt ending ends it (its socket's queue empties), and
+     * a passt that loops anyway is killed by kvmvm/net/passt.py's watchdog.
      */
     int hold_fd;            /* timerfd; -1 without handshake ACKs (i.e. not passt) */
     int tx_held, hold_ticks;
@@ -124,7 +128,8 @@ static void backend_gone(struct virtio_dev *d, struct net *n)
 
 static void hold_arm(struct net *n)
 {
-    struct itimerspec its = { .it_value = { .tv_nsec = HOLD_TICK_NS } };
+    struct itimerspec its = {
+        .it_value = { .tv_nsec = n->hold_ticks < HOLD_FAST_TICKS ? HOLD_TICK_NS : 10 * HOLD_TICK_NS } };
     if (timerfd_settime(n->hold_fd, 0, &its, NULL) < 0)
         n->tx_held = 0;     /* cannot happen with a valid fd; never hold without a timer */
 }

@@ -12,8 +12,8 @@ exits as soon as the socket closes, so it ends with the VM (kill -9 of kvmvm inc
 (Debian 12's passt spins forever on some batches of segments: kvmvm/native/virtio_net.c)
 never sees its socket close: if kvmvm was killed, the next passt kvmvm starts kills it
 (`reclaim()`); while kvmvm runs, a watchdog thread kills a passt that has run flat out for
-`SPIN_WINDOW_S` without once waiting for anything (a loop; passt at work sleeps in
-`epoll_wait` many times a second), and the guest's network ends with one line on stderr.
+`SPIN_WINDOW_S` without once waiting for anything, always running or runnable (a loop;
+passt at work sleeps in `epoll_wait` many times a second), and the guest's network ends with one line on stderr.
 passt starts in its own session, so a ^C meant for kvmvm
 does not reach it, and `start()` returns once passt has written its pid file, i.e. after it
 parsed its options and bound the forwarded ports. That pid file is then removed.
@@ -45,7 +45,7 @@ from kvmvm.record import Factory, record
 READY_TIMEOUT_S = 20.0      # passt is up in milliseconds; an emulated test host takes seconds
 STOP_TIMEOUT_S = 1.0
 SPIN_WINDOW_S = 10.0        # passt busy this long with no voluntary context switch: a loop
-SPIN_CPU_SHARE = 0.8        # ... and on the CPU for at least this share of it
+SPIN_BUSY_SHARE = 0.9       # ... running or waiting for a CPU for at least this share of it
 DEFAULT_MTU = 1500          # the guest's virtio-net has no mergeable buffers: frames fit 1514
 _PORT = re.compile(r"^(?:[0-9a-fA-F.:]+/)?\d{1,5}(?:-\d{1,5})?(?::\d{1,5}(?:-\d{1,5})?)?$")
 
@@ -178,19 +178,25 @@ def reclaim() -> int:
 
 
 def _spin_sample(pid: int, tick: int) -> Optional[tuple[float, int]]:
-    """(CPU seconds used, voluntary context switches) of a single-threaded process;
-    None once it has ended."""
+    """(seconds it was running or runnable, voluntary context switches) of a single-threaded
+    process; None once it has ended. Running or waiting for a CPU (/proc/PID/schedstat) is
+    all a loop does however loaded the host is; without schedstat, CPU time stands in."""
     from kvmvm import procfs
 
     fields = procfs.stat_fields(pid)
     if not fields or fields[0] in ("Z", "X"):
         return None
     try:
-        cpu = (int(fields[11]) + int(fields[12])) / tick        # utime + stime
+        try:
+            with open(f"/proc/{pid}/schedstat") as f:
+                run_ns, wait_ns = (int(x) for x in f.read().split()[:2])
+            busy = (run_ns + wait_ns) / 1e9
+        except (OSError, ValueError):
+            busy = (int(fields[11]) + int(fields[12])) / tick        # utime + stime
         with open(f"/proc/{pid}/status") as f:
             for line in f:
                 if line.startswith("voluntary_ctxt_switches:"):
-                    return cpu, int(line.split()[1])
+                    return busy, int(line.split()[1])
     except (OSError, IndexError, ValueError):
         return None
     return None
@@ -258,8 +264,8 @@ class Passt:
 
     def _watch(self, p: subprocess.Popen) -> None:
         """Kill passt once it has spun (see the module's docstring). Samples once a second
-        passt's CPU time and its voluntary context switches, which count every time it
-        waited (epoll_wait, a blocking read, a lock)."""
+        how long passt was running or runnable, and its voluntary context switches, which
+        count every time it waited (epoll_wait, a blocking read, a lock)."""
         tick = os.sysconf("SC_CLK_TCK")
         history: list = []
         period = min(1.0, SPIN_WINDOW_S / 5)
@@ -270,9 +276,9 @@ class Passt:
             history.append((time.monotonic(), *sample))
             while len(history) > 1 and history[-1][0] - history[1][0] >= SPIN_WINDOW_S:
                 history.pop(0)
-            t0, cpu0, waits0 = history[0]
-            t1, cpu1, waits1 = history[-1]
-            if t1 - t0 >= SPIN_WINDOW_S and waits1 == waits0 and cpu1 - cpu0 >= SPIN_CPU_SHARE * (t1 - t0):
+            t0, busy0, waits0 = history[0]
+            t1, busy1, waits1 = history[-1]
+            if t1 - t0 >= SPIN_WINDOW_S and waits1 == waits0 and busy1 - busy0 >= SPIN_BUSY_SHARE * (t1 - t0):
                 self.ended_early = (f"it ran flat out for {t1 - t0:.0f} s without waiting once, a loop "
                                     "the guest's traffic can send Debian 12's passt into; killed")
                 sys.stderr.write(f"kvmvm: passt spun ({self.ended_early}); the guest's network is down\n")

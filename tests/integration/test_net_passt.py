@@ -10,12 +10,14 @@ single bytes, frames batched, oversized frames, a stalled reader, a corrupt leng
 """
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
 import socket
 import struct
 import subprocess
 import sys
+import termios
 import threading
 import time
 
@@ -427,3 +429,70 @@ def test_stream_corrupt_length_stops_input_not_the_vmm(tiny_images, kvm_ok):
     assert "FAIL no DHCP offer" in r.stdout, r.stdout + r.stderr
     assert "device needs reset" not in r.stdout
     assert time.monotonic() - t0 < 60
+
+
+def _drain(sock: socket.socket) -> None:
+    try:
+        while sock.recv(65536):
+            pass
+    except OSError:
+        pass
+
+
+def _inq(sock: socket.socket) -> int:
+    return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0" * 4))[0]
+
+
+def test_after_a_syn_nothing_more_goes_until_the_peer_has_read_it(tiny_images, kvm_ok):
+    """peer=passt: after the guest's SYN the device sends nothing more until the peer has
+    read it, however long that takes (a SYN and its retransmission in one read of Debian
+    12's passt loop it forever). The guest sends its SYN again every 0.5 s; a peer that reads
+    nothing for 2.5 s must find exactly one frame waiting; then each read lets one more go."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    vm = subprocess.Popen([*KVMVM, "boot", "--kernel", str(TINY_OUT / "virtio-net.elf"),
+                           "--net", f"fd={theirs.fileno()},peer=passt", "--cmdline", "syn count=1",
+                           "--timeout", "60"], pass_fds=[theirs.fileno()], cwd=ROOT,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    theirs.close()
+    try:
+        deadline = time.monotonic() + 30
+        while _inq(ours) == 0:
+            assert vm.poll() is None and time.monotonic() < deadline, vm.communicate()
+            time.sleep(0.01)
+        one = 4 + 60                          # the length word and a (padded) SYN frame
+        waited = []
+        for _ in range(25):                   # 2.5 s, five of the guest's 0.5 s retransmissions
+            time.sleep(0.1)
+            waited.append(_inq(ours))
+        assert set(waited) == {one}, waited
+        frames = []
+        ours.settimeout(5)
+        for _ in range(3):                    # read one: the next (held so far) follows
+            n = struct.unpack("!I", ours.recv(4, socket.MSG_WAITALL))[0]
+            frames.append(ours.recv(n, socket.MSG_WAITALL))
+        for f in frames:
+            assert f[12:14] == b"\x08\x00" and f[23] == 6 and f[47] == 0x02 and f[34:38] == bytes([0x9c, 0x40, 0, 80])
+        mac = frames[0][6:12]
+        ours.sendall(struct.pack("!I", 14 + 8) + mac + GW_MAC + b"\x88\xb5" + b"ping 1\0\0")
+        ours.settimeout(None)
+        threading.Thread(target=_drain, args=(ours,), daemon=True).start()
+        # (it keeps reading: the guest's later SYNs, and its pong)
+        out, err = vm.communicate(timeout=60)
+    finally:
+        if vm.poll() is None:
+            vm.kill()
+            vm.wait()
+        ours.close()
+    assert vm.returncode == 0, out + err
+    assert "net: pong 1" in out and "virtio-net: ok" in out
+
+
+def test_net_fd_peer_option_is_checked(tiny_images):
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    fd = b.fileno()
+    with a, b:
+        r = subprocess.run([*KVMVM, "boot", "--kernel", str(TINY_OUT / "hello.elf"), "--net",
+                            f"fd={fd},peer=slirp"], pass_fds=[fd], cwd=ROOT, capture_output=True,
+                           text=True, timeout=30)
+    assert r.returncode == 2 and r.stderr.strip() == (
+        f"kvmvm: --net 'fd={fd},peer=slirp': peer=slirp is not known (known: peer=passt)")

@@ -7,7 +7,9 @@
  *   virtio-net: ok
  * Arguments: count=N pings to answer (default 3); badhdr: every frame goes out with a
  * virtio_net_hdr full of offload requests nobody negotiated (GSO type 0x55, NEEDS_CSUM at
- * a bogus offset), which the device must not pass on to the host.
+ * a bogus offset), which the device must not pass on to the host. syn: the hello is an
+ * IPv4 TCP SYN (10.0.2.15:40000 -> 10.0.2.2:80), as a guest opening a connection through
+ * passt sends it, and again every ~0.5 s like a retransmission.
  */
 #include "tiny.h"
 #include "tiny/vnet.h"
@@ -17,6 +19,24 @@
 
 static struct vnet n;
 static int badhdr;
+
+static int send_frame(const uint8_t *dst, const char *payload, uint32_t plen);
+
+static int send_syn(const uint8_t *dst)
+{
+	static const uint8_t ip_tcp[40] = {
+		0x45, 0, 0, 40, 0, 0, 0x40, 0, 64, 6, 0, 0, 10, 0, 2, 15, 10, 0, 2, 2,
+		0x9c, 0x40, 0, 80, 0, 0, 0, 1, 0, 0, 0, 0, 5 << 4, 0x02, 0xff, 0xff, 0, 0, 0, 0 };
+	uint8_t *f = n.txbuf + VNET_HDR;
+
+	memset(n.txbuf, 0, VNET_HDR + 64);
+	memcpy(f, dst, 6);
+	memcpy(f + 6, n.mac, 6);
+	f[12] = 0x08;
+	f[13] = 0x00;
+	memcpy(f + 14, ip_tcp, sizeof(ip_tcp));
+	return vnet_send(&n, 14 + sizeof(ip_tcp));
+}
 
 static int send_frame(const uint8_t *dst, const char *payload, uint32_t plen)
 {
@@ -46,6 +66,8 @@ int main(const struct tiny_boot_info *bi)
 	uint64_t end, next_hello = 0;
 	uint8_t *f, *mac = n.mac;
 
+	int syn = cmdline_has(bi->cmdline, "syn");
+
 	badhdr = cmdline_has(bi->cmdline, "badhdr");
 	if (!cmdline_get(bi->cmdline, "count", val, sizeof(val)))
 		parse_ulong(val, &count);
@@ -57,7 +79,10 @@ int main(const struct tiny_boot_info *bi)
 	end = rdtsc() + tiny_ms_to_tsc(20000);
 	while (pongs < count) {
 		if (!pongs && rdtsc() > next_hello) {
-			send_frame(bcast, "kvmvm-hello", 11);
+			if (syn)
+				send_syn(bcast);
+			else
+				send_frame(bcast, "kvmvm-hello", 11);
 			next_hello = rdtsc() + tiny_ms_to_tsc(500);
 		}
 		if (!(f = vnet_recv(&n, &len, 0, &slot))) {

@@ -2,9 +2,11 @@
 `--net user[,mac=..][,tcp=HOST:GUEST]...[,udp=HOST:GUEST]...` over a passt process that
 kvmvm starts for the VM and that ends with it (kvmvm/net/passt.py); `passt` is a synonym
 of `user`. tcp=/udp= may repeat: each forwards a host port to the guest.
-`--net fd=N[,mac=..]`: an inherited, connected stream socket that speaks the same protocol
-as passt (a 4-byte big-endian length before each frame); whoever holds its peer plays
-the network."""
+`--net fd=N[,mac=..][,peer=passt]`: an inherited, connected stream socket that speaks the
+same protocol as passt (a 4-byte big-endian length before each frame); whoever holds its
+peer plays the network. peer=passt says that peer is a passt the user started (`passt
+--fd`): the device then works around Debian 12 passt's bugs as for `--net user` (the
+handshake ACK it leaves out, and nothing more after a SYN until passt has read it)."""
 
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ class NetSpec:
     tcp: tuple = ()             # user: forwarded host ports, passt's -t syntax
     udp: tuple = ()
     fd: int = -1                # fd: the socket
+    passt_peer: bool = False    # fd: its peer is a passt (peer=passt)
 
 
 def default_mac(index: int) -> bytes:
@@ -73,9 +76,12 @@ def _parse_fd(spec: str, opts: dict, index: int) -> NetSpec:
     if not stat.S_ISSOCK(st.st_mode):
         raise ConfigError(f"--net {spec!r}: fd {fd} is not a socket")
     mac = _parse_mac(spec, opts.pop("mac")) if "mac" in opts else default_mac(index)
+    peer = opts.pop("peer", None)
+    if peer not in (None, "passt"):
+        raise ConfigError(f"--net {spec!r}: peer={peer} is not known (known: peer=passt)")
     if opts:
-        raise ConfigError(f"--net {spec!r}: unknown option {sorted(opts)[0]!r} (known: fd=, mac=)")
-    return NetSpec("", mac, "fd", fd=fd)
+        raise ConfigError(f"--net {spec!r}: unknown option {sorted(opts)[0]!r} (known: fd=, mac=, peer=)")
+    return NetSpec("", mac, "fd", fd=fd, passt_peer=peer == "passt")
 
 
 def parse(spec: str, index: int = 0) -> NetSpec:
@@ -106,6 +112,8 @@ def attach(vm, n: NetSpec, base: int, irq: int, flags: int = 0) -> None:
             raise ConfigError(f"--net fd={n.fd}: not a stream socket")
         if rc < 0:
             raise KvmError(-rc, f"virtio-net fd={n.fd}: {os.strerror(-rc)}")
+        if n.passt_peer:
+            _ack_handshakes(vm, base, f"virtio-net fd={n.fd}")
         return None
     rc = lib.kvmvm_vm_add_virtio_net(vm._vm, base, irq, flags, n.tap.encode(), ffi.new("uint8_t[6]", n.mac))
     if rc in (-errno.EPERM, -errno.EACCES):
@@ -116,6 +124,15 @@ def attach(vm, n: NetSpec, base: int, irq: int, flags: int = 0) -> None:
         raise ConfigError(f"--net: {n.tap} exists but is not a TAP device with vnet headers")
     if rc < 0:
         raise KvmError(-rc, f"virtio-net tap {n.tap}: {os.strerror(-rc)}")
+
+
+def _ack_handshakes(vm, base: int, what: str) -> None:
+    """The peer is Debian 12's passt: it never ACKs the guest's SYN,ACK of a published port
+    (the device does: kvmvm/native/net_handshake.c), and loops on some batches (the device
+    holds frames after a SYN: virtio_net.c)."""
+    rc = lib.kvmvm_vm_virtio_net_ack_handshakes(vm._vm, base)
+    if rc < 0:
+        raise KvmError(-rc, f"{what}: {os.strerror(-rc)}")
 
 
 def _attach_user(vm, n: NetSpec, base: int, irq: int, flags: int) -> None:
@@ -130,11 +147,7 @@ def _attach_user(vm, n: NetSpec, base: int, irq: int, flags: int) -> None:
                                                 ffi.new("uint8_t[6]", n.mac))
         if rc < 0:
             raise KvmError(-rc, f"virtio-net over passt: {os.strerror(-rc)}")
-        # passt (Debian 12's) never ACKs the guest's SYN,ACK of a published port: the
-        # device does (kvmvm/native/net_handshake.c)
-        rc = lib.kvmvm_vm_virtio_net_ack_handshakes(vm._vm, base)
-        if rc < 0:
-            raise KvmError(-rc, f"virtio-net over passt: {os.strerror(-rc)}")
+        _ack_handshakes(vm, base, "virtio-net over passt")
     except BaseException:
         p.stop()
         raise
