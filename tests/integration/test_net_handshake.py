@@ -44,8 +44,8 @@ print("ready", sock_pid, flush=True)
 buf, made, held = b"", 0, False
 syn = ctypes.c_int(0)
 
-def passt_read_all():                   # SIOCOUTQ 0, or give up after 0.5 s (as the device)
-    for _ in range(500):
+def passt_read_all():                   # SIOCOUTQ 0, or give up after ~30 s (as the device)
+    for _ in range(30000):
         if struct.unpack("i", fcntl.ioctl(sock.fileno(), 0x5411, b"\0" * 4))[0] == 0:
             return
         time.sleep(0.001)
