@@ -1,17 +1,9 @@
-"""PENDING (not collected): kvmvm.Sandbox under load (linux tier): 50 threads creating,
-using and dropping sandboxes, at most 10 VMs at once in the emulated test host; nothing may
-be left. Rename to test_sandbox_load.py once it passes in full runs.
+"""kvmvm.Sandbox under load (linux tier): 50 threads creating, using and dropping
+sandboxes, at most 10 VMs at once in the emulated test host; nothing may be left.
 
-Status (stop 20): passed twice alone in the test host (QEMU 7.2; 196 s and 172 s, no agent
-connection dropped), with kvmvm/agent/accept.py (the first connection that says HELLO wins)
-and the agent's 20 s connect wait merged again, and after a fix its first run found (two
-run directories taken from under sandboxes being created in other threads: a lock file not
-yet locked looked dead to kvmvm/agent/rundir.py's reclaim; two lock fds leaked). In the full
-linux-tier run that followed, one restored sandbox of 50 made no agent connection at all
-within 60 s ("the restored sandbox's agent did not connect within 60 s"; it then booted
-cold and worked, so only the warm-start assertion failed). Cause not found: its run
-directory (console log) is removed with the failed restore. Every failure names the step
-it happened at.
+History: in stop 20 one full linux-tier run had a restored sandbox (of 50) make no agent
+connection within 60 s; the cause was not found then, and such a failure now carries the
+console's last lines (kvmvm/sandbox/vm.py, Restored.connect).
 """
 
 from __future__ import annotations
