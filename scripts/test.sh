@@ -109,14 +109,18 @@ if [[ ,$TIERS, == *,linux,* ]] && [ ${#linux_paths[@]} -gt 0 ]; then
         "$PY" -m pytest -m linux -o timeout="$LINUX_TEST_TIMEOUT" --junitxml="$REPORTS/linux.xml" \
         "${opts[@]}" "$@" "${linux_paths[@]}"
     }
+    froze_mark() {   # the attempt ended with the L1 frozen: its failures run once more
+      [ "$rc" = 124 ] && touch "$REPORTS/linux-progress-attempt$attempt.txt.froze"; return 0
+    }
     attempt=1
-    run_l1 $attempt; rc=$?
+    run_l1 $attempt; rc=$?; froze_mark
     # A fresh L1 runs what is left when the test host failed, not kvmvm: rc 124, the L1 froze
     # (its heartbeat stopped: QEMU's multi-threaded TCG hangs now and then, a vCPU re-taking an
     # exception of the kernel forever), its kernel died, or the budget ran out: the tests that
-    # had not finished; and a test whose guest triple-faulted (KVM_EXIT_SHUTDOWN, which the
-    # emulated SVM causes now and then), once. A test that finished otherwise, passed or
-    # failed, is never run again. Loudly: each attempt's reports are kept and every rerun is
+    # had not finished; and, once, a test whose guest triple-faulted (KVM_EXIT_SHUTDOWN, which
+    # the emulated SVM causes now and then) or that failed in an attempt that then froze (an
+    # L1 on its way to a freeze runs guests ever slower). A test that finished otherwise,
+    # passed or failed, is never run again. Loudly: each attempt's reports are kept and every rerun is
     # named in the summary (tests/kvmhost/progress.py; README.md, Tests).
     while [ $attempt -lt 6 ] && [ $(( deadline - $(date +%s) )) -gt 300 ]; do
       mapfile -t again < <("$PY" -m tests.kvmhost.progress rerun "$REPORTS" | sed "/^$/d")
@@ -132,7 +136,7 @@ if [[ ,$TIERS, == *,linux,* ]] && [ ${#linux_paths[@]} -gt 0 ]; then
       why="the kvmhost L1 froze, crashed or timed out"; [ "$rc" = 124 ] || why="a guest triple-faulted in ${#again[@]} test(s)"
       echo "test.sh: $why; linux tier attempt $attempt of at most 6, for the tests not finished yet or to run again ($(( ${#done_args[@]} / 2 )) finished; reports: $REPORTS/*-attempt*.*)" >&2
       linux_retried=1
-      run_l1 $attempt "${done_args[@]}"; rc=$?
+      run_l1 $attempt "${done_args[@]}"; rc=$?; froze_mark
       [ "$rc" = 5 ] && rc=0   # every test had finished in earlier attempts
     done
     if [ "$linux_retried" = 1 ] && { [ "$rc" = 0 ] || [ "$rc" = 1 ]; }; then

@@ -5,8 +5,11 @@ Each attempt's pytest writes ``build/test-reports/linux-progress-attemptN.txt``:
 skipped, or shutdown: failed because a guest stopped with KVM_EXIT_SHUTDOWN (a triple fault),
 which the software-emulated test host causes now and then (see README.md, Tests). A fresh L1
 runs what is left: the tests that had not finished (the L1 froze or its kernel died), and once
-more each test whose only failure so far was a shutdown. Every other finished test counts
-once, as it ended. A test that triple-faulted and then failed in another phase too (its
+more each test whose only failure so far was a shutdown, or a failure in an attempt whose
+test host then froze (scripts/test.sh marks such an attempt with
+``linux-progress-attemptN.txt.froze``: an emulated L1 on its way to a freeze runs its guests
+slower and slower, and a test can time out in it before the heartbeat stops). Every other
+finished test counts once, as it ended; every rerun is named in the counts' report. A test that triple-faulted and then failed in another phase too (its
 teardown found something left behind, say) is recorded failed and not run again: what it
 left is a failure of its own, whatever the test host did.
 
@@ -21,6 +24,8 @@ import sys
 from pathlib import Path
 
 FINAL = ("passed", "failed", "skipped")
+FROZE_FAILED = "failed-before-freeze"   # failed in an attempt whose test host then froze
+AGAIN = ("shutdown", FROZE_FAILED)      # run once more
 
 
 def outcomes(reports: Path) -> dict[str, list[str]]:
@@ -29,16 +34,18 @@ def outcomes(reports: Path) -> dict[str, list[str]]:
     files = sorted(reports.glob("linux-progress-attempt*.txt"),
                    key=lambda f: int(re.sub(r"\D", "", f.stem) or 0))
     for f in files:
+        froze = f.with_name(f.name + ".froze").exists()
         for line in f.read_text(errors="replace").splitlines():
             outcome, _, nodeid = line.partition(" ")
             if nodeid:
-                out.setdefault(nodeid, []).append(outcome)
+                out.setdefault(nodeid, []).append(FROZE_FAILED if froze and outcome == "failed" else outcome)
     return out
 
 
 def rerun(o: dict[str, list[str]]) -> list[str]:
-    """Tests whose guest shut down once and that have not run again since."""
-    return [n for n, seen in o.items() if seen[-1] == "shutdown" and seen.count("shutdown") == 1]
+    """Tests whose guest shut down, or that failed before the test host froze, once, and
+    that have not run again since."""
+    return [n for n, seen in o.items() if seen[-1] in AGAIN and sum(seen.count(a) for a in AGAIN) == 1]
 
 
 def finished(o: dict[str, list[str]]) -> list[str]:
@@ -49,7 +56,7 @@ def finished(o: dict[str, list[str]]) -> list[str]:
 
 def final(seen: list[str]) -> str:
     last = seen[-1]
-    return "failed" if last == "shutdown" else last if last in FINAL else "failed"
+    return last if last in FINAL else "failed"
 
 
 def count(o: dict[str, list[str]]) -> tuple[int, int, int]:
@@ -96,6 +103,11 @@ def main(argv: list[str]) -> int:
             if "shutdown" in seen:
                 sys.stderr.write(f"test.sh: {n}: a guest triple-faulted in the test host; "
                                  f"outcomes by attempt: {', '.join(seen)} (counts as {final(seen)})\n")
+            elif FROZE_FAILED in seen:
+                sys.stderr.write(f"test.sh: {n}: failed in an attempt whose test host then froze, so it ran "
+                                 f"once more; outcomes by attempt: {', '.join(seen)} (counts as {final(seen)})\n")
+                if final(seen) == "failed":
+                    sys.stderr.write(f"test.sh: {n} failed: {reason(reports, n)}\n")
             elif final(seen) == "failed":
                 sys.stderr.write(f"test.sh: {n} failed: {reason(reports, n)}\n")
         print(*count(o))

@@ -15,13 +15,31 @@ def write(d: Path, n: int, lines: list[str]) -> None:
     (d / f"linux-progress-attempt{n}.txt").write_text("".join(f"{x}\n" for x in lines))
 
 
-def test_a_frozen_attempt_leaves_only_the_unfinished_tests(tmp_path):
-    write(tmp_path, 1, ["passed t::a", "failed t::b", "skipped t::c"])   # froze during t::d
+def test_an_attempt_that_ended_leaves_only_the_unfinished_tests(tmp_path):
+    write(tmp_path, 1, ["passed t::a", "failed t::b", "skipped t::c"])   # its kernel died in t::d
     o = progress.outcomes(tmp_path)
     assert progress.finished(o) == ["t::a", "t::b", "t::c"]
     assert progress.rerun(o) == []
     write(tmp_path, 2, ["passed t::d"])
     assert progress.count(progress.outcomes(tmp_path)) == (2, 1, 1)  # the failure still counts
+
+
+def test_a_failure_in_an_attempt_that_then_froze_runs_once_more(tmp_path, capsys):
+    write(tmp_path, 1, ["passed t::a", "failed t::b", "skipped t::c"])   # froze during t::d
+    (tmp_path / "linux-progress-attempt1.txt.froze").touch()
+    o = progress.outcomes(tmp_path)
+    assert progress.rerun(o) == ["t::b"]
+    assert progress.finished(o) == ["t::a", "t::c"]
+    write(tmp_path, 2, ["failed t::b", "passed t::d"])    # attempt 2 froze too, later
+    (tmp_path / "linux-progress-attempt2.txt.froze").touch()
+    o = progress.outcomes(tmp_path)
+    assert progress.rerun(o) == []                 # once more, not twice
+    assert progress.count(o) == (2, 1, 1)
+    write(tmp_path, 2, ["passed t::b", "passed t::d"])
+    assert progress.count(progress.outcomes(tmp_path)) == (3, 0, 1)
+    assert progress.main(["count", str(tmp_path)]) == 0
+    assert ("test.sh: t::b: failed in an attempt whose test host then froze, so it ran once more; "
+            "outcomes by attempt: failed-before-freeze, passed (counts as passed)") in capsys.readouterr().err
 
 
 def test_a_shutdown_is_run_once_more_and_counts_as_its_last_outcome(tmp_path):
