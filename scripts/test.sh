@@ -117,8 +117,8 @@ if [[ ,$TIERS, == *,linux,* ]] && [ ${#linux_paths[@]} -gt 0 ]; then
     # A fresh L1 runs what is left when the test host failed, not kvmvm: rc 124, the L1 froze
     # (its heartbeat stopped: QEMU's multi-threaded TCG hangs now and then, a vCPU re-taking an
     # exception of the kernel forever), its kernel died, or the budget ran out: the tests that
-    # had not finished; and, once, a test whose guest triple-faulted (KVM_EXIT_SHUTDOWN, which
-    # the emulated SVM causes now and then) or that failed in an attempt that then froze (an
+    # had not finished; and, once, a test whose guest crashed (a triple fault, KVM_EXIT_SHUTDOWN,
+    # or a kernel panic, which the emulated SVM causes now and then) or that failed in an attempt that then froze (an
     # L1 on its way to a freeze runs guests ever slower). A test that finished otherwise,
     # passed or failed, is never run again. Loudly: each attempt's reports are kept and every rerun is
     # named in the summary (tests/kvmhost/progress.py; README.md, Tests).
@@ -133,7 +133,7 @@ if [[ ,$TIERS, == *,linux,* ]] && [ ${#linux_paths[@]} -gt 0 ]; then
         [ -n "$nodeid" ] && done_args+=(--deselect "$nodeid")
       done < <("$PY" -m tests.kvmhost.progress deselect "$REPORTS")
       attempt=$((attempt + 1))
-      why="the kvmhost L1 froze, crashed or timed out"; [ "$rc" = 124 ] || why="a guest triple-faulted in ${#again[@]} test(s)"
+      why="the kvmhost L1 froze, crashed or timed out"; [ "$rc" = 124 ] || why="a guest crashed in ${#again[@]} test(s)"
       echo "test.sh: $why; linux tier attempt $attempt of at most 6, for the tests not finished yet or to run again ($(( ${#done_args[@]} / 2 )) finished; reports: $REPORTS/*-attempt*.*)" >&2
       linux_retried=1
       run_l1 $attempt "${done_args[@]}"; rc=$?; froze_mark

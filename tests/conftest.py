@@ -74,6 +74,7 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 # test host froze mid-run: the next attempt runs only the tests that had not finished (a
 # JUnit report is written only at the end, so a killed run leaves none).
 _PROGRESS = os.environ.get("KVMVM_TEST_PROGRESS")
+GUEST_CRASHED = ("triple-faulted (KVM_EXIT_SHUTDOWN)", "guest kernel panicked (pvpanic)")
 _outcomes: dict[str, str] = {}
 
 
@@ -82,9 +83,10 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
         return
     prev = _outcomes.get(report.nodeid, "passed")
     if report.failed:
-        # a guest's triple fault (KVM_EXIT_SHUTDOWN): the emulated test host causes them now
-        # and then; test.sh runs such a test once more (tests/kvmhost/progress.py)
-        shutdown = "triple-faulted (KVM_EXIT_SHUTDOWN)" in str(report.longrepr)
+        # a guest that crashed, by a triple fault (KVM_EXIT_SHUTDOWN) or a kernel panic: the
+        # emulated test host causes them now and then; test.sh runs such a test once more
+        # (tests/kvmhost/progress.py)
+        shutdown = any(m in str(report.longrepr) for m in GUEST_CRASHED)
         _outcomes[report.nodeid] = "shutdown" if shutdown and prev != "failed" else "failed"
         # why, kept even when the run is killed before pytest's own report
         _append(_PROGRESS + ".failures", f"==== {report.when} {report.nodeid}\n{report.longrepr}\n")

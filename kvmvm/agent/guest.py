@@ -53,14 +53,21 @@ class Mount:
 SCRATCH_ID = "kvmvm-scratch"      # the drive id (virtio serial) of a scratch disk
 
 
+_OOPS = ("Kernel panic", "BUG:", "Oops", "general protection fault", "RIP:", "Call Trace:")
+
+
 def console_hint(path, lines: int = 1) -> str:
     """"; console: " and the last `lines` non-blank lines of a VM's console log (200
-    characters each, " | " between), or "" when there are none."""
+    characters each, " | " between), or "" when there are none. A kernel's oops or panic
+    report goes first, in its telling lines (the run directory holding the log is
+    removed with the run, so this is all that is left of it)."""
     try:
         got = [ln.strip()[:200] for ln in Path(path).read_text(errors="replace").splitlines() if ln.strip()]
     except OSError:
         return ""
-    return f"; console: {' | '.join(got[-lines:])}" if got else ""
+    oops = [ln for ln in got if any(m in ln for m in _OOPS)][:6]
+    tail = [ln for ln in got[-lines:] if ln not in oops]
+    return f"; console: {' | '.join(oops + tail)}" if got else ""
 
 
 @dataclass

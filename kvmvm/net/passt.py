@@ -13,8 +13,8 @@ exits as soon as the socket closes, so it ends with the VM (kill -9 of kvmvm inc
 never sees its socket close: if kvmvm was killed, the next passt kvmvm starts kills it
 (`reclaim()`); while kvmvm runs, a watchdog thread kills a passt that has run flat out for
 `SPIN_WINDOW_S` without once waiting for anything, always running or runnable (a loop;
-passt at work sleeps in `epoll_wait` many times a second), and the guest's network ends with one line on stderr.
-passt starts in its own session, so a ^C meant for kvmvm
+passt at work sleeps in `epoll_wait` many times a second), and the guest's network ends
+with one line on stderr. passt starts in its own session, so a ^C meant for kvmvm
 does not reach it, and `start()` returns once passt has written its pid file, i.e. after it
 parsed its options and bound the forwarded ports. That pid file is then removed.
 

@@ -2,8 +2,8 @@
 
 Each attempt's pytest writes ``build/test-reports/linux-progress-attemptN.txt``: one line
 ``<outcome> <nodeid>`` per finished test (tests/conftest.py), outcome one of passed, failed,
-skipped, or shutdown: failed because a guest stopped with KVM_EXIT_SHUTDOWN (a triple fault),
-which the software-emulated test host causes now and then (see README.md, Tests). A fresh L1
+skipped, or shutdown: failed because a guest crashed, with KVM_EXIT_SHUTDOWN (a triple fault)
+or a kernel panic (pvpanic), which the software-emulated test host causes now and then (see README.md, Tests). A fresh L1
 runs what is left: the tests that had not finished (the L1 froze or its kernel died), and once
 more each test whose only failure so far was a shutdown, or a failure in an attempt whose
 test host then froze (scripts/test.sh marks such an attempt with
@@ -101,7 +101,7 @@ def main(argv: list[str]) -> int:
     elif what == "count":
         for n, seen in o.items():
             if "shutdown" in seen:
-                sys.stderr.write(f"test.sh: {n}: a guest triple-faulted in the test host; "
+                sys.stderr.write(f"test.sh: {n}: a guest crashed (triple fault or kernel panic) in the test host; "
                                  f"outcomes by attempt: {', '.join(seen)} (counts as {final(seen)})\n")
             elif FROZE_FAILED in seen:
                 sys.stderr.write(f"test.sh: {n}: failed in an attempt whose test host then froze, so it ran "

@@ -71,7 +71,8 @@ def test_the_command_line_test_sh_uses(tmp_path):
     assert run("deselect").stdout.splitlines() == ["t::b"]
     r = run("count")
     assert r.stdout.split() == ["1", "1", "0"]
-    assert "t::a[x y]: a guest triple-faulted in the test host; outcomes by attempt: shutdown (counts as failed)" in r.stderr
+    assert ("t::a[x y]: a guest crashed (triple fault or kernel panic) in the test host; outcomes by attempt: "
+            "shutdown (counts as failed)") in r.stderr
 
 
 def test_tests_conftest_writes_each_outcome_as_the_test_ends(tmp_path):
@@ -80,14 +81,16 @@ def test_tests_conftest_writes_each_outcome_as_the_test_ends(tmp_path):
         "def test_ok(): pass\n"
         "def test_bad(): assert 0, 'plain failure'\n"
         "def test_guest(): raise AssertionError('kvmvm: guest triple-faulted (KVM_EXIT_SHUTDOWN) near rip 0xfff0')\n"
-        "def test_skip(): pytest.skip('no')\n")
+        "def test_skip(): pytest.skip('no')\n"
+        "def test_panic(): raise AssertionError('kvmvm: the VM ended (guest kernel panicked (pvpanic); see ...)')\n")
     out = tmp_path / "progress.txt"
     r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "tests.conftest", "-p", "no:cacheprovider",
                         str(tmp_path / "test_x.py")], cwd=ROOT, capture_output=True, text=True,
                        env={**os.environ, "KVMVM_TEST_PROGRESS": str(out)})
     assert r.returncode == 1, r.stdout + r.stderr
     lines = [ln.split(" ", 1)[0] + " " + ln.rsplit("::", 1)[1] for ln in out.read_text().splitlines()]
-    assert lines == ["passed test_ok", "failed test_bad", "shutdown test_guest", "skipped test_skip"]
+    assert lines == ["passed test_ok", "failed test_bad", "shutdown test_guest", "skipped test_skip",
+                     "shutdown test_panic"]
     failures = Path(f"{out}.failures").read_text()
     assert "plain failure" in failures and "near rip 0xfff0" in failures and "test_ok" not in failures
 

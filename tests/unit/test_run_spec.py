@@ -248,3 +248,16 @@ def test_publish_refuses_what_it_cannot_do(spec, why):
 
     with pytest.raises(ConfigError, match=re.escape(why)):
         publish_option(spec)
+
+
+def test_console_hint_puts_a_kernel_oops_first(tmp_path):
+    from kvmvm.agent.guest import console_hint
+
+    log = tmp_path / "console.log"
+    assert console_hint(log) == ""                      # no log at all
+    log.write_text("boot\n\n[ 1.0] BUG: unable to handle page fault\n[ 1.0] RIP: 0010:f+0x1\n"
+                   " trace\n[ 1.1] Kernel panic - not syncing: Fatal exception\n</ENTRY_TRAMPOLINE>\n")
+    assert console_hint(log) == ("; console: [ 1.0] BUG: unable to handle page fault | [ 1.0] RIP: 0010:f+0x1 | "
+                                 "[ 1.1] Kernel panic - not syncing: Fatal exception | </ENTRY_TRAMPOLINE>")
+    log.write_text("a\nb\nc\n")
+    assert console_hint(log, 2) == "; console: b | c"
