@@ -369,12 +369,12 @@ static int start_output(struct serial *s)
 {
     if (s->out_fd < 0 || s->out_started || s->out_null)
         return 0;
-    s->tx = malloc(TX_CAP);
+    s->tx = pages_alloc(TX_CAP);
     if (!s->tx)
         return -ENOMEM;
     int rc = pthread_create(&s->out_thread, NULL, output_thread, s);
     if (rc) {
-        free(s->tx);
+        pages_free(s->tx, TX_CAP);
         s->tx = NULL;
         return -rc;
     }
@@ -446,7 +446,7 @@ static void serial_destroy(struct kvmvm_device *dev)
     pthread_mutex_destroy(&s->lock);
     pthread_cond_destroy(&s->space);
     pthread_cond_destroy(&s->tx_cond);
-    free(s->tx);
+    pages_free(s->tx, TX_CAP);
     free(s);
     free(dev);
 }

@@ -318,7 +318,7 @@ static void mmio_destroy(struct kvmvm_device *kd)
     }
     if (d->ops->destroy)
         d->ops->destroy(d);
-    free(d->chain);
+    pages_free(d->chain, sizeof(*d->chain));
     pthread_mutex_destroy(&d->lock);
     pthread_mutex_destroy(&d->irq_lock);
     pthread_mutex_destroy(&d->dp_lock);
@@ -365,7 +365,7 @@ int virtio_mmio_add(struct kvmvm_vm *vm, uint64_t base, int irq, int flags,
     for (int i = 0; i < VIRTIO_MAX_QUEUES; i++)
         d->kick_fd[i] = -1;
     if (ops->nqueues > VIRTIO_MAX_QUEUES) { rc = -EINVAL; goto fail; }
-    d->chain = malloc(sizeof(*d->chain));
+    d->chain = pages_alloc(sizeof(*d->chain));
     if (!d->chain)
         goto fail;
     for (int i = 0; i < ops->nqueues; i++) {

@@ -26,6 +26,18 @@ int64_t kvmvm_now_ns(void)
     return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
 }
 
+void *pages_alloc(size_t len)
+{
+    void *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    return p == MAP_FAILED ? NULL : p;
+}
+
+void pages_free(void *p, size_t len)
+{
+    if (p)
+        munmap(p, len);
+}
+
 static int kick_signal(void) { return SIGRTMIN + 2; }
 
 int vm_kick_signal(void) { return kick_signal(); }
