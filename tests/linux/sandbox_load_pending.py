@@ -15,12 +15,46 @@ the stuck sandbox's agent and console state when a command overstays.
 from __future__ import annotations
 
 import threading
+import time
+from pathlib import Path
 
 import pytest
 
 from kvmvm.sandbox import Sandbox
 from tests.linux.sandboxfixtures import image, private_snapshots, warm  # noqa: F401 (fixtures)
 from tests.linux.test_sandbox_more import _resources, _settled
+
+
+def _stuck_state(sb) -> str:
+    """What a sandbox whose command overstayed looks like, in one line: is the guest running
+    (exits growing over 2 s), what does the session hold (unsent bytes, open streams), does a
+    second command get through, and the console's last lines."""
+    out = []
+    try:
+        vm = sb.vm.machine.vm
+        s0 = vm.stats()
+        time.sleep(2)
+        s1 = vm.stats()
+        out.append("exits in 2 s: " + ", ".join(f"{k}+{s1[k] - s0[k]}" for k in s1
+                                                if isinstance(s1[k], int) and s1[k] != s0.get(k)))
+        ses = sb.vm.session
+        out.append(f"session: {len(ses.wbuf)} bytes unsent, streams "
+                   + ", ".join(f"{sid}:{st.kind}{' done' if st.done else ''}" for sid, st in ses.streams.items()))
+        out.append(f"channel error: {sb._channel.error if sb._channel else None}")
+    except Exception as e:      # noqa: BLE001 - a diagnostic, never the failure itself
+        out.append(f"state: {type(e).__name__}: {e}")
+    try:
+        r = sb.commands.run("true", timeout=30)
+        out.append(f"a second command: exit {r.exit_code}")
+    except Exception as e:      # noqa: BLE001
+        out.append(f"a second command: {type(e).__name__}: {e}")
+    try:
+        lines = [ln for ln in Path(sb.vm.rundir.file("console.log")).read_text(errors="replace").splitlines()
+                 if ln.strip()]
+        out.append("console: " + " | ".join(lines[-8:]))
+    except Exception as e:      # noqa: BLE001
+        out.append(f"console: {type(e).__name__}: {e}")
+    return "; ".join(out)
 
 
 @pytest.mark.timeout(900)
@@ -46,7 +80,10 @@ def test_fifty_threads_create_use_and_drop_sandboxes_leaving_nothing(warm, reque
                     ids.append(sb.sandbox_id)
                     dropped.append(sb.vm.dropped_connections)
                 step = "run"
-                r = sb.commands.run(f"echo {i}; hostname", timeout=120)
+                try:
+                    r = sb.commands.run(f"echo {i}; hostname", timeout=120)
+                except TimeoutError as e:
+                    raise AssertionError(f"{e}; {_stuck_state(sb)}") from None
                 assert r.stdout == f"{i}\n{sb.sandbox_id}\n", r.stdout
                 step = "write"
                 sb.files.write(f"/tmp/f{i}", f"data {i}")
