@@ -319,8 +319,14 @@ class Restored:
         return vm
 
     def _check_alive(self) -> None:
-        if self.machine.vm.wait(0) is not None:
-            raise SandboxError("the restored sandbox VM ended before its agent connected")
+        stop = self.machine.vm.wait(0)
+        if stop is not None:
+            from kvmvm.agent.guest import console_hint
+            from kvmvm.machine import outcome_of
+
+            raise SandboxError(f"the restored sandbox VM ended before its agent connected "
+                               f"({outcome_of(stop, None)[2]})"
+                               f"{console_hint(self.rundir.file('console.log'), 5)}")
 
     def discard(self) -> None:
         self.listener.close()
