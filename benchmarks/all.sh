@@ -17,7 +17,7 @@ OUT=${1:-build/bench-all/$(date -u +%Y%m%dT%H%M%SZ)}
 mkdir -p "$OUT"
 PY=.venv/bin/python
 LOG="$OUT/run.log"
-PARTS=${KVMVM_BENCH_PARTS:-"bench tiny_boot api_rate snapshot api virtio_net virtio_blk image_import stop_latency linux_boot run sandbox"}
+PARTS=${KVMVM_BENCH_PARTS:-"bench tiny_boot start api_rate snapshot api virtio_net virtio_blk image_import stop_latency linux_boot run sandbox"}
 pvm=0; [ -e /sys/module/kvm_pvm ] && pvm=1
 
 {
@@ -38,6 +38,11 @@ part() {    # part NAME CMD...: run CMD, its output to OUT/NAME.txt, a line in r
 
 part bench          .venv/bin/kvmvm bench --out "$OUT/bench" --html
 part tiny_boot      $PY benchmarks/tiny_boot.py --runs 20 --qemu-variants
+# `kvmvm --help` and the default kernel from main to its first KVM_RUN (--json timings; on PVM
+# the guest is refused right after, which is what --timeout 0.05 leaves time for)
+part start          env KVMVM_ALLOW_PVM=1 $PY benchmarks/startup_pairs.py --runs 20 \
+                      'python=.venv/bin/python -c pass' 'help=.venv/bin/kvmvm --help' \
+                      'kernel=.venv/bin/kvmvm boot --json --timeout 0.05'
 part api_rate       $PY benchmarks/api_rate.py --seconds 4 --threads 1,4,16
 part snapshot       $PY benchmarks/snapshot.py --runs 10 --vms 100 --processes 10
 part api            $PY benchmarks/api.py --runs 15 --requests 500
