@@ -204,7 +204,7 @@ def measure(runs: int, requests: int) -> dict:
             t = time.perf_counter_ns()
             st, body = c.request("PUT", "/actions", {"action_type": "InstanceStart"})
             assert st == 204, body
-            rc = p.wait(10)
+            rc = bl.wait_exact(p, 10)
             start_exit = (time.perf_counter_ns() - t) / 1e6
             assert rc == 7, f"kvmvm exited {rc}: {p.stderr.read().decode()}"
         finally:
@@ -231,7 +231,7 @@ def measure(runs: int, requests: int) -> dict:
                 rt.append((time.perf_counter_ns() - t) / 1e6)
             t = time.perf_counter_ns()
             q.s.sendall(b'{"execute": "cont"}\n')
-            rc = p.wait(10)
+            rc = bl.wait_exact(p, 10)
             start_exit = (time.perf_counter_ns() - t) / 1e6
             if rc != 7:
                 missing["qemu"] = f"qemu exited {rc}"

@@ -210,6 +210,25 @@ def report_lines(title: str, rows: dict, unit: str = "ms", baseline: str | None 
 
 # ---------------------------------------------------------------- running things
 
+def wait_exact(p: subprocess.Popen, timeout: float) -> int:
+    """p's exit status, by a blocking wait (waitpid), so that a time taken around it is exact:
+    Popen.wait(timeout=...) polls with sleeps doubling from 0.5 ms, which rounds an exit up
+    to the next of 1.5, 3.5, 7.5, 15.5, 31.5 ... ms. A timer kills p after timeout seconds
+    (then RuntimeError)."""
+    import threading
+
+    guard = threading.Timer(timeout, p.kill)
+    guard.start()
+    t0 = time.monotonic()
+    try:
+        rc = p.wait()
+    finally:
+        guard.cancel()
+    if time.monotonic() - t0 >= timeout:
+        raise RuntimeError(f"{os.path.basename(str(p.args[0]))} did not exit within {timeout:g} s")
+    return rc
+
+
 def run_timed(cmd: list[str], timeout: float = 30.0, stdin=subprocess.DEVNULL, env=None,
               ok_codes=(0,)) -> tuple[float, subprocess.CompletedProcess]:
     """Spawn `cmd`, wait for its exit; wall ms from just before the spawn to the exit.

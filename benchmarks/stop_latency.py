@@ -20,6 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import benchlib as bl
+
 ROOT = Path(__file__).resolve().parents[1]
 FLOOD = ROOT / "guest-images" / "tiny" / "out" / "flood.elf"
 MODES = ["rng", "blk", "reset", "mmio", "pio", "serial", "storm"]
@@ -40,7 +42,7 @@ def one(mode: str, disk: str, after: float) -> float:
         time.sleep(after)
         t0 = time.monotonic()
         p.send_signal(signal.SIGTERM)
-        p.wait(timeout=30)
+        bl.wait_exact(p, 30)       # a blocking wait: Popen.wait(timeout=) would round the time up
         return time.monotonic() - t0
     finally:
         if p.poll() is None:
