@@ -41,6 +41,26 @@ share() {
 . /ctl/shares.sh
 ip link set lo up 2>/dev/null
 
+# Pin the static keys KVM flips per VM: the first VM's creation turns preempt_notifier_key on
+# and the last one's end turns it off; every vCPU's local APIC turns apic_sw_disabled on until
+# its guest enables it. Each flip rewrites kernel code (text_poke: INT3 on every site, then
+# IPIs), and QEMU 7.2's TCG sometimes never sees the final bytes: a vCPU then takes the same
+# INT3 forever and the L1 freezes (exc_int3 and text_poke's IPI wait in the stall reports).
+# One idle VM with an in-kernel irqchip and one never-run vCPU, held for L1's life, keeps
+# both keys on, so kvmvm's VMs coming and going patch nothing.
+# (In the background: Python's start in L1 takes seconds. It says "keeper keys pinned".)
+( chroot /host /usr/bin/python3 -c '
+import fcntl, os, signal
+kvm = os.open("/dev/kvm", os.O_RDWR | os.O_CLOEXEC)
+vm = fcntl.ioctl(kvm, 0xAE01, 0)    # KVM_CREATE_VM
+fcntl.ioctl(vm, 0xAE60, 0)          # KVM_CREATE_IRQCHIP
+fcntl.ioctl(vm, 0xAE41, 0)          # KVM_CREATE_VCPU 0 (its APIC stays software-disabled)
+with open("/dev/console", "w") as c:
+    c.write("@@kvmhost keeper keys pinned\n")
+while True:
+    signal.pause()
+' </dev/null 2>/tmp/keeper.err || say "keeper failed: $(tail -n 1 /tmp/keeper.err)" ) &
+
 say "ready $(cut -d' ' -f1 /proc/uptime)"
 # Heartbeat from memory only (no 9p): the host declares L1 stalled when beats stop.
 ( while :; do sleep 10; say "beat $(cut -d' ' -f1 /proc/uptime)"; done ) </dev/null >/dev/null 2>&1 &

@@ -257,6 +257,8 @@ def _supervise(proc: subprocess.Popen, start: float, rundir: Path, timeout: floa
                 say(f"kvmhost: L1 ready in {ready_s:.1f} s (guest uptime {rest} s)")
             elif word == "error":
                 error = rest
+            elif word == "keeper" and rest != "keys pinned":    # init.sh: a freeze more likely
+                say(f"kvmhost: L1 could not pin KVM's static keys: {rest}")
             elif word == "status":
                 status, status_at = int(rest), time.monotonic()
         pump()

@@ -1,7 +1,7 @@
 """kvmvm.Sandbox from the outside (linux tier): the `kvmvm sandbox` CLI against a real VM
 (create, ls, exec with status, --json, -i and --timeout 124, cp both ways, the one-line
-errors, rm), and running processes kept across pause/resume. The 50-thread test is in
-sandbox_load_pending.py (not collected), with its status; network=True in test_sandbox_net.py.
+errors, rm), and running processes kept across pause/resume. The 50-thread test is
+test_sandbox_load.py; network=True in test_sandbox_net.py.
 """
 
 from __future__ import annotations
